@@ -1,0 +1,179 @@
+"""Scheduler REST API: loans, agents and visit tasks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import ValidationError
+
+from services.scheduler import repository, service
+from services.scheduler.models import VisitTask
+from services.scheduler.schemas import (
+    AgentIn,
+    AgentOut,
+    ImportResult,
+    LoanImportLine,
+    LoanIn,
+    LoanOut,
+    RescheduleIn,
+    TaskOut,
+    TaskStatus,
+)
+from shared.app import SessionDep
+from shared.auth import Principal, require_roles
+from shared.errors import Problem, not_found
+from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.pii import PiiCipher
+
+router = APIRouter(prefix="/v1")
+
+Integration = Annotated[Principal, Depends(require_roles("integration", "admin"))]
+Admin = Annotated[Principal, Depends(require_roles("admin"))]
+Supervisor = Annotated[Principal, Depends(require_roles("supervisor", "admin"))]
+Reader = Annotated[
+    Principal, Depends(require_roles("agent", "supervisor", "ops", "integration", "admin"))
+]
+IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+MAX_IMPORT_LINES = 10_000
+
+
+def _cipher(request: Request) -> PiiCipher:
+    cipher: PiiCipher = request.app.state.cipher
+    return cipher
+
+
+@router.put("/loans/{loan_id}", response_model=LoanOut)
+async def put_loan(
+    loan_id: IdPath,
+    body: LoanIn,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    _: Integration,
+) -> LoanOut:
+    loan, created = await service.register_loan(session, _cipher(request), loan_id, body)
+    response.status_code = 201 if created else 200
+    return service.loan_view(loan, _cipher(request))
+
+
+@router.post("/loans/import", response_model=ImportResult)
+async def import_loans(request: Request, session: SessionDep, _: Integration) -> ImportResult:
+    """NDJSON bulk registration: every line is validated first; one bad line writes nothing."""
+    lines = [line for line in (await request.body()).decode("utf-8", "replace").splitlines() if line.strip()]
+    if len(lines) > MAX_IMPORT_LINES:
+        raise Problem(413, "Content Too Large", f"at most {MAX_IMPORT_LINES} loans per import")
+    parsed: list[LoanImportLine] = []
+    errors: list[dict[str, str]] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            parsed.append(LoanImportLine.model_validate_json(line))
+        except ValidationError as exc:
+            errors += [
+                {"field": f"line[{number}]." + ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+                for err in exc.errors()
+            ]
+    if errors:
+        raise Problem(422, "Unprocessable Content", "import rejected; nothing was written", errors=errors)
+    created = 0
+    for item in parsed:
+        body = LoanIn.model_validate(item.model_dump(exclude={"loan_id"}))
+        _, was_created = await service.register_loan(session, _cipher(request), item.loan_id, body)
+        created += was_created
+    return ImportResult(imported=len(parsed), created=created)
+
+
+@router.get("/loans/{loan_id}", response_model=LoanOut)
+async def get_loan(loan_id: str, session: SessionDep, request: Request, who: Reader) -> LoanOut:
+    loan = await repository.get_loan(session, loan_id)
+    # An agent sees only loans it has been given tasks for.
+    if loan is None or (who.is_agent and not await repository.agent_has_loan(session, who.sub, loan_id)):
+        raise not_found("loan")
+    return service.loan_view(loan, _cipher(request))
+
+
+@router.get("/loans/{loan_id}/tasks", response_model=Page[TaskOut])
+async def loan_tasks(
+    loan_id: str,
+    session: SessionDep,
+    who: Reader,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[TaskOut]:
+    return await _task_page(
+        session, who, agent_id=None, loan_id=loan_id, status=None, due_from=None, due_to=None,
+        cursor=cursor, limit=limit,
+    )
+
+
+@router.put("/agents/{agent_id}", response_model=AgentOut)
+async def put_agent(agent_id: IdPath, body: AgentIn, session: SessionDep, _: Admin) -> AgentOut:
+    agent = await service.upsert_agent(session, agent_id, body)
+    return AgentOut.model_validate(agent, from_attributes=True)
+
+
+@router.get("/tasks", response_model=Page[TaskOut])
+async def list_tasks(
+    session: SessionDep,
+    who: Reader,
+    agent_id: str | None = None,
+    loan_id: str | None = None,
+    status: TaskStatus | None = None,
+    due_from: date | None = None,
+    due_to: date | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[TaskOut]:
+    """Tasks by filters; an agent always gets its own ("my tasks today": due_to=today)."""
+    return await _task_page(
+        session, who, agent_id=agent_id, loan_id=loan_id, status=status, due_from=due_from,
+        due_to=due_to, cursor=cursor, limit=limit,
+    )
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut)
+async def get_task(task_id: uuid.UUID, session: SessionDep, who: Reader) -> TaskOut:
+    task = await repository.get_task(session, task_id)
+    if task is None or (who.is_agent and task.agent_id != who.sub):
+        raise not_found("task")
+    return TaskOut.model_validate(task, from_attributes=True)
+
+
+@router.post("/tasks/{task_id}/reschedule", response_model=TaskOut)
+async def reschedule(task_id: uuid.UUID, body: RescheduleIn, session: SessionDep, _: Supervisor) -> TaskOut:
+    task = await service.reschedule_task(session, task_id, body)
+    return TaskOut.model_validate(task, from_attributes=True)
+
+
+async def _task_page(
+    session: SessionDep,
+    who: Principal,
+    *,
+    agent_id: str | None,
+    loan_id: str | None,
+    status: str | None,
+    due_from: date | None,
+    due_to: date | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[TaskOut]:
+    tasks: list[VisitTask] = await repository.list_tasks(
+        session,
+        agent_id=who.sub if who.is_agent else agent_id,
+        loan_id=loan_id,
+        status=status,
+        due_from=due_from,
+        due_to=due_to,
+        after=decode_cursor(cursor) if cursor else None,
+        limit=limit,
+    )
+    next_cursor = (
+        encode_cursor(tasks[-1].created_at, str(tasks[-1].task_id)) if len(tasks) == limit else None
+    )
+    return Page(
+        items=[TaskOut.model_validate(t, from_attributes=True) for t in tasks],
+        next_cursor=next_cursor,
+    )
+

@@ -1,0 +1,22 @@
+"""ASGI entry point: `uvicorn services.scheduler.main:app`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.scheduler.api import router
+from services.scheduler.settings import SchedulerSettings
+from shared.app import create_app
+from shared.logging import configure_logging
+from shared.pii import PiiCipher
+
+
+def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
+    settings = settings or SchedulerSettings()
+    app = create_app(settings, title="Huifang scheduler", routers=[router])
+    app.state.cipher = PiiCipher(settings.pii_key)
+    return app
+
+
+configure_logging("scheduler")
+app = build_app()

@@ -1,0 +1,116 @@
+"""Scheduler tables, all in the `scheduler` schema."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, Numeric, String, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from shared.db import schema_metadata
+from shared.inbox import inbox_table
+
+SCHEMA = "scheduler"
+metadata = schema_metadata(SCHEMA)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SchedulerTable(SQLModel, registry=registry(metadata=metadata)):
+    pass
+
+
+class Loan(SchedulerTable, table=True):
+    """A disbursed car loan with its borrower credit profile and collateral.
+
+    Borrower name, national id and phone are stored only as ciphertext.
+    """
+
+    __tablename__ = "loans"
+
+    loan_id: str = Field(primary_key=True, max_length=64)
+    borrower_id: str = Field(max_length=64)
+    borrower_name_enc: str
+    national_id_enc: str
+    phone_enc: str
+    occupation: str = Field(max_length=128)
+    monthly_income: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    vin: str = Field(max_length=17)
+    plate: str = Field(max_length=16)
+    make_model: str = Field(max_length=128)
+    valuation: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    valued_on: date
+    credit_grade: str = Field(max_length=1)
+    principal: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    term_months: int
+    disbursed_on: date
+    region: str = Field(max_length=64, index=True)
+    agreed_usage: str = Field(max_length=32)
+    # Repayment standing as last posted by core banking.
+    days_past_due: int = 0
+    last_repayment_status: str | None = Field(default=None, max_length=16)
+    created_at: datetime = Field(
+        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Agent(SchedulerTable, table=True):
+    __tablename__ = "agents"
+
+    agent_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    region: str = Field(max_length=64, index=True)
+    methods: list[str] = Field(sa_column=Column(ARRAY(String(16)), nullable=False))
+    daily_capacity: int
+    active: bool = True
+    updated_at: datetime = Field(
+        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class VisitTask(SchedulerTable, table=True):
+    """A planned follow-up visit of one loan, by one method, due on a date."""
+
+    __tablename__ = "visit_tasks"
+    __table_args__ = (
+        Index("ix_visit_tasks_agent_status_due", "agent_id", "status", "due_on"),
+        Index("ix_visit_tasks_loan_status", "loan_id", "status"),
+        Index("ix_visit_tasks_created", "created_at", "task_id"),
+        # One open task per loan and method: new plans advance it instead of piling up.
+        Index(
+            "uq_visit_tasks_open_loan_method",
+            "loan_id",
+            "method",
+            unique=True,
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
+
+    task_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    loan_id: str = Field(max_length=64)
+    method: str = Field(max_length=16)
+    due_on: date
+    status: str = Field(default="open", max_length=16)
+    agent_id: str | None = Field(default=None, max_length=64)
+    reason: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    source_event_id: uuid.UUID | None = None
+    visit_id: uuid.UUID | None = None
+    created_at: datetime = Field(
+        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    completed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+inbox = inbox_table(metadata)

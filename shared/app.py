@@ -1,0 +1,93 @@
+"""FastAPI application factory shared by the services: problem+json, request ids,
+health and readiness, and the database engine on `app.state`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import make_engine, make_session_factory
+from shared.errors import install_problem_handlers
+from shared.logging import request_id_var
+from shared.settings import ServiceSettings
+
+Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    routers: list[APIRouter],
+    on_startup: Hook | None = None,
+    on_shutdown: Hook | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        app.state.engine = engine
+        app.state.sessions = make_session_factory(engine)
+        if on_startup is not None:
+            await on_startup(app)
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown(app)
+            await engine.dispose()
+
+    app = FastAPI(title=title, version="1.0.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_problem_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+            return JSONResponse(
+                {"status": "unavailable", "detail": type(exc).__name__},
+                status_code=503,
+                media_type="application/problem+json",
+            )
+        return JSONResponse({"status": "ready"})
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request owns the transaction: commit on success, roll back on any error."""
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    async with sessions() as session, session.begin():
+        yield session
+
+
+# scope="function": the commit happens before the response is sent, so a 2xx means durable.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

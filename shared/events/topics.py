@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Final
+
+from pydantic import BaseModel
+
+from shared.events.models import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
+
+REPAYMENT_POSTED: Final = "repayment-posted"
+VISIT_COMPLETED: Final = "visit-completed"
+ALERT_RAISED: Final = "alert-raised"
+
+EVENT_MODELS: Final[dict[str, type[EventEnvelope]]] = {
+    REPAYMENT_POSTED: RepaymentPosted,
+    VISIT_COMPLETED: VisitCompleted,
+    ALERT_RAISED: AlertRaised,
+}
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+ALL_TOPICS: Final[tuple[str, ...]] = tuple(
+    name for topic in EVENT_MODELS for name in (topic, dlq_topic(topic))
+)
+
+
+def parse_event(topic: str, payload: bytes) -> EventEnvelope:
+    """Validate a raw Kafka value against its topic's model.
+
+    Raises pydantic.ValidationError (or ValueError for bad JSON / a foreign event_type),
+    which the consumer turns into a dead-letter record with the reason.
+    """
+    model = EVENT_MODELS[topic]
+    event = model.model_validate_json(payload)
+    return event
+
+
+def to_json(event: BaseModel) -> bytes:
+    return event.model_dump_json().encode()

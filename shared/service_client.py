@@ -1,0 +1,74 @@
+"""Calls to another service's REST API for facts it owns (design.md, "Facts owned by
+another service"): a service token, a timeout, bounded retries and a short cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from shared.auth import issue_token
+
+
+class OwnerUnavailable(Exception):
+    """The owning service did not answer; a request gets 503, an event is retried."""
+
+
+class ServiceClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        jwt_secret: str,
+        caller: str,
+        timeout_seconds: float = 2.0,
+        retries: int = 2,
+        cache_seconds: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout_seconds, transport=transport
+        )
+        self._secret = jwt_secret
+        self._caller = caller
+        self._retries = retries
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    def _token(self) -> str:
+        return issue_token(self._secret, f"service:{self._caller}", "integration")
+
+    async def get_json(self, path: str, *, cached: bool = True) -> dict[str, Any] | None:
+        """GET a resource; None when the owner says 404, OwnerUnavailable when it is down."""
+        now = time.monotonic()
+        hit = self._cache.get(path)
+        if cached and hit is not None and hit[0] > now:
+            return hit[1]
+        last_error: Exception | None = None
+        for attempt in range(self._retries + 1):
+            try:
+                response = await self._client.get(
+                    path, headers={"Authorization": f"Bearer {self._token()}"}
+                )
+            except httpx.TransportError as exc:
+                last_error = exc
+            else:
+                if response.status_code == 404:
+                    return None
+                if response.status_code < 500:
+                    response.raise_for_status()
+                    body: dict[str, Any] = response.json()
+                    self._cache[path] = (now + self._cache_seconds, body)
+                    return body
+                last_error = httpx.HTTPStatusError(
+                    f"{response.status_code} from owner", request=response.request,
+                    response=response,
+                )
+            if attempt < self._retries:
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise OwnerUnavailable(f"{self._client.base_url}{path}: {last_error}")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

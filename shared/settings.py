@@ -1,0 +1,44 @@
+"""Settings common to every Huifang service.
+
+Every value has a safe local default so `make run` works on a fresh machine; production
+(`ENV=production`) refuses the development secrets instead of running with them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-secret-change-me"
+# A Fernet key (urlsafe base64 of 32 bytes) that is only ever acceptable outside production.
+DEV_PII_KEY = "ZGV2LXBpaS1rZXktY2hhbmdlLW1lLTMyLWJ5dGVzISE="
+
+
+class ServiceSettings(BaseSettings):
+    """Base settings; each service subclasses it with its own name, port and extras."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    env: Literal["local", "test", "production"] = "local"
+    service_name: str = "huifang"
+    database_url: str = "postgresql+asyncpg://huifang:huifang@127.0.0.1:5432/huifang"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    jwt_secret: str = DEV_JWT_SECRET
+    pii_key: str = DEV_PII_KEY
+    scheduler_url: str = "http://127.0.0.1:8001"
+    # Service-to-service calls: short timeout, few retries, short cache (design.md).
+    http_timeout_seconds: float = 2.0
+    http_retries: int = 2
+    http_cache_seconds: float = 30.0
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_in_production(self) -> Self:
+        if self.env == "production":
+            if self.jwt_secret == DEV_JWT_SECRET:
+                raise ValueError("JWT_SECRET must be set to a real secret when ENV=production")
+            if self.pii_key == DEV_PII_KEY:
+                raise ValueError("PII_KEY must be set to a real key when ENV=production")
+        return self
