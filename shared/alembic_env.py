@@ -18,7 +18,9 @@ def run_migrations(schema: str, metadata: MetaData) -> None:
     config = context.config
     url = config.attributes.get("database_url") or ServiceSettings().database_url
 
-    def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
         return type_ != "table" or getattr(obj, "schema", None) == schema
 
     def do_run(connection: Connection) -> None:

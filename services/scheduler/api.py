@@ -60,9 +60,13 @@ async def put_loan(
 
 
 @router.post("/loans/import", response_model=ImportResult)
-async def import_loans(request: Request, session: SessionDep, _: Integration) -> ImportResult:
+async def import_loans(request: Request, session: SessionDep, _caller: Integration) -> ImportResult:
     """NDJSON bulk registration: every line is validated first; one bad line writes nothing."""
-    lines = [line for line in (await request.body()).decode("utf-8", "replace").splitlines() if line.strip()]
+    lines = [
+        line
+        for line in (await request.body()).decode("utf-8", "replace").splitlines()
+        if line.strip()
+    ]
     if len(lines) > MAX_IMPORT_LINES:
         raise Problem(413, "Content Too Large", f"at most {MAX_IMPORT_LINES} loans per import")
     parsed: list[LoanImportLine] = []
@@ -72,11 +76,16 @@ async def import_loans(request: Request, session: SessionDep, _: Integration) ->
             parsed.append(LoanImportLine.model_validate_json(line))
         except ValidationError as exc:
             errors += [
-                {"field": f"line[{number}]." + ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+                {
+                    "field": f"line[{number}]." + ".".join(str(p) for p in err["loc"]),
+                    "message": err["msg"],
+                }
                 for err in exc.errors()
             ]
     if errors:
-        raise Problem(422, "Unprocessable Content", "import rejected; nothing was written", errors=errors)
+        raise Problem(
+            422, "Unprocessable Content", "import rejected; nothing was written", errors=errors
+        )
     created = 0
     for item in parsed:
         body = LoanIn.model_validate(item.model_dump(exclude={"loan_id"}))
@@ -89,7 +98,9 @@ async def import_loans(request: Request, session: SessionDep, _: Integration) ->
 async def get_loan(loan_id: str, session: SessionDep, request: Request, who: Reader) -> LoanOut:
     loan = await repository.get_loan(session, loan_id)
     # An agent sees only loans it has been given tasks for.
-    if loan is None or (who.is_agent and not await repository.agent_has_loan(session, who.sub, loan_id)):
+    if loan is None or (
+        who.is_agent and not await repository.agent_has_loan(session, who.sub, loan_id)
+    ):
         raise not_found("loan")
     return service.loan_view(loan, _cipher(request))
 
@@ -103,8 +114,15 @@ async def loan_tasks(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[TaskOut]:
     return await _task_page(
-        session, who, agent_id=None, loan_id=loan_id, status=None, due_from=None, due_to=None,
-        cursor=cursor, limit=limit,
+        session,
+        who,
+        agent_id=None,
+        loan_id=loan_id,
+        status=None,
+        due_from=None,
+        due_to=None,
+        cursor=cursor,
+        limit=limit,
     )
 
 
@@ -128,8 +146,15 @@ async def list_tasks(
 ) -> Page[TaskOut]:
     """Tasks by filters; an agent always gets its own ("my tasks today": due_to=today)."""
     return await _task_page(
-        session, who, agent_id=agent_id, loan_id=loan_id, status=status, due_from=due_from,
-        due_to=due_to, cursor=cursor, limit=limit,
+        session,
+        who,
+        agent_id=agent_id,
+        loan_id=loan_id,
+        status=status,
+        due_from=due_from,
+        due_to=due_to,
+        cursor=cursor,
+        limit=limit,
     )
 
 
@@ -142,7 +167,9 @@ async def get_task(task_id: uuid.UUID, session: SessionDep, who: Reader) -> Task
 
 
 @router.post("/tasks/{task_id}/reschedule", response_model=TaskOut)
-async def reschedule(task_id: uuid.UUID, body: RescheduleIn, session: SessionDep, _: Supervisor) -> TaskOut:
+async def reschedule(
+    task_id: uuid.UUID, body: RescheduleIn, session: SessionDep, _: Supervisor
+) -> TaskOut:
     task = await service.reschedule_task(session, task_id, body)
     return TaskOut.model_validate(task, from_attributes=True)
 
@@ -176,4 +203,3 @@ async def _task_page(
         items=[TaskOut.model_validate(t, from_attributes=True) for t in tasks],
         next_cursor=next_cursor,
     )
-

@@ -118,8 +118,11 @@ def visit_for_alert(
     *, raised_on: date, recommended_action: str, rule: str, severity: str
 ) -> PlannedVisit | None:
     """Alerts that recommend a visit get one; others are for the risk desk alone."""
-    days_by_action = {"phone_visit": ("phone", 2), "field_visit": ("field", 7),
-                      "repossession_review": ("field", 2)}
+    days_by_action = {
+        "phone_visit": ("phone", 2),
+        "field_visit": ("field", 7),
+        "repossession_review": ("field", 2),
+    }
     if recommended_action not in days_by_action:
         return None
     method, days = days_by_action[recommended_action]

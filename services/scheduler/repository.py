@@ -7,13 +7,14 @@ from datetime import date, datetime
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from services.scheduler.models import Agent, Loan, VisitTask
 from services.scheduler.policy import AgentLoad
 
 
 async def get_loan(session: AsyncSession, loan_id: str, *, for_update: bool = False) -> Loan | None:
-    stmt = select(Loan).where(Loan.loan_id == loan_id)
+    stmt = select(Loan).where(col(Loan.loan_id) == loan_id)
     if for_update:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
@@ -23,8 +24,10 @@ async def get_agent(session: AsyncSession, agent_id: str) -> Agent | None:
     return await session.get(Agent, agent_id)
 
 
-async def get_task(session: AsyncSession, task_id: uuid.UUID, *, for_update: bool = False) -> VisitTask | None:
-    stmt = select(VisitTask).where(VisitTask.task_id == task_id)
+async def get_task(
+    session: AsyncSession, task_id: uuid.UUID, *, for_update: bool = False
+) -> VisitTask | None:
+    stmt = select(VisitTask).where(col(VisitTask.task_id) == task_id)
     if for_update:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
@@ -33,27 +36,39 @@ async def get_task(session: AsyncSession, task_id: uuid.UUID, *, for_update: boo
 async def open_task(session: AsyncSession, loan_id: str, method: str) -> VisitTask | None:
     stmt = (
         select(VisitTask)
-        .where(VisitTask.loan_id == loan_id, VisitTask.method == method, VisitTask.status == "open")
-        .order_by(VisitTask.due_on)
+        .where(
+            col(VisitTask.loan_id) == loan_id,
+            col(VisitTask.method) == method,
+            col(VisitTask.status) == "open",
+        )
+        .order_by(col(VisitTask.due_on))
         .limit(1)
         .with_for_update()
     )
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def agent_loads(session: AsyncSession, region: str, method: str, due_on: date) -> list[AgentLoad]:
+async def agent_loads(
+    session: AsyncSession, region: str, method: str, due_on: date
+) -> list[AgentLoad]:
     """Active agents of a region able to do `method`, with their open-task counts."""
-    is_open = VisitTask.status == "open"
+    is_open = col(VisitTask.status) == "open"
     stmt = (
         select(
-            Agent.agent_id,
-            Agent.daily_capacity,
-            func.count(VisitTask.task_id).filter(is_open).label("open_tasks"),
-            func.count(VisitTask.task_id).filter(is_open, VisitTask.due_on == due_on).label("due_that_day"),
+            col(Agent.agent_id),
+            col(Agent.daily_capacity),
+            func.count(col(VisitTask.task_id)).filter(is_open).label("open_tasks"),
+            func.count(col(VisitTask.task_id))
+            .filter(is_open, col(VisitTask.due_on) == due_on)
+            .label("due_that_day"),
         )
-        .outerjoin(VisitTask, VisitTask.agent_id == Agent.agent_id)
-        .where(Agent.region == region, Agent.active.is_(True), Agent.methods.any(method))  # type: ignore[attr-defined]
-        .group_by(Agent.agent_id, Agent.daily_capacity)
+        .outerjoin(VisitTask, col(VisitTask.agent_id) == col(Agent.agent_id))
+        .where(
+            col(Agent.region) == region,
+            col(Agent.active).is_(True),
+            col(Agent.methods).contains([method]),
+        )
+        .group_by(col(Agent.agent_id), col(Agent.daily_capacity))
     )
     return [
         AgentLoad(row.agent_id, row.open_tasks, row.due_that_day, row.daily_capacity)
@@ -74,27 +89,34 @@ async def list_tasks(
 ) -> list[VisitTask]:
     stmt = select(VisitTask)
     if agent_id is not None:
-        stmt = stmt.where(VisitTask.agent_id == agent_id)
+        stmt = stmt.where(col(VisitTask.agent_id) == agent_id)
     if loan_id is not None:
-        stmt = stmt.where(VisitTask.loan_id == loan_id)
+        stmt = stmt.where(col(VisitTask.loan_id) == loan_id)
     if status is not None:
-        stmt = stmt.where(VisitTask.status == status)
+        stmt = stmt.where(col(VisitTask.status) == status)
     if due_from is not None:
-        stmt = stmt.where(VisitTask.due_on >= due_from)
+        stmt = stmt.where(col(VisitTask.due_on) >= due_from)
     if due_to is not None:
-        stmt = stmt.where(VisitTask.due_on <= due_to)
+        stmt = stmt.where(col(VisitTask.due_on) <= due_to)
     if after is not None:
         created_at, task_id = after
         stmt = stmt.where(
             or_(
-                VisitTask.created_at > created_at,
-                and_(VisitTask.created_at == created_at, VisitTask.task_id > uuid.UUID(task_id)),
+                col(VisitTask.created_at) > created_at,
+                and_(
+                    col(VisitTask.created_at) == created_at,
+                    col(VisitTask.task_id) > uuid.UUID(task_id),
+                ),
             )
         )
-    stmt = stmt.order_by(VisitTask.created_at, VisitTask.task_id).limit(limit)  # type: ignore[arg-type]
+    stmt = stmt.order_by(col(VisitTask.created_at), col(VisitTask.task_id)).limit(limit)
     return list((await session.execute(stmt)).scalars())
 
 
 async def agent_has_loan(session: AsyncSession, agent_id: str, loan_id: str) -> bool:
-    stmt = select(VisitTask.task_id).where(VisitTask.agent_id == agent_id, VisitTask.loan_id == loan_id).limit(1)
+    stmt = (
+        select(col(VisitTask.task_id))
+        .where(col(VisitTask.agent_id) == agent_id, col(VisitTask.loan_id) == loan_id)
+        .limit(1)
+    )
     return (await session.execute(stmt)).first() is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,7 +34,7 @@ async def register_loan(
     """
     loan = await repository.get_loan(session, loan_id, for_update=True)
     created = loan is None
-    fields = dict(
+    fields: dict[str, Any] = dict(
         borrower_id=body.borrower.borrower_id,
         borrower_name_enc=cipher.encrypt(body.borrower.name),
         national_id_enc=cipher.encrypt(body.borrower.national_id),
@@ -106,7 +107,9 @@ async def upsert_agent(session: AsyncSession, agent_id: str, body: AgentIn) -> A
     return agent
 
 
-async def reschedule_task(session: AsyncSession, task_id: uuid.UUID, body: RescheduleIn) -> VisitTask:
+async def reschedule_task(
+    session: AsyncSession, task_id: uuid.UUID, body: RescheduleIn
+) -> VisitTask:
     task = await repository.get_task(session, task_id, for_update=True)
     if task is None:
         raise not_found("task")
@@ -116,7 +119,9 @@ async def reschedule_task(session: AsyncSession, task_id: uuid.UUID, body: Resch
         agent = await repository.get_agent(session, body.agent_id)
         if agent is None or not agent.active or task.method not in agent.methods:
             raise Problem(
-                422, "Unprocessable Content", "agent cannot take this task",
+                422,
+                "Unprocessable Content",
+                "agent cannot take this task",
                 errors=[{"field": "body.agent_id", "message": "unknown, inactive or wrong method"}],
             )
         task.agent_id = body.agent_id
@@ -208,12 +213,12 @@ def loan_view(loan: Loan, cipher: PiiCipher) -> LoanOut:
             valued_on=loan.valued_on,
             ltv=ltv,
         ),
-        credit_grade=loan.credit_grade,  # type: ignore[arg-type]
+        credit_grade=loan.credit_grade,
         principal=loan.principal,
         term_months=loan.term_months,
         disbursed_on=loan.disbursed_on,
         region=loan.region,
-        agreed_usage=loan.agreed_usage,  # type: ignore[arg-type]
+        agreed_usage=loan.agreed_usage,
         days_past_due=loan.days_past_due,
         last_repayment_status=loan.last_repayment_status,
     )

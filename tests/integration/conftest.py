@@ -11,16 +11,16 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from fastapi import FastAPI
-
 from services.alerts import main as alerts_main
 from services.alerts import worker as alerts_worker
 from services.alerts.settings import AlertsSettings
-from services.scheduler import main as scheduler_main
-from services.scheduler import worker as scheduler_worker
-from services.scheduler.settings import SchedulerSettings
 from services.visits import main as visits_main
 from services.visits import worker as visits_worker
 from services.visits.settings import VisitsSettings
+
+from services.scheduler import main as scheduler_main
+from services.scheduler import worker as scheduler_worker
+from services.scheduler.settings import SchedulerSettings
 from tests.conftest import Infra
 
 

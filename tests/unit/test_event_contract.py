@@ -1,0 +1,105 @@
+"""The event contract of design.md, pinned: a renamed or dropped field fails here."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from shared.events import (
+    ALERT_RAISED,
+    ALL_TOPICS,
+    EVENT_MODELS,
+    REPAYMENT_POSTED,
+    VISIT_COMPLETED,
+    RepaymentPosted,
+    parse_event,
+)
+
+ENVELOPE = {"event_id", "event_type", "schema_version", "occurred_at", "loan_id"}
+CONTRACT = {
+    REPAYMENT_POSTED: ENVELOPE
+    | {"installment_no", "due_date", "amount_due", "amount_paid", "paid_at", "status",
+       "days_past_due", "outstanding_principal"},
+    VISIT_COMPLETED: ENVELOPE
+    | {"visit_id", "task_id", "agent_id", "method", "outcome", "started_at", "ended_at",
+       "findings"},
+    ALERT_RAISED: ENVELOPE
+    | {"alert_id", "rule", "category", "severity", "reason", "source_event_id",
+       "recommended_action"},
+}
+FINDINGS = {
+    "identity_verified", "employment_status", "income_change", "vehicle_sighted",
+    "vehicle_usage", "vehicle_condition", "collateral_documents_intact",
+    "encumbrance_detected", "repayment_difficulty",
+}
+
+
+def repayment(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "repayment-posted",
+        "schema_version": 1,
+        "occurred_at": "2026-06-01T18:00:00+08:00",
+        "loan_id": "L-1",
+        "installment_no": 3,
+        "due_date": "2026-06-01",
+        "amount_due": "3000.00",
+        "amount_paid": "0.00",
+        "paid_at": None,
+        "status": "missed",
+        "days_past_due": 31,
+        "outstanding_principal": "72000.00",
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.mark.parametrize("topic", list(CONTRACT))
+def test_json_schema_fields_are_pinned(topic: str) -> None:
+    schema = EVENT_MODELS[topic].model_json_schema()
+    assert set(schema["properties"]) == CONTRACT[topic]
+
+
+def test_findings_carry_the_four_key_items() -> None:
+    schema = EVENT_MODELS[VISIT_COMPLETED].model_json_schema()
+    findings_ref = schema["properties"]["findings"]["$ref"].split("/")[-1]
+    assert set(schema["$defs"][findings_ref]["properties"]) == FINDINGS
+
+
+def test_topics_and_their_dead_letter_twins() -> None:
+    assert set(ALL_TOPICS) == {
+        "repayment-posted", "repayment-posted.dlq", "visit-completed", "visit-completed.dlq",
+        "alert-raised", "alert-raised.dlq",
+    }
+
+
+def test_money_travels_as_decimal_strings_and_unknown_fields_are_ignored() -> None:
+    event = parse_event(REPAYMENT_POSTED, json.dumps(repayment(extra="x")).encode())
+    assert isinstance(event, RepaymentPosted)
+    dumped = json.loads(event.model_dump_json())
+    assert dumped["amount_due"] == "3000.00"
+    assert "extra" not in dumped
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        repayment(status="late"),
+        repayment(event_type="visit-completed"),
+        repayment(occurred_at="2026-06-01T18:00:00"),  # no offset
+        repayment(amount_due=-1),
+        repayment(days_past_due=-2),
+        {k: v for k, v in repayment().items() if k != "loan_id"},
+    ],
+)
+def test_invalid_events_are_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        parse_event(REPAYMENT_POSTED, json.dumps(bad).encode())
+
+
+def test_unparseable_bytes_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        parse_event(REPAYMENT_POSTED, b"\x00not json")
