@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import make_url
 
 from shared.events import ALL_TOPICS
 
@@ -102,6 +103,11 @@ def reset_schemas(database_url: str) -> None:
             await conn.close()
 
     asyncio.run(drop())
+
+
+def with_database(database_url: str, database: str) -> str:
+    """The same server, another database (the e2e suite runs beside the integration one)."""
+    return make_url(database_url).set(database=database).render_as_string(hide_password=False)
 
 
 def _plain_url(database_url: str) -> str:

@@ -79,6 +79,10 @@ async def plan_visit(
             existing.due_on = planned.due_on
             existing.reason = planned.reason
             existing.source_event_id = source_event_id
+        else:
+            # The open task already comes sooner; the agent should still know why else to go.
+            also = [*existing.reason.get("also", []), planned.reason]
+            existing.reason = {**existing.reason, "also": also}
         return existing
     loads = await repository.agent_loads(session, loan.region, planned.method, planned.due_on)
     task = VisitTask(
