@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -285,14 +284,13 @@ def run(data_dir: Path) -> None:
         signal.signal(signal.SIGTERM, _stop)
         try:
             stack.start_services()
-            host = urlsplit(database_url.replace("+asyncpg", "")).query or "tcp"
             print(
                 "\nHuifang is up:\n"
                 f"  scheduler  http://127.0.0.1:{stack.ports['scheduler']}  (docs: /docs)\n"
                 f"  visits     http://127.0.0.1:{stack.ports['visits']}\n"
                 f"  alerts     http://127.0.0.1:{stack.ports['alerts']}\n"
                 f"  kafka      {bootstrap}  topics: {', '.join(ALL_TOPICS)}\n"
-                f"  postgres   {database_url}  ({host})\n"
+                f"  postgres   {database_url}\n"
                 "Ctrl-C stops everything.\n",
                 flush=True,
             )

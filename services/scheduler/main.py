@@ -18,5 +18,6 @@ def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
     return app
 
 
-configure_logging("scheduler")
-app = build_app()
+_settings = SchedulerSettings()
+configure_logging("scheduler", _settings.log_level)
+app = build_app(_settings)

@@ -41,5 +41,6 @@ async def run_worker(settings: SchedulerSettings) -> None:
 
 
 if __name__ == "__main__":
-    configure_logging("scheduler-worker")
-    asyncio.run(run_until_stopped(run_worker(SchedulerSettings())))
+    settings = SchedulerSettings()
+    configure_logging("scheduler-worker", settings.log_level)
+    asyncio.run(run_until_stopped(run_worker(settings)))
