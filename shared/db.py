@@ -31,7 +31,10 @@ def schema_metadata(schema: str) -> MetaData:
 
 
 def make_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
-    return create_async_engine(database_url, pool_size=pool_size, pool_pre_ping=True)
+    # hide_parameters: a logged SQL error must not carry borrower data or visit notes.
+    return create_async_engine(
+        database_url, pool_size=pool_size, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

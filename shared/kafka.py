@@ -149,6 +149,8 @@ class EventConsumer:
 
 
 def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and any(e["type"] == "json_invalid" for e in exc.errors()):
+        return f"unparseable event: {exc.errors()[0]['msg']}"
     if isinstance(exc, ValidationError):
         parts = [
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"

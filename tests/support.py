@@ -27,17 +27,17 @@ def new_id(prefix: str) -> str:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, interval: float = 0.2
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 30.0, interval: float = 0.2
 ) -> T:
     """Poll until `probe` returns something truthy; fail with the last value otherwise."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: T | None = None
     while time.monotonic() < deadline:
         last = await probe()
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+    raise AssertionError(f"condition not met within {within}s; last value: {last!r}")
 
 
 def loan_body(
@@ -73,7 +73,7 @@ def loan_body(
 
 
 async def read_topic(
-    bootstrap: str, topic: str, match: Callable[[dict[str, Any]], bool], *, timeout: float = 30.0
+    bootstrap: str, topic: str, match: Callable[[dict[str, Any]], bool], *, within: float = 30.0
 ) -> dict[str, Any]:
     """Read `topic` from the start until a JSON record satisfies `match`."""
     consumer = AIOKafkaConsumer(
@@ -85,7 +85,7 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():
@@ -93,6 +93,6 @@ async def read_topic(
                     value = json.loads(record.value or b"null")
                     if isinstance(value, dict) and match(value):
                         return value
-        raise AssertionError(f"no matching record on {topic} within {timeout}s")
+        raise AssertionError(f"no matching record on {topic} within {within}s")
     finally:
         await consumer.stop()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -37,7 +38,11 @@ def _client(app: FastAPI, base_url: str) -> httpx.AsyncClient:
 
 @contextlib.asynccontextmanager
 async def in_process_system(database_url: str, bootstrap: str) -> AsyncIterator[System]:
-    common = {"env": "test", "database_url": database_url, "kafka_bootstrap_servers": bootstrap}
+    common: dict[str, Any] = {
+        "env": "test",
+        "database_url": database_url,
+        "kafka_bootstrap_servers": bootstrap,
+    }
     scheduler_settings = SchedulerSettings(**common)
     visits_settings = VisitsSettings(**common)
     alerts_settings = AlertsSettings(**common)
@@ -58,13 +63,16 @@ async def in_process_system(database_url: str, bootstrap: str) -> AsyncIterator[
                 alerts_worker.run_worker(alerts_settings, scheduler_transport=to_scheduler)
             ),
         ]
-        clients = [
+        running = System(
             _client(scheduler_app, "http://scheduler"),
             _client(visits_app, "http://visits"),
             _client(alerts_app, "http://alerts"),
-        ]
+            bootstrap,
+            database_url,
+        )
+        clients = (running.scheduler, running.visits, running.alerts)
         try:
-            yield System(*clients, bootstrap, database_url)
+            yield running
         finally:
             for task in workers:
                 task.cancel()

@@ -1,0 +1,49 @@
+"""ASGI entry point: `uvicorn services.visits.main:app`."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from services.visits.api import router
+from services.visits.settings import VisitsSettings
+from shared.app import create_app
+from shared.logging import configure_logging
+from shared.service_client import ServiceClient
+
+
+def build_app(
+    settings: VisitsSettings | None = None,
+    *,
+    scheduler_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    settings = settings or VisitsSettings()
+    resolved = settings
+
+    # The client opens with the app's lifespan, so a restarted lifespan gets a fresh one.
+    async def open_scheduler(app: FastAPI) -> None:
+        app.state.scheduler = ServiceClient(
+            base_url=resolved.scheduler_url,
+            jwt_secret=resolved.jwt_secret,
+            caller="visits",
+            timeout_seconds=resolved.http_timeout_seconds,
+            retries=resolved.http_retries,
+            cache_seconds=resolved.http_cache_seconds,
+            transport=scheduler_transport,
+        )
+
+    async def close_scheduler(app: FastAPI) -> None:
+        scheduler: ServiceClient = app.state.scheduler
+        await scheduler.aclose()
+
+    return create_app(
+        settings,
+        title="Huifang visits",
+        routers=[router],
+        on_startup=open_scheduler,
+        on_shutdown=close_scheduler,
+    )
+
+
+configure_logging("visits")
+app = build_app()

@@ -1,0 +1,72 @@
+"""Visits tables, all in the `visits` schema."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from shared.db import schema_metadata
+from shared.outbox import outbox_table
+
+SCHEMA = "visits"
+metadata = schema_metadata(SCHEMA)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class VisitsTable(SQLModel, registry=registry(metadata=metadata)):
+    pass
+
+
+class Visit(VisitsTable, table=True):
+    """A visit an agent recorded: what was found, how, where and when.
+
+    `idempotency_key` and `request_hash` let a mobile client retry a capture safely:
+    the key is scoped per agent, the hash tells a true retry from a reused key.
+    """
+
+    __tablename__ = "visits"
+    __table_args__ = (
+        UniqueConstraint("agent_id", "idempotency_key", name="uq_visits_agent_idempotency_key"),
+        # A task is done by one visit; a second capture for it is a conflict, even while
+        # the scheduler has not yet consumed the first visit-completed event.
+        Index(
+            "uq_visits_task",
+            "task_id",
+            unique=True,
+            postgresql_where=text("task_id IS NOT NULL"),
+        ),
+        Index("ix_visits_loan_created", "loan_id", "created_at", "visit_id"),
+        Index("ix_visits_agent_created", "agent_id", "created_at", "visit_id"),
+        Index("ix_visits_created", "created_at", "visit_id"),
+    )
+
+    visit_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    agent_id: str = Field(max_length=64)
+    idempotency_key: str = Field(max_length=255)
+    request_hash: str = Field(max_length=64)
+    task_id: uuid.UUID | None = None
+    loan_id: str = Field(max_length=64)
+    method: str = Field(max_length=16)
+    outcome: str = Field(max_length=32)
+    started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    ended_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    findings: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    geo_lat: float | None = None
+    geo_lon: float | None = None
+    # Free text that may name people or places: stored, returned to readers, never logged.
+    notes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(
+        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+outbox = outbox_table(metadata)

@@ -1,0 +1,111 @@
+"""Request and response bodies of the visits API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from shared.events import VisitFindings, VisitMethod, VisitOutcome
+
+
+def _to_utc(value: datetime) -> datetime:
+    # One representation per instant: `10:00+08:00` and `02:00Z` hash and read back alike.
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+LoanId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeoPoint(Strict):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class FindingsIn(VisitFindings):
+    """The four key items as the event carries them. A misspelt field from the app is
+    refused here rather than silently dropped, which the event model would do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VisitIn(Strict):
+    # Field order matters: the validators below read fields declared before them.
+    task_id: uuid.UUID | None = None
+    loan_id: LoanId
+    method: VisitMethod
+    outcome: VisitOutcome
+    started_at: UtcDatetime
+    ended_at: UtcDatetime
+    findings: FindingsIn
+    geo: GeoPoint | None = Field(default=None, validate_default=True)
+    notes: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("ended_at")
+    @classmethod
+    def _not_before_start(cls, value: datetime, info: ValidationInfo) -> datetime:
+        started_at = info.data.get("started_at")
+        if started_at is not None and value < started_at:
+            raise ValueError("must not be before started_at")
+        return value
+
+    @field_validator("geo")
+    @classmethod
+    def _required_in_the_field(
+        cls, value: GeoPoint | None, info: ValidationInfo
+    ) -> GeoPoint | None:
+        # A field inspection without a position cannot show the car was actually seen.
+        if value is None and info.data.get("method") == "field":
+            raise ValueError("required for a field visit")
+        return value
+
+    @field_validator("notes")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL; refused here instead of failing the insert.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    def request_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the validated body: what an idempotent retry
+        must repeat. Defaults are filled in, so omitting a default equals sending it."""
+        canonical = json.dumps(
+            self.model_dump(mode="json"),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class VisitOut(BaseModel):
+    visit_id: uuid.UUID
+    agent_id: str
+    created_at: datetime
+    task_id: uuid.UUID | None
+    loan_id: str
+    method: VisitMethod
+    outcome: VisitOutcome
+    started_at: datetime
+    ended_at: datetime
+    findings: VisitFindings
+    geo: GeoPoint | None
+    notes: str | None
