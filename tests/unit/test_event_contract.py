@@ -21,19 +21,48 @@ from shared.events import (
 ENVELOPE = {"event_id", "event_type", "schema_version", "occurred_at", "loan_id"}
 CONTRACT = {
     REPAYMENT_POSTED: ENVELOPE
-    | {"installment_no", "due_date", "amount_due", "amount_paid", "paid_at", "status",
-       "days_past_due", "outstanding_principal"},
+    | {
+        "installment_no",
+        "due_date",
+        "amount_due",
+        "amount_paid",
+        "paid_at",
+        "status",
+        "days_past_due",
+        "outstanding_principal",
+    },
     VISIT_COMPLETED: ENVELOPE
-    | {"visit_id", "task_id", "agent_id", "method", "outcome", "started_at", "ended_at",
-       "findings"},
+    | {
+        "visit_id",
+        "task_id",
+        "agent_id",
+        "method",
+        "outcome",
+        "started_at",
+        "ended_at",
+        "findings",
+    },
     ALERT_RAISED: ENVELOPE
-    | {"alert_id", "rule", "category", "severity", "reason", "source_event_id",
-       "recommended_action"},
+    | {
+        "alert_id",
+        "rule",
+        "category",
+        "severity",
+        "reason",
+        "source_event_id",
+        "recommended_action",
+    },
 }
 FINDINGS = {
-    "identity_verified", "employment_status", "income_change", "vehicle_sighted",
-    "vehicle_usage", "vehicle_condition", "collateral_documents_intact",
-    "encumbrance_detected", "repayment_difficulty",
+    "identity_verified",
+    "employment_status",
+    "income_change",
+    "vehicle_sighted",
+    "vehicle_usage",
+    "vehicle_condition",
+    "collateral_documents_intact",
+    "encumbrance_detected",
+    "repayment_difficulty",
 }
 
 
@@ -71,8 +100,12 @@ def test_findings_carry_the_four_key_items() -> None:
 
 def test_topics_and_their_dead_letter_twins() -> None:
     assert set(ALL_TOPICS) == {
-        "repayment-posted", "repayment-posted.dlq", "visit-completed", "visit-completed.dlq",
-        "alert-raised", "alert-raised.dlq",
+        "repayment-posted",
+        "repayment-posted.dlq",
+        "visit-completed",
+        "visit-completed.dlq",
+        "alert-raised",
+        "alert-raised.dlq",
     }
 
 

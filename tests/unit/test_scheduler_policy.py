@@ -99,7 +99,9 @@ def test_alert_recommending_a_visit_plans_one() -> None:
     assert visit is not None and visit.method == "field"
     assert visit.reason["alert_rule"] == "vehicle_misuse"
     none = policy.visit_for_alert(
-        raised_on=date(2026, 6, 1), recommended_action="legal_review", rule="dpd_90",
+        raised_on=date(2026, 6, 1),
+        recommended_action="legal_review",
+        rule="dpd_90",
         severity="critical",
     )
     assert none is None

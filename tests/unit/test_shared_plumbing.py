@@ -49,7 +49,9 @@ def test_production_refuses_development_secrets() -> None:
         ServiceSettings(env="production")
     with pytest.raises(ValidationError, match="PII_KEY"):
         ServiceSettings(env="production", jwt_secret=SECRET)
-    ok = ServiceSettings(env="production", jwt_secret=SECRET, pii_key=Fernet.generate_key().decode())
+    ok = ServiceSettings(
+        env="production", jwt_secret=SECRET, pii_key=Fernet.generate_key().decode()
+    )
     assert ok.env == "production"
 
 
