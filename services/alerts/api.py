@@ -1,0 +1,91 @@
+"""Alerts REST API: the operations desk's triage of risk alerts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from services.alerts import repository, service
+from services.alerts.schemas import AlertOut, AlertStatus, ResolveIn
+from shared.app import SessionDep
+from shared.auth import Principal, require_roles
+from shared.errors import Problem
+from shared.events import Category, Severity
+from shared.pagination import Page, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1")
+
+# Supervisors follow alerts; only the operations desk (and admins) work them.
+Reader = Annotated[Principal, Depends(require_roles("ops", "supervisor", "admin"))]
+Operator = Annotated[Principal, Depends(require_roles("ops", "admin"))]
+
+
+@router.get("/alerts", response_model=Page[AlertOut])
+async def list_alerts(
+    session: SessionDep,
+    _: Reader,
+    loan_id: str | None = None,
+    status: AlertStatus | None = None,
+    severity: Severity | None = None,
+    rule: str | None = None,
+    category: Category | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[AlertOut]:
+    """Alerts by filters, oldest first, a page at a time."""
+    alerts = await repository.list_alerts(
+        session,
+        loan_id=loan_id,
+        status=status,
+        severity=severity,
+        rule=rule,
+        category=category,
+        after=_after(cursor) if cursor else None,
+        limit=limit,
+    )
+    next_cursor = (
+        encode_cursor(alerts[-1].created_at, str(alerts[-1].alert_id))
+        if len(alerts) == limit
+        else None
+    )
+    return Page(
+        items=[AlertOut.model_validate(a, from_attributes=True) for a in alerts],
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/alerts/{alert_id}", response_model=AlertOut)
+async def get_alert(alert_id: uuid.UUID, session: SessionDep, _: Reader) -> AlertOut:
+    alert = await service.get_alert(session, alert_id)
+    return AlertOut.model_validate(alert, from_attributes=True)
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=AlertOut)
+async def acknowledge(alert_id: uuid.UUID, session: SessionDep, who: Operator) -> AlertOut:
+    alert = await service.acknowledge(session, alert_id, who.sub)
+    return AlertOut.model_validate(alert, from_attributes=True)
+
+
+@router.post("/alerts/{alert_id}/resolve", response_model=AlertOut)
+async def resolve(
+    alert_id: uuid.UUID, body: ResolveIn, session: SessionDep, who: Operator
+) -> AlertOut:
+    alert = await service.resolve(session, alert_id, body, who.sub)
+    return AlertOut.model_validate(alert, from_attributes=True)
+
+
+def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
+    created_at, ident = decode_cursor(cursor)
+    try:
+        return created_at, uuid.UUID(ident)
+    except ValueError as exc:
+        # decode_cursor checks the shape only; the id half must be one of ours too.
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "cursor is not valid",
+            errors=[{"field": "query.cursor", "message": "not a cursor from this API"}],
+        ) from exc

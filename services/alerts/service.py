@@ -1,0 +1,99 @@
+"""Alerts use cases. They run inside the caller's transaction and never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.alerts import repository, rules
+from services.alerts.models import Alert, outbox
+from services.alerts.schemas import ResolveIn
+from shared.errors import Problem, not_found
+from shared.events import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
+from shared.outbox import enqueue
+
+# Looks up a loan's agreed vehicle usage with its owner, the scheduler; None if unknown.
+AgreedUsageLookup = Callable[[str], Awaitable[str | None]]
+
+CLOSED = ("resolved", "dismissed")
+
+
+# --- triage -------------------------------------------------------------------------------
+
+
+async def get_alert(
+    session: AsyncSession, alert_id: uuid.UUID, *, for_update: bool = False
+) -> Alert:
+    """One alert, or a 404 problem."""
+    alert = await repository.get_alert(session, alert_id, for_update=for_update)
+    if alert is None:
+        raise not_found("alert")
+    return alert
+
+
+async def acknowledge(session: AsyncSession, alert_id: uuid.UUID, who: str) -> Alert:
+    """Take an open alert into work. Repeating it is harmless: the first ack is kept."""
+    alert = await get_alert(session, alert_id, for_update=True)
+    if alert.status in CLOSED:
+        raise Problem(409, "Conflict", f"alert is {alert.status}; it cannot be acknowledged")
+    if alert.status == "open":
+        alert.status = "acknowledged"
+        alert.acknowledged_at = datetime.now(UTC)
+        alert.acknowledged_by = who
+    return alert
+
+
+async def resolve(session: AsyncSession, alert_id: uuid.UUID, body: ResolveIn, who: str) -> Alert:
+    """Close an open or acknowledged alert with the action taken; `dismiss` marks it a
+    false alarm. A closed alert stays as it was closed (409), so the record is not rewritten."""
+    alert = await get_alert(session, alert_id, for_update=True)
+    if alert.status in CLOSED:
+        raise Problem(409, "Conflict", f"alert is already {alert.status}")
+    alert.status = "dismissed" if body.action == "dismiss" else "resolved"
+    alert.resolved_at = datetime.now(UTC)
+    alert.resolved_by = who
+    alert.resolution_action = body.action
+    alert.resolution_note = body.note
+    return alert
+
+
+# --- event handlers -----------------------------------------------------------------------
+
+
+async def on_repayment_posted(session: AsyncSession, event: RepaymentPosted) -> None:
+    """Raise the arrears alert a missed or partial installment calls for."""
+    await _raise(session, event, rules.repayment_alerts(event))
+
+
+async def on_visit_completed(
+    session: AsyncSession, event: VisitCompleted, *, agreed_usage_of: AgreedUsageLookup
+) -> None:
+    """Raise an alert for every bad sign the visit found.
+
+    The agreed usage is asked of the scheduler only when the agent saw how the vehicle is
+    used; if the scheduler is down, OwnerUnavailable propagates and the event is retried.
+    """
+    agreed_usage = await agreed_usage_of(event.loan_id) if rules.needs_agreed_usage(event) else None
+    await _raise(session, event, rules.visit_alerts(event, agreed_usage))
+
+
+async def _raise(
+    session: AsyncSession, source: EventEnvelope, drafts: list[rules.AlertDraft]
+) -> None:
+    """Store each alert and stage its `alert-raised` in the same transaction."""
+    for draft in drafts:
+        fields = asdict(draft)
+        alert = Alert(loan_id=source.loan_id, source_event_id=source.event_id, **fields)
+        if not await repository.add_alert(session, alert):
+            continue  # this event already raised this rule (a replay bypassing the inbox)
+        announced = AlertRaised(
+            loan_id=alert.loan_id,
+            alert_id=alert.alert_id,
+            source_event_id=alert.source_event_id,
+            **fields,
+        )
+        await enqueue(session, outbox, announced)

@@ -1,0 +1,73 @@
+"""Alerts worker: raises alerts from repayments and visits, and relays `alert-raised`.
+
+`python -m services.alerts.worker`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import httpx
+
+from services.alerts import service
+from services.alerts.loans import SchedulerLoans
+from services.alerts.models import inbox, outbox
+from services.alerts.settings import AlertsSettings
+from shared.db import make_engine, make_session_factory
+from shared.events import REPAYMENT_POSTED, VISIT_COMPLETED
+from shared.kafka import EventConsumer, make_producer
+from shared.logging import configure_logging
+from shared.outbox import OutboxRelay
+from shared.service_client import ServiceClient
+from shared.worker import run_until_stopped
+
+
+async def run_worker(
+    settings: AlertsSettings, *, scheduler_transport: httpx.AsyncBaseTransport | None = None
+) -> None:
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    # One producer for the outbox relay and the dead letters.
+    producer = make_producer(settings.kafka_bootstrap_servers)
+    await producer.start()
+    scheduler = ServiceClient(
+        base_url=settings.scheduler_url,
+        jwt_secret=settings.jwt_secret,
+        caller="alerts",
+        timeout_seconds=settings.http_timeout_seconds,
+        retries=settings.http_retries,
+        cache_seconds=settings.http_cache_seconds,
+        transport=scheduler_transport,
+    )
+    try:
+        consumer = EventConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group,
+            handlers={
+                REPAYMENT_POSTED: service.on_repayment_posted,
+                VISIT_COMPLETED: functools.partial(
+                    service.on_visit_completed,
+                    agreed_usage_of=SchedulerLoans(scheduler).agreed_usage,
+                ),
+            },
+            sessions=sessions,
+            inbox_table=inbox,
+            producer=producer,
+        )
+        relay = OutboxRelay(sessions, outbox, producer)
+        # A TaskGroup: if either loop dies, the other is cancelled and the worker exits
+        # (and is restarted) instead of limping on half-working.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run())
+            group.create_task(relay.run())
+    finally:
+        await scheduler.aclose()
+        await producer.stop()
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    settings = AlertsSettings()
+    configure_logging("alerts-worker", settings.log_level)
+    asyncio.run(run_until_stopped(run_worker(settings)))

@@ -1,0 +1,363 @@
+"""Alerts against the real database and broker: rules raised from repayment postings and
+visits, `alert-raised` through the outbox, dead letters, and the operations triage API."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.alerts.loans import SchedulerLoans
+from shared.devstack import free_port
+from shared.service_client import OwnerUnavailable, ServiceClient
+from tests.integration.conftest import System
+from tests.support import auth, eventually, loan_body, new_id, read_topic
+
+OPS = auth("ops", "ops-desk-1")
+INTEGRATION = auth("integration", "core-banking")
+
+
+async def register_loan(system: System, *, agreed_usage: str = "private") -> str:
+    loan_id = new_id("L")
+    response = await system.scheduler.put(
+        f"/v1/loans/{loan_id}",
+        json=loan_body(region=new_id("R"), agreed_usage=agreed_usage),
+        headers=INTEGRATION,
+    )
+    assert response.status_code == 201, response.text
+    return loan_id
+
+
+def repayment_event(loan_id: str, status: str = "missed", dpd: int = 95) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "repayment-posted",
+        "schema_version": 1,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "loan_id": loan_id,
+        "installment_no": 4,
+        "due_date": "2026-11-15",
+        "amount_due": "3000.00",
+        "amount_paid": "0.00" if status == "missed" else "1000.00",
+        "paid_at": None,
+        "status": status,
+        "days_past_due": dpd,
+        "outstanding_principal": "70000.00",
+    }
+
+
+# What an agent records on a clean visit; a visit that did not happen leaves the defaults.
+CLEAN_FINDINGS: dict[str, Any] = {
+    "identity_verified": True,
+    "employment_status": "stable",
+    "income_change": "same",
+    "vehicle_sighted": True,
+    "vehicle_usage": "private",
+    "vehicle_condition": "good",
+    "collateral_documents_intact": True,
+    "encumbrance_detected": False,
+    "repayment_difficulty": False,
+}
+
+
+def visit_event(loan_id: str, outcome: str = "completed", **findings: Any) -> dict[str, Any]:
+    ended = datetime.now(UTC)
+    seen = CLEAN_FINDINGS if outcome == "completed" else {}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "visit-completed",
+        "schema_version": 1,
+        "occurred_at": ended.isoformat(),
+        "loan_id": loan_id,
+        "visit_id": str(uuid.uuid4()),
+        "task_id": None,
+        "agent_id": "AG-field-1",
+        "method": "field",
+        "outcome": outcome,
+        "started_at": (ended - timedelta(minutes=40)).isoformat(),
+        "ended_at": ended.isoformat(),
+        "findings": {**seen, **findings},
+    }
+
+
+async def produce(
+    producer: AIOKafkaProducer, topic: str, loan_id: str, event: dict[str, Any] | bytes
+) -> None:
+    value = event if isinstance(event, bytes) else json.dumps(event).encode()
+    # Keyed by loan: the events of one loan share a partition and are applied in order.
+    await producer.send_and_wait(topic, value, key=loan_id.encode())
+
+
+async def alerts_of(system: System, loan_id: str, query: str = "") -> list[dict[str, Any]]:
+    response = await system.alerts.get(f"/v1/alerts?loan_id={loan_id}{query}", headers=OPS)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def wait_for_alerts(system: System, loan_id: str, count: int) -> list[dict[str, Any]]:
+    async def raised() -> list[dict[str, Any]] | None:
+        alerts = await alerts_of(system, loan_id)
+        return alerts if len(alerts) >= count else None
+
+    return await eventually(raised)
+
+
+def verdict(alert: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What a rule decided: rule, category, severity and recommended action."""
+    return (alert["rule"], alert["category"], alert["severity"], alert["recommended_action"])
+
+
+async def raise_one(system: System, producer: AIOKafkaProducer, loan_id: str) -> dict[str, Any]:
+    """A fresh open dpd_90 alert on `loan_id`."""
+    before = len(await alerts_of(system, loan_id))
+    await produce(producer, "repayment-posted", loan_id, repayment_event(loan_id))
+    return (await wait_for_alerts(system, loan_id, before + 1))[-1]
+
+
+# --- raising alerts -----------------------------------------------------------------------
+
+
+async def test_missed_installment_at_95_dpd_raises_critical_alert_and_announces_it(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    loan_id = await register_loan(system)
+    event = repayment_event(loan_id, "missed", 95)
+    await produce(producer, "repayment-posted", loan_id, event)
+
+    [alert] = await wait_for_alerts(system, loan_id, 1)
+    assert verdict(alert) == ("dpd_90", "repayment", "critical", "legal_review")
+    assert alert["status"] == "open"
+    assert alert["source_event_id"] == event["event_id"]
+    assert "95 days past due" in alert["reason"] and "3000.00" in alert["reason"]
+
+    raised = await read_topic(
+        system.bootstrap, "alert-raised", lambda r: r.get("alert_id") == alert["alert_id"]
+    )
+    assert raised["event_type"] == "alert-raised"
+    assert raised["loan_id"] == loan_id
+    assert raised["source_event_id"] == event["event_id"]
+    assert verdict(raised) == verdict(alert)
+    assert raised["event_id"] != event["event_id"]
+
+
+async def test_redelivered_repayment_raises_no_second_alert(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    loan_id = await register_loan(system)
+    event = repayment_event(loan_id, "missed", 95)
+    await produce(producer, "repayment-posted", loan_id, event)
+    await wait_for_alerts(system, loan_id, 1)
+
+    await produce(producer, "repayment-posted", loan_id, event)  # the same event_id again
+    # A later posting on the same loan (same partition) proves the duplicate was consumed.
+    await produce(producer, "repayment-posted", loan_id, repayment_event(loan_id, "partial", 3))
+    alerts = await wait_for_alerts(system, loan_id, 2)
+
+    assert sorted(a["rule"] for a in alerts) == ["dpd_90", "partial_payment"]
+    assert len(await alerts_of(system, loan_id, "&rule=dpd_90")) == 1
+
+
+async def test_unparseable_and_invalid_events_go_to_dead_letter_and_consuming_goes_on(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    loan_id = await register_loan(system)
+    garbage = f"not json {loan_id}".encode()
+    incomplete = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "repayment-posted",
+        "schema_version": 1,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "loan_id": loan_id,
+        "status": "missed",
+    }
+    await produce(producer, "repayment-posted", loan_id, garbage)
+    await produce(producer, "repayment-posted", loan_id, incomplete)
+    after = repayment_event(loan_id, "missed", 10)
+    await produce(producer, "repayment-posted", loan_id, after)
+
+    # Behind the bad records on the same partition, the valid posting is still applied.
+    [alert] = await wait_for_alerts(system, loan_id, 1)
+    assert (alert["rule"], alert["source_event_id"]) == ("missed_installment", after["event_id"])
+
+    dead = await read_topic(
+        system.bootstrap, "repayment-posted.dlq", lambda r: r.get("payload") == garbage.decode()
+    )
+    assert dead["source_topic"] == "repayment-posted"
+    assert dead["reason"].startswith("unparseable event")
+    dead = await read_topic(
+        system.bootstrap,
+        "repayment-posted.dlq",
+        lambda r: incomplete["event_id"] in r.get("payload", ""),
+    )
+    assert dead["reason"].startswith("invalid event")
+    assert "installment_no" in dead["reason"]
+
+
+async def test_ride_hailing_on_a_private_loan_raises_vehicle_misuse(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    loan_id = await register_loan(system, agreed_usage="private")
+    event = visit_event(loan_id, vehicle_usage="ride_hailing")
+    await produce(producer, "visit-completed", loan_id, event)
+
+    [alert] = await wait_for_alerts(system, loan_id, 1)
+    assert verdict(alert) == ("vehicle_misuse", "vehicle", "high", "field_visit")
+    assert alert["source_event_id"] == event["event_id"]
+    assert "ride_hailing" in alert["reason"] and "private" in alert["reason"]
+
+
+async def test_usage_as_agreed_raises_nothing(system: System, producer: AIOKafkaProducer) -> None:
+    loan_id = await register_loan(system, agreed_usage="ride_hailing")
+    await produce(
+        producer, "visit-completed", loan_id, visit_event(loan_id, vehicle_usage="ride_hailing")
+    )
+    # A refused visit behind it on the same partition shows the first was consumed.
+    await produce(producer, "visit-completed", loan_id, visit_event(loan_id, "refused"))
+    [alert] = await wait_for_alerts(system, loan_id, 1)
+    assert alert["rule"] == "visit_refused"
+
+
+async def test_encumbered_collateral_raises_critical_alert_even_for_a_loan_unknown_to_scheduler(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    # Not registered: the scheduler answers 404, so only the misuse rule is skipped.
+    loan_id = new_id("L")
+    event = visit_event(loan_id, vehicle_usage="commercial", encumbrance_detected=True)
+    await produce(producer, "visit-completed", loan_id, event)
+
+    [alert] = await wait_for_alerts(system, loan_id, 1)
+    assert verdict(alert) == ("collateral_encumbered", "collateral", "critical", "legal_review")
+
+
+async def test_scheduler_down_is_an_outage_not_an_unknown_loan() -> None:
+    # Nothing listens there: the lookup must fail loudly (the consumer retries the event)
+    # rather than answer None, which would silently skip the misuse rule.
+    client = ServiceClient(
+        base_url=f"http://127.0.0.1:{free_port()}",
+        jwt_secret="test-secret",
+        caller="alerts",
+        timeout_seconds=0.5,
+        retries=1,
+    )
+    try:
+        with pytest.raises(OwnerUnavailable):
+            await SchedulerLoans(client).agreed_usage(new_id("L"))
+    finally:
+        await client.aclose()
+
+
+# --- triage -------------------------------------------------------------------------------
+
+
+async def test_ack_then_resolve_records_who_and_when_and_closed_stays_closed(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    loan_id = await register_loan(system)
+    alert = await raise_one(system, producer, loan_id)
+    url = f"/v1/alerts/{alert['alert_id']}"
+
+    acked = await system.alerts.post(f"{url}/ack", headers=OPS)
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["status"] == "acknowledged"
+    assert acked.json()["acknowledged_by"] == "ops-desk-1"
+    again = await system.alerts.post(f"{url}/ack", headers=auth("admin", "root"))
+    assert again.status_code == 200
+    assert again.json() == acked.json()  # the first acknowledgement stands
+
+    plan = {"action": "repayment_plan", "note": "borrower agreed to pay 1500/month for 4 months"}
+    resolved = await system.alerts.post(f"{url}/resolve", json=plan, headers=OPS)
+    assert resolved.status_code == 200, resolved.text
+    body = resolved.json()
+    assert body["status"] == "resolved"
+    assert (body["resolution_action"], body["resolution_note"]) == (plan["action"], plan["note"])
+    assert body["resolved_by"] == "ops-desk-1"
+    assert datetime.fromisoformat(body["resolved_at"]) >= datetime.fromisoformat(
+        body["acknowledged_at"]
+    )
+    assert (await system.alerts.get(url, headers=OPS)).json() == body
+
+    for path, payload in (("resolve", plan), ("ack", None)):
+        conflict = await system.alerts.post(f"{url}/{path}", json=payload, headers=OPS)
+        assert conflict.status_code == 409
+        assert conflict.headers["content-type"] == "application/problem+json"
+        assert conflict.json()["status"] == 409
+
+
+async def test_dismiss_closes_an_open_alert_as_dismissed(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    loan_id = await register_loan(system)
+    alert = await raise_one(system, producer, loan_id)
+    dismissed = await system.alerts.post(
+        f"/v1/alerts/{alert['alert_id']}/resolve",
+        json={"action": "dismiss", "note": "posting was reversed by core banking"},
+        headers=OPS,
+    )
+    assert dismissed.status_code == 200, dismissed.text
+    assert dismissed.json()["status"] == "dismissed"
+    assert dismissed.json()["resolution_action"] == "dismiss"
+    assert dismissed.json()["acknowledged_at"] is None
+
+
+async def test_roles_and_errors_are_problem_json(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    loan_id = await register_loan(system)
+    alert = await raise_one(system, producer, loan_id)
+    url = f"/v1/alerts/{alert['alert_id']}"
+
+    assert (await system.alerts.get(url)).status_code == 401
+    assert (await system.alerts.get(url, headers=auth("agent", "AG-1"))).status_code == 403
+    supervisor = auth("supervisor", "sup-1")
+    assert (await system.alerts.get(url, headers=supervisor)).status_code == 200
+    watched_only = await system.alerts.post(f"{url}/ack", headers=supervisor)
+    assert watched_only.status_code == 403
+    assert watched_only.headers["content-type"] == "application/problem+json"
+
+    missing = await system.alerts.get(f"/v1/alerts/{uuid.uuid4()}", headers=OPS)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    unknown_action = await system.alerts.post(
+        f"{url}/resolve", json={"action": "write_off"}, headers=OPS
+    )
+    assert unknown_action.status_code == 422
+    assert unknown_action.json()["errors"][0]["field"] == "body.action"
+    bad_cursor = await system.alerts.get("/v1/alerts?cursor=nonsense", headers=OPS)
+    assert bad_cursor.status_code == 422
+
+
+async def test_filters_and_cursor_pages(system: System, producer: AIOKafkaProducer) -> None:
+    loan_id = await register_loan(system)
+    for status, dpd in (("missed", 95), ("partial", 3), ("missed", 40)):
+        await produce(producer, "repayment-posted", loan_id, repayment_event(loan_id, status, dpd))
+    alerts = await wait_for_alerts(system, loan_id, 3)
+    assert [a["rule"] for a in alerts] == ["dpd_90", "partial_payment", "dpd_30"]
+
+    critical = await alerts_of(system, loan_id, "&severity=critical")
+    assert [a["rule"] for a in critical] == ["dpd_90"]
+    assert [a["rule"] for a in await alerts_of(system, loan_id, "&category=repayment")] == [
+        a["rule"] for a in alerts
+    ]
+    await system.alerts.post(f"/v1/alerts/{alerts[2]['alert_id']}/ack", headers=OPS)
+    assert [a["rule"] for a in await alerts_of(system, loan_id, "&status=open")] == [
+        "dpd_90",
+        "partial_payment",
+    ]
+    acknowledged = await alerts_of(system, loan_id, "&status=acknowledged")
+    assert [a["rule"] for a in acknowledged] == ["dpd_30"]
+
+    first = (await system.alerts.get(f"/v1/alerts?loan_id={loan_id}&limit=2", headers=OPS)).json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    second = (
+        await system.alerts.get(
+            f"/v1/alerts?loan_id={loan_id}&limit=2&cursor={first['next_cursor']}", headers=OPS
+        )
+    ).json()
+    assert second["next_cursor"] is None
+    paged = [a["alert_id"] for a in first["items"] + second["items"]]
+    assert paged == [a["alert_id"] for a in alerts]
