@@ -63,6 +63,7 @@ class EventConsumer:
         max_attempts: int = 5,
         retry_seconds: float = 0.5,
     ) -> None:
+        self._group_id = group_id
         self._handlers = dict(handlers)
         self._sessions = sessions
         self._inbox = inbox_table
@@ -134,6 +135,8 @@ class EventConsumer:
         dead = {
             "reason": reason,
             "source_topic": record.topic,
+            # Several groups consume one topic; each dead-letters its own copy.
+            "consumer_group": self._group_id,
             "partition": record.partition,
             "offset": record.offset,
             "failed_at": datetime.now(UTC).isoformat(),

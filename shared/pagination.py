@@ -1,13 +1,21 @@
-"""Keyset cursors for list endpoints: `{"items": [...], "next_cursor": ...}`."""
+"""Keyset pagination for list endpoints: `{"items": [...], "next_cursor": ...}`.
+
+Every list is ordered by (created_at, uuid id); the cursor is that pair of the last item,
+opaque to clients and validated on the way back in (a forged cursor is a 422, not a 500).
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import ColumnElement, tuple_
 
 from shared.errors import Problem
 
@@ -19,20 +27,44 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = None
 
 
-def encode_cursor(created_at: datetime, ident: str) -> str:
-    raw = json.dumps([created_at.isoformat(), ident]).encode()
+@dataclass(frozen=True)
+class Cursor:
+    created_at: datetime
+    ident: uuid.UUID
+
+
+def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(ident)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str | None) -> Cursor | None:
+    if cursor is None:
+        return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, ident = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created_at), str(ident)
-    except (ValueError, TypeError) as exc:
+        decoded = Cursor(datetime.fromisoformat(created_at), uuid.UUID(ident))
+        if decoded.created_at.tzinfo is None:
+            raise ValueError("cursor time has no offset")
+        return decoded
+    except (ValueError, TypeError, AttributeError) as exc:
         raise Problem(
             422,
             "Unprocessable Content",
             "cursor is not valid",
             errors=[{"field": "query.cursor", "message": "not a cursor from this API"}],
         ) from exc
+
+
+def after(created_at: Any, ident: Any, cursor: Cursor) -> ColumnElement[bool]:
+    """Rows strictly after the cursor in (created_at, id) order: a row-value comparison
+    that PostgreSQL answers from the (created_at, id) index."""
+    return tuple_(created_at, ident) > tuple_(cursor.created_at, cursor.ident)
+
+
+def next_cursor(
+    rows: Sequence[T], limit: int, key: Callable[[T], tuple[datetime, uuid.UUID]]
+) -> str | None:
+    """A cursor when the page is full (there may be more), else None."""
+    return encode_cursor(*key(rows[-1])) if rows and len(rows) == limit else None

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from shared.auth import issue_token
+from shared.settings import ServiceSettings
 
 
 class OwnerUnavailable(Exception):
@@ -36,6 +37,25 @@ class ServiceClient:
         self._retries = retries
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    @classmethod
+    def scheduler(
+        cls,
+        settings: ServiceSettings,
+        *,
+        caller: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> ServiceClient:
+        """A client of the scheduler, which owns loans and tasks."""
+        return cls(
+            base_url=settings.scheduler_url,
+            jwt_secret=settings.jwt_secret,
+            caller=caller,
+            timeout_seconds=settings.http_timeout_seconds,
+            retries=settings.http_retries,
+            cache_seconds=settings.http_cache_seconds,
+            transport=transport,
+        )
 
     def _token(self) -> str:
         return issue_token(self._secret, f"service:{self._caller}", "integration")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -12,9 +11,8 @@ from services.alerts import repository, service
 from services.alerts.schemas import AlertOut, AlertStatus, ResolveIn
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
-from shared.errors import Problem
 from shared.events import Category, Severity
-from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.pagination import Page, decode_cursor, next_cursor
 
 router = APIRouter(prefix="/v1")
 
@@ -43,17 +41,12 @@ async def list_alerts(
         severity=severity,
         rule=rule,
         category=category,
-        after=_after(cursor) if cursor else None,
+        cursor=decode_cursor(cursor),
         limit=limit,
-    )
-    next_cursor = (
-        encode_cursor(alerts[-1].created_at, str(alerts[-1].alert_id))
-        if len(alerts) == limit
-        else None
     )
     return Page(
         items=[AlertOut.model_validate(a, from_attributes=True) for a in alerts],
-        next_cursor=next_cursor,
+        next_cursor=next_cursor(alerts, limit, lambda a: (a.created_at, a.alert_id)),
     )
 
 
@@ -75,17 +68,3 @@ async def resolve(
 ) -> AlertOut:
     alert = await service.resolve(session, alert_id, body, who.sub)
     return AlertOut.model_validate(alert, from_attributes=True)
-
-
-def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created_at, ident = decode_cursor(cursor)
-    try:
-        return created_at, uuid.UUID(ident)
-    except ValueError as exc:
-        # decode_cursor checks the shape only; the id half must be one of ours too.
-        raise Problem(
-            422,
-            "Unprocessable Content",
-            "cursor is not valid",
-            errors=[{"field": "query.cursor", "message": "not a cursor from this API"}],
-        ) from exc

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.alerts.models import Alert
+from shared.pagination import Cursor, after
 
 
 async def add_alert(session: AsyncSession, alert: Alert) -> bool:
@@ -42,7 +42,7 @@ async def list_alerts(
     severity: str | None,
     rule: str | None,
     category: str | None,
-    after: tuple[datetime, uuid.UUID] | None,
+    cursor: Cursor | None,
     limit: int,
 ) -> list[Alert]:
     """Alerts by filters, oldest first: the triage queue is worked in arrival order."""
@@ -56,13 +56,7 @@ async def list_alerts(
     ):
         if value is not None:
             stmt = stmt.where(col(column) == value)
-    if after is not None:
-        created_at, alert_id = after
-        stmt = stmt.where(
-            or_(
-                col(Alert.created_at) > created_at,
-                and_(col(Alert.created_at) == created_at, col(Alert.alert_id) > alert_id),
-            )
-        )
+    if cursor is not None:
+        stmt = stmt.where(after(col(Alert.created_at), col(Alert.alert_id), cursor))
     stmt = stmt.order_by(col(Alert.created_at), col(Alert.alert_id)).limit(limit)
     return list((await session.execute(stmt)).scalars())

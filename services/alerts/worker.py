@@ -31,15 +31,7 @@ async def run_worker(
     # One producer for the outbox relay and the dead letters.
     producer = make_producer(settings.kafka_bootstrap_servers)
     await producer.start()
-    scheduler = ServiceClient(
-        base_url=settings.scheduler_url,
-        jwt_secret=settings.jwt_secret,
-        caller="alerts",
-        timeout_seconds=settings.http_timeout_seconds,
-        retries=settings.http_retries,
-        cache_seconds=settings.http_cache_seconds,
-        transport=scheduler_transport,
-    )
+    scheduler = ServiceClient.scheduler(settings, caller="alerts", transport=scheduler_transport)
     try:
         consumer = EventConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -25,7 +25,7 @@ from services.scheduler.schemas import (
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.errors import Problem, not_found
-from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.pagination import Page, decode_cursor, next_cursor
 from shared.pii import PiiCipher
 
 router = APIRouter(prefix="/v1")
@@ -193,13 +193,10 @@ async def _task_page(
         status=status,
         due_from=due_from,
         due_to=due_to,
-        after=decode_cursor(cursor) if cursor else None,
+        cursor=decode_cursor(cursor),
         limit=limit,
-    )
-    next_cursor = (
-        encode_cursor(tasks[-1].created_at, str(tasks[-1].task_id)) if len(tasks) == limit else None
     )
     return Page(
         items=[TaskOut.model_validate(t, from_attributes=True) for t in tasks],
-        next_cursor=next_cursor,
+        next_cursor=next_cursor(tasks, limit, lambda t: (t.created_at, t.task_id)),
     )

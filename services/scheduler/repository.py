@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import date
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.scheduler.models import Agent, Loan, VisitTask
 from services.scheduler.policy import AgentLoad
+from shared.pagination import Cursor, after
 
 
 async def get_loan(session: AsyncSession, loan_id: str, *, for_update: bool = False) -> Loan | None:
@@ -84,7 +85,7 @@ async def list_tasks(
     status: str | None,
     due_from: date | None,
     due_to: date | None,
-    after: tuple[datetime, str] | None,
+    cursor: Cursor | None,
     limit: int,
 ) -> list[VisitTask]:
     stmt = select(VisitTask)
@@ -98,17 +99,8 @@ async def list_tasks(
         stmt = stmt.where(col(VisitTask.due_on) >= due_from)
     if due_to is not None:
         stmt = stmt.where(col(VisitTask.due_on) <= due_to)
-    if after is not None:
-        created_at, task_id = after
-        stmt = stmt.where(
-            or_(
-                col(VisitTask.created_at) > created_at,
-                and_(
-                    col(VisitTask.created_at) == created_at,
-                    col(VisitTask.task_id) > uuid.UUID(task_id),
-                ),
-            )
-        )
+    if cursor is not None:
+        stmt = stmt.where(after(col(VisitTask.created_at), col(VisitTask.task_id), cursor))
     stmt = stmt.order_by(col(VisitTask.created_at), col(VisitTask.task_id)).limit(limit)
     return list((await session.execute(stmt)).scalars())
 

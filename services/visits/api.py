@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -13,8 +12,7 @@ from services.visits.models import Visit
 from services.visits.schemas import VisitIn, VisitOut
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
-from shared.errors import Problem
-from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.pagination import Page, decode_cursor, next_cursor
 from shared.service_client import ServiceClient
 
 router = APIRouter(prefix="/v1")
@@ -80,29 +78,10 @@ async def list_visits(
         session,
         agent_id=who.sub if who.is_agent else agent_id,
         loan_id=loan_id,
-        after=_after(cursor) if cursor else None,
+        cursor=decode_cursor(cursor),
         limit=limit,
     )
-    next_cursor = (
-        encode_cursor(visits[-1].created_at, str(visits[-1].visit_id))
-        if len(visits) == limit
-        else None
+    return Page(
+        items=[service.visit_view(v) for v in visits],
+        next_cursor=next_cursor(visits, limit, lambda v: (v.created_at, v.visit_id)),
     )
-    return Page(items=[service.visit_view(v) for v in visits], next_cursor=next_cursor)
-
-
-def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created_at, ident = decode_cursor(cursor)
-    # decode_cursor checks the shape only; a forged cursor must be a 422, not a 500.
-    try:
-        visit_id = uuid.UUID(ident)
-    except ValueError:
-        visit_id = None
-    if visit_id is None or created_at.tzinfo is None:
-        raise Problem(
-            422,
-            "Unprocessable Content",
-            "cursor is not valid",
-            errors=[{"field": "query.cursor", "message": "not a cursor from this API"}],
-        )
-    return created_at, visit_id

@@ -22,14 +22,8 @@ def build_app(
 
     # The client opens with the app's lifespan, so a restarted lifespan gets a fresh one.
     async def open_scheduler(app: FastAPI) -> None:
-        app.state.scheduler = ServiceClient(
-            base_url=resolved.scheduler_url,
-            jwt_secret=resolved.jwt_secret,
-            caller="visits",
-            timeout_seconds=resolved.http_timeout_seconds,
-            retries=resolved.http_retries,
-            cache_seconds=resolved.http_cache_seconds,
-            transport=scheduler_transport,
+        app.state.scheduler = ServiceClient.scheduler(
+            resolved, caller="visits", transport=scheduler_transport
         )
 
     async def close_scheduler(app: FastAPI) -> None:

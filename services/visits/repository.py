@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.visits.models import Visit
+from shared.pagination import Cursor, after
 
 
 async def get_visit(session: AsyncSession, visit_id: uuid.UUID) -> Visit | None:
@@ -41,7 +41,7 @@ async def list_visits(
     *,
     agent_id: str | None,
     loan_id: str | None,
-    after: tuple[datetime, uuid.UUID] | None,
+    cursor: Cursor | None,
     limit: int,
 ) -> list[Visit]:
     stmt = select(Visit)
@@ -49,13 +49,7 @@ async def list_visits(
         stmt = stmt.where(col(Visit.agent_id) == agent_id)
     if loan_id is not None:
         stmt = stmt.where(col(Visit.loan_id) == loan_id)
-    if after is not None:
-        created_at, visit_id = after
-        stmt = stmt.where(
-            or_(
-                col(Visit.created_at) > created_at,
-                and_(col(Visit.created_at) == created_at, col(Visit.visit_id) > visit_id),
-            )
-        )
+    if cursor is not None:
+        stmt = stmt.where(after(col(Visit.created_at), col(Visit.visit_id), cursor))
     stmt = stmt.order_by(col(Visit.created_at), col(Visit.visit_id)).limit(limit)
     return list((await session.execute(stmt)).scalars())

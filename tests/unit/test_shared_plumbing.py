@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
@@ -12,6 +15,7 @@ from pydantic import ValidationError
 from shared.auth import decode_token, issue_token
 from shared.errors import Problem
 from shared.logging import JsonFormatter, scrub
+from shared.pagination import decode_cursor, encode_cursor
 from shared.pii import PiiCipher, mask_name, mask_tail
 from shared.settings import DEV_PII_KEY, ServiceSettings
 
@@ -59,3 +63,20 @@ def test_logs_never_carry_national_id_or_mobile() -> None:
     assert scrub("id 110101199003074512 tel 13812345678") == "id **************4512 tel *******5678"
     record = logging.LogRecord("x", logging.INFO, "f", 1, "borrower 13812345678", None, None)
     assert "13812345678" not in JsonFormatter("t").format(record)
+
+
+def test_cursor_round_trip_and_forged_cursors_are_422() -> None:
+    ident, at = uuid.uuid4(), datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+    decoded = decode_cursor(encode_cursor(at, ident))
+    assert decoded is not None and (decoded.created_at, decoded.ident) == (at, ident)
+    assert decode_cursor(None) is None
+    forged = [
+        "not-base64!",
+        base64.urlsafe_b64encode(json.dumps(["2026-11-29T08:00:00", str(ident)]).encode()).decode(),
+        base64.urlsafe_b64encode(json.dumps([at.isoformat(), "x"]).encode()).decode(),
+        base64.urlsafe_b64encode(b"{}").decode(),
+    ]
+    for cursor in forged:
+        with pytest.raises(Problem) as problem:
+            decode_cursor(cursor)
+        assert problem.value.status == 422
