@@ -41,7 +41,8 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	$(PY) -m tests.bench
+	@# The short dev JWT secret warns on every token; production refuses it anyway.
+	$(PY) -W ignore::UserWarning -m tests.bench
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache

@@ -84,26 +84,47 @@ class EventConsumer:
             while True:
                 batch = await self.consumer.getmany(timeout_ms=500, max_records=200)
                 for partition, records in batch.items():
-                    for record in records:
-                        await self._process(record)
-                    # One commit per partition batch, after every record's transaction.
+                    await self._process_batch(records)
+                    # The offset moves only once every record's effect is committed.
                     await self.consumer.commit({partition: records[-1].offset + 1})
         finally:
             await self.consumer.stop()
 
-    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        topic = record.topic
-        try:
-            event = parse_event(topic, record.value or b"")
-        except (ValidationError, ValueError) as exc:
-            await self._dead_letter(record, _describe(exc))
+    async def _process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Apply a partition's batch in one transaction, so the commit (an fsync) is paid
+        per batch rather than per event. If any event fails, nothing of the batch is kept
+        and its events are applied again one transaction each, where a bad event is
+        dead-lettered alone and transient failures are retried."""
+        valid: list[tuple[ConsumerRecord[bytes, bytes], EventEnvelope]] = []
+        for record in records:
+            try:
+                valid.append((record, parse_event(record.topic, record.value or b"")))
+            except (ValidationError, ValueError) as exc:
+                await self._dead_letter(record, _describe(exc))
+        if not valid:
             return
+        try:
+            async with self._sessions() as session, session.begin():
+                for record, event in valid:
+                    with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
+                        await self._apply(session, record.topic, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure takes the careful path
+            log.info("batch of %d not applied (%s); applying one by one", len(valid), exc)
+            for record, event in valid:
+                await self._process_one(record, event)
+
+    async def _process_one(
+        self, record: ConsumerRecord[bytes, bytes], event: EventEnvelope
+    ) -> None:
         with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    await self._apply(topic, event)
+                    async with self._sessions() as session, session.begin():
+                        await self._apply(session, record.topic, event)
                     return
                 except InvalidEvent as exc:
                     await self._dead_letter(record, str(exc))
@@ -123,12 +144,12 @@ class EventConsumer:
                     log.exception("event handler failed (attempt %d)", attempt)
                     await asyncio.sleep(self._retry_seconds * attempt)
 
-    async def _apply(self, topic: str, event: EventEnvelope) -> None:
-        async with self._sessions() as session, session.begin():
-            if not await inbox.claim(session, self._inbox, event.event_id, topic):
-                log.info("duplicate event ignored")
-                return
-            await self._handlers[topic](session, event)
+    async def _apply(self, session: AsyncSession, topic: str, event: EventEnvelope) -> None:
+        """The effect and the inbox row, in the caller's transaction."""
+        if not await inbox.claim(session, self._inbox, event.event_id, topic):
+            log.info("duplicate event ignored")
+            return
+        await self._handlers[topic](session, event)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         raw = (record.value or b"").decode("utf-8", errors="replace")

@@ -6,11 +6,15 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import date
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.auth import Role, issue_token
 from shared.settings import DEV_JWT_SECRET
@@ -20,6 +24,10 @@ T = TypeVar("T")
 
 def auth(role: Role, sub: str = "tester", secret: str = DEV_JWT_SECRET) -> dict[str, str]:
     return {"Authorization": f"Bearer {issue_token(secret, sub, role)}"}
+
+
+ADMIN = auth("admin", "root")
+CORE_BANKING = auth("integration", "core-banking")
 
 
 def new_id(prefix: str) -> str:
@@ -70,6 +78,148 @@ def loan_body(
         "region": region,
         "agreed_usage": agreed_usage,
     }
+
+
+async def register_agent(
+    client: httpx.AsyncClient, region: str, *, methods: list[str] | None = None
+) -> str:
+    """A new agent in `region` (phone and field unless `methods` says otherwise); its id."""
+    agent_id = new_id("AG")
+    response = await client.put(
+        f"/v1/agents/{agent_id}",
+        json={
+            "name": "李娜",
+            "region": region,
+            "methods": methods or ["phone", "field"],
+            "daily_capacity": 8,
+        },
+        headers=ADMIN,
+    )
+    assert response.status_code == 200, response.text
+    return agent_id
+
+
+async def register_loan(client: httpx.AsyncClient, region: str, **loan_kwargs: Any) -> str:
+    """A new loan registered by core banking (`loan_body` with `loan_kwargs`); its id."""
+    loan_id = new_id("L")
+    response = await client.put(
+        f"/v1/loans/{loan_id}",
+        json=loan_body(region=region, **loan_kwargs),
+        headers=CORE_BANKING,
+    )
+    assert response.status_code == 201, response.text
+    return loan_id
+
+
+# What an agent records on a clean visit; a visit that did not happen leaves the defaults.
+# Copy it (`{**CLEAN_FINDINGS, ...}`) rather than changing it.
+CLEAN_FINDINGS: dict[str, Any] = {
+    "identity_verified": True,
+    "employment_status": "stable",
+    "income_change": "same",
+    "vehicle_sighted": True,
+    "vehicle_usage": "private",
+    "vehicle_condition": "good",
+    "collateral_documents_intact": True,
+    "encumbrance_detected": False,
+    "repayment_difficulty": False,
+}
+
+
+def _envelope(event_type: str, loan_id: str, occurred_at: datetime) -> dict[str, Any]:
+    """The fields every event carries (shared/events: EventEnvelope), with a new event_id."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "schema_version": 1,
+        "occurred_at": occurred_at.isoformat(),
+        "loan_id": loan_id,
+    }
+
+
+def repayment_event(
+    loan_id: str,
+    *,
+    status: str = "missed",
+    days_past_due: int,
+    installment_no: int = 1,
+    amount_due: str = "2800.00",
+    amount_paid: str | None = None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """A `repayment-posted` event as core banking sends it. The installment fell due
+    `days_past_due` days before `occurred_at` (default now); unless given, nothing is paid
+    on a missed one, half on a partial one and all on a paid one."""
+    posted = occurred_at or datetime.now(UTC)
+    if amount_paid is None:
+        paid = {"paid": Decimal(amount_due), "partial": Decimal(amount_due) / 2}
+        amount_paid = str(paid.get(status, Decimal("0.00")))
+    return {
+        **_envelope("repayment-posted", loan_id, posted),
+        "installment_no": installment_no,
+        "due_date": (posted.date() - timedelta(days=days_past_due)).isoformat(),
+        "amount_due": amount_due,
+        "amount_paid": amount_paid,
+        "paid_at": posted.isoformat() if status in ("paid", "partial") else None,
+        "status": status,
+        "days_past_due": days_past_due,
+        "outstanding_principal": "70000.00",
+    }
+
+
+def visit_event(
+    loan_id: str,
+    *,
+    outcome: str = "completed",
+    findings: Mapping[str, Any] | None = None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """A `visit-completed` event of an unplanned 40-minute field visit that ended at
+    `occurred_at` (default now): `CLEAN_FINDINGS` when it was completed (none otherwise),
+    overridden by `findings`."""
+    ended = occurred_at or datetime.now(UTC)
+    seen = CLEAN_FINDINGS if outcome == "completed" else {}
+    return {
+        **_envelope("visit-completed", loan_id, ended),
+        "visit_id": str(uuid.uuid4()),
+        "task_id": None,
+        "agent_id": "AG-field-1",
+        "method": "field",
+        "outcome": outcome,
+        "started_at": (ended - timedelta(minutes=40)).isoformat(),
+        "ended_at": ended.isoformat(),
+        "findings": {**seen, **(findings or {})},
+    }
+
+
+async def produce(producer: AIOKafkaProducer, event: Mapping[str, Any]) -> None:
+    """Send `event` as JSON to the topic named by its `event_type`, keyed by its loan: the
+    events of one loan share a partition and are applied in order."""
+    await producer.send_and_wait(
+        str(event["event_type"]), json.dumps(event).encode(), key=str(event["loan_id"]).encode()
+    )
+
+
+@asynccontextmanager
+async def _connection(database_url: str) -> AsyncIterator[Any]:
+    """A one-off asyncpg connection to the database at `database_url` (a SQLAlchemy URL)."""
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def fetchval(database_url: str, sql: str, *args: Any) -> Any:
+    """The first value of the first row of `sql`, on a one-off connection."""
+    async with _connection(database_url) as conn:
+        return await conn.fetchval(sql, *args)
+
+
+async def fetchrow(database_url: str, sql: str, *args: Any) -> Any:
+    """The first row of `sql` (an asyncpg Record, or None), on a one-off connection."""
+    async with _connection(database_url) as conn:
+        return await conn.fetchrow(sql, *args)
 
 
 async def read_topic(

@@ -3,7 +3,6 @@ HTTP, the ops desk consumes alert-raised and works alerts over HTTP."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -14,10 +13,19 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.e2e.conftest import Running
-from tests.support import auth, eventually, loan_body, new_id, read_topic
+from tests.support import (
+    CLEAN_FINDINGS,
+    CORE_BANKING,
+    auth,
+    eventually,
+    loan_body,
+    new_id,
+    produce,
+    read_topic,
+    register_agent,
+    repayment_event,
+)
 
-ADMIN = auth("admin", "it-admin")
-CORE_BANKING = auth("integration", "core-banking")
 OPS = auth("ops", "risk-desk-1")
 
 
@@ -39,30 +47,6 @@ async def core_banking(running: Running) -> AsyncIterator[AIOKafkaProducer]:
     await producer.stop()
 
 
-def posting(loan_id: str, status: str, dpd: int, installment_no: int) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "repayment-posted",
-        "schema_version": 1,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "loan_id": loan_id,
-        "installment_no": installment_no,
-        "due_date": (date.today() - timedelta(days=dpd)).isoformat(),
-        "amount_due": "2800.00",
-        "amount_paid": "0.00" if status == "missed" else "2800.00",
-        "paid_at": None if status == "missed" else datetime.now(UTC).isoformat(),
-        "status": status,
-        "days_past_due": dpd,
-        "outstanding_principal": "70000.00",
-    }
-
-
-async def send(producer: AIOKafkaProducer, event: dict[str, Any]) -> None:
-    await producer.send_and_wait(
-        str(event["event_type"]), json.dumps(event).encode(), key=str(event["loan_id"]).encode()
-    )
-
-
 async def test_repayment_visit_and_alert_lifecycle(
     running: Running, http: dict[str, httpx.AsyncClient], core_banking: AIOKafkaProducer
 ) -> None:
@@ -72,19 +56,8 @@ async def test_repayment_visit_and_alert_lifecycle(
 
     # Origination registers an agent and a high-risk loan disbursed today.
     region = new_id("SH")
-    agent_id = new_id("AG")
+    agent_id = await register_agent(scheduler, region)
     agent = auth("agent", agent_id)
-    put_agent = await scheduler.put(
-        f"/v1/agents/{agent_id}",
-        json={
-            "name": "陈磊",
-            "region": region,
-            "methods": ["phone", "field"],
-            "daily_capacity": 12,
-        },
-        headers=ADMIN,
-    )
-    assert put_agent.status_code == 200
     loan_id = new_id("AUTO")
     today = datetime.now(UTC).date()
     put_loan = await scheduler.put(
@@ -105,8 +78,8 @@ async def test_repayment_visit_and_alert_lifecycle(
     )
 
     # Core banking posts a missed installment 95 days past due.
-    missed = posting(loan_id, "missed", 95, installment_no=3)
-    await send(core_banking, missed)
+    missed = repayment_event(loan_id, status="missed", days_past_due=95, installment_no=3)
+    await produce(core_banking, missed)
 
     raised = await read_topic(
         running.bootstrap,
@@ -136,15 +109,11 @@ async def test_repayment_visit_and_alert_lifecycle(
         "started_at": datetime.now(UTC).isoformat(),
         "ended_at": (datetime.now(UTC) + timedelta(minutes=40)).isoformat(),
         "findings": {
-            "identity_verified": True,
+            **CLEAN_FINDINGS,
             "employment_status": "changed",
             "income_change": "decreased",
-            "vehicle_sighted": True,
             "vehicle_usage": "ride_hailing",
-            "vehicle_condition": "good",
-            "collateral_documents_intact": True,
             "encumbrance_detected": True,
-            "repayment_difficulty": False,
         },
         "geo": {"lat": 31.2304, "lon": 121.4737},
         "notes": "car parked at a ride-hailing depot",
@@ -188,9 +157,9 @@ async def test_repayment_visit_and_alert_lifecycle(
     assert resolved.json()["status"] == "resolved"
 
     # Core banking redelivers the same posting: no second alert.
-    await send(core_banking, missed)
-    sentinel = posting(loan_id, "partial", 20, installment_no=4)
-    await send(core_banking, sentinel)
+    await produce(core_banking, missed)
+    sentinel = repayment_event(loan_id, status="partial", days_past_due=20, installment_no=4)
+    await produce(core_banking, sentinel)
 
     async def sentinel_seen() -> list[dict[str, Any]] | None:
         items = (await alerts.get(f"/v1/alerts?loan_id={loan_id}", headers=OPS)).json()["items"]
@@ -205,9 +174,9 @@ async def test_bad_events_go_to_dead_letter_topics_and_workers_keep_going(
 ) -> None:
     marker = new_id("BROKEN")
     await core_banking.send_and_wait("visit-completed", f"{{{marker}".encode(), key=b"x")
-    invalid = posting(new_id("L"), "missed", 40, installment_no=1)
+    invalid = repayment_event(new_id("L"), status="missed", days_past_due=40, installment_no=1)
     invalid["days_past_due"] = "forty"
-    await send(core_banking, invalid)
+    await produce(core_banking, invalid)
 
     dead_visit = await read_topic(
         running.bootstrap, "visit-completed.dlq", lambda r: marker in r["payload"]
@@ -222,8 +191,8 @@ async def test_bad_events_go_to_dead_letter_topics_and_workers_keep_going(
 
     # A good posting after the bad ones is still applied.
     loan_id = new_id("L")
-    good = posting(loan_id, "missed", 31, installment_no=2)
-    await send(core_banking, good)
+    good = repayment_event(loan_id, status="missed", days_past_due=31, installment_no=2)
+    await produce(core_banking, good)
 
     async def alert_for_good() -> list[Any] | None:
         response = await http["alerts"].get(f"/v1/alerts?loan_id={loan_id}", headers=OPS)

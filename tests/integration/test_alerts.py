@@ -3,9 +3,8 @@ visits, `alert-raised` through the outbox, dead letters, and the operations tria
 
 from __future__ import annotations
 
-import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,81 +14,19 @@ from services.alerts.loans import SchedulerLoans
 from shared.devstack import free_port
 from shared.service_client import OwnerUnavailable, ServiceClient
 from tests.integration.conftest import System
-from tests.support import auth, eventually, loan_body, new_id, read_topic
+from tests.support import (
+    ADMIN,
+    auth,
+    eventually,
+    new_id,
+    produce,
+    read_topic,
+    register_loan,
+    repayment_event,
+    visit_event,
+)
 
 OPS = auth("ops", "ops-desk-1")
-INTEGRATION = auth("integration", "core-banking")
-
-
-async def register_loan(system: System, *, agreed_usage: str = "private") -> str:
-    loan_id = new_id("L")
-    response = await system.scheduler.put(
-        f"/v1/loans/{loan_id}",
-        json=loan_body(region=new_id("R"), agreed_usage=agreed_usage),
-        headers=INTEGRATION,
-    )
-    assert response.status_code == 201, response.text
-    return loan_id
-
-
-def repayment_event(loan_id: str, status: str = "missed", dpd: int = 95) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "repayment-posted",
-        "schema_version": 1,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "loan_id": loan_id,
-        "installment_no": 4,
-        "due_date": "2026-11-15",
-        "amount_due": "3000.00",
-        "amount_paid": "0.00" if status == "missed" else "1000.00",
-        "paid_at": None,
-        "status": status,
-        "days_past_due": dpd,
-        "outstanding_principal": "70000.00",
-    }
-
-
-# What an agent records on a clean visit; a visit that did not happen leaves the defaults.
-CLEAN_FINDINGS: dict[str, Any] = {
-    "identity_verified": True,
-    "employment_status": "stable",
-    "income_change": "same",
-    "vehicle_sighted": True,
-    "vehicle_usage": "private",
-    "vehicle_condition": "good",
-    "collateral_documents_intact": True,
-    "encumbrance_detected": False,
-    "repayment_difficulty": False,
-}
-
-
-def visit_event(loan_id: str, outcome: str = "completed", **findings: Any) -> dict[str, Any]:
-    ended = datetime.now(UTC)
-    seen = CLEAN_FINDINGS if outcome == "completed" else {}
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "visit-completed",
-        "schema_version": 1,
-        "occurred_at": ended.isoformat(),
-        "loan_id": loan_id,
-        "visit_id": str(uuid.uuid4()),
-        "task_id": None,
-        "agent_id": "AG-field-1",
-        "method": "field",
-        "outcome": outcome,
-        "started_at": (ended - timedelta(minutes=40)).isoformat(),
-        "ended_at": ended.isoformat(),
-        "findings": {**seen, **findings},
-    }
-
-
-async def produce(
-    producer: AIOKafkaProducer, topic: str, loan_id: str, event: dict[str, Any] | bytes
-) -> None:
-    value = event if isinstance(event, bytes) else json.dumps(event).encode()
-    # Keyed by loan: the events of one loan share a partition and are applied in order.
-    await producer.send_and_wait(topic, value, key=loan_id.encode())
 
 
 async def alerts_of(system: System, loan_id: str, query: str = "") -> list[dict[str, Any]]:
@@ -112,11 +49,11 @@ def verdict(alert: dict[str, Any]) -> tuple[str, str, str, str]:
     return (alert["rule"], alert["category"], alert["severity"], alert["recommended_action"])
 
 
-async def raise_one(system: System, producer: AIOKafkaProducer, loan_id: str) -> dict[str, Any]:
-    """A fresh open dpd_90 alert on `loan_id`."""
-    before = len(await alerts_of(system, loan_id))
-    await produce(producer, "repayment-posted", loan_id, repayment_event(loan_id))
-    return (await wait_for_alerts(system, loan_id, before + 1))[-1]
+async def raise_one(system: System, producer: AIOKafkaProducer) -> dict[str, Any]:
+    """A fresh open dpd_90 alert on a new loan."""
+    loan_id = await register_loan(system.scheduler, new_id("R"))
+    await produce(producer, repayment_event(loan_id, days_past_due=95))
+    return (await wait_for_alerts(system, loan_id, 1))[-1]
 
 
 # --- raising alerts -----------------------------------------------------------------------
@@ -125,9 +62,9 @@ async def raise_one(system: System, producer: AIOKafkaProducer, loan_id: str) ->
 async def test_missed_installment_at_95_dpd_raises_critical_alert_and_announces_it(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    loan_id = await register_loan(system)
-    event = repayment_event(loan_id, "missed", 95)
-    await produce(producer, "repayment-posted", loan_id, event)
+    loan_id = await register_loan(system.scheduler, new_id("R"))
+    event = repayment_event(loan_id, status="missed", days_past_due=95, amount_due="3000.00")
+    await produce(producer, event)
 
     [alert] = await wait_for_alerts(system, loan_id, 1)
     assert verdict(alert) == ("dpd_90", "repayment", "critical", "legal_review")
@@ -148,14 +85,14 @@ async def test_missed_installment_at_95_dpd_raises_critical_alert_and_announces_
 async def test_redelivered_repayment_raises_no_second_alert(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    loan_id = await register_loan(system)
-    event = repayment_event(loan_id, "missed", 95)
-    await produce(producer, "repayment-posted", loan_id, event)
+    loan_id = await register_loan(system.scheduler, new_id("R"))
+    event = repayment_event(loan_id, status="missed", days_past_due=95)
+    await produce(producer, event)
     await wait_for_alerts(system, loan_id, 1)
 
-    await produce(producer, "repayment-posted", loan_id, event)  # the same event_id again
+    await produce(producer, event)  # the same event_id again
     # A later posting on the same loan (same partition) proves the duplicate was consumed.
-    await produce(producer, "repayment-posted", loan_id, repayment_event(loan_id, "partial", 3))
+    await produce(producer, repayment_event(loan_id, status="partial", days_past_due=3))
     alerts = await wait_for_alerts(system, loan_id, 2)
 
     assert sorted(a["rule"] for a in alerts) == ["dpd_90", "partial_payment"]
@@ -165,7 +102,7 @@ async def test_redelivered_repayment_raises_no_second_alert(
 async def test_unparseable_and_invalid_events_go_to_dead_letter_and_consuming_goes_on(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    loan_id = await register_loan(system)
+    loan_id = await register_loan(system.scheduler, new_id("R"))
     garbage = f"not json {loan_id}".encode()
     incomplete = {
         "event_id": str(uuid.uuid4()),
@@ -175,10 +112,10 @@ async def test_unparseable_and_invalid_events_go_to_dead_letter_and_consuming_go
         "loan_id": loan_id,
         "status": "missed",
     }
-    await produce(producer, "repayment-posted", loan_id, garbage)
-    await produce(producer, "repayment-posted", loan_id, incomplete)
-    after = repayment_event(loan_id, "missed", 10)
-    await produce(producer, "repayment-posted", loan_id, after)
+    await producer.send_and_wait("repayment-posted", garbage, key=loan_id.encode())
+    await produce(producer, incomplete)
+    after = repayment_event(loan_id, status="missed", days_past_due=10)
+    await produce(producer, after)
 
     # Behind the bad records on the same partition, the valid posting is still applied.
     [alert] = await wait_for_alerts(system, loan_id, 1)
@@ -201,9 +138,9 @@ async def test_unparseable_and_invalid_events_go_to_dead_letter_and_consuming_go
 async def test_ride_hailing_on_a_private_loan_raises_vehicle_misuse(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    loan_id = await register_loan(system, agreed_usage="private")
-    event = visit_event(loan_id, vehicle_usage="ride_hailing")
-    await produce(producer, "visit-completed", loan_id, event)
+    loan_id = await register_loan(system.scheduler, new_id("R"), agreed_usage="private")
+    event = visit_event(loan_id, findings={"vehicle_usage": "ride_hailing"})
+    await produce(producer, event)
 
     [alert] = await wait_for_alerts(system, loan_id, 1)
     assert verdict(alert) == ("vehicle_misuse", "vehicle", "high", "field_visit")
@@ -212,12 +149,10 @@ async def test_ride_hailing_on_a_private_loan_raises_vehicle_misuse(
 
 
 async def test_usage_as_agreed_raises_nothing(system: System, producer: AIOKafkaProducer) -> None:
-    loan_id = await register_loan(system, agreed_usage="ride_hailing")
-    await produce(
-        producer, "visit-completed", loan_id, visit_event(loan_id, vehicle_usage="ride_hailing")
-    )
+    loan_id = await register_loan(system.scheduler, new_id("R"), agreed_usage="ride_hailing")
+    await produce(producer, visit_event(loan_id, findings={"vehicle_usage": "ride_hailing"}))
     # A refused visit behind it on the same partition shows the first was consumed.
-    await produce(producer, "visit-completed", loan_id, visit_event(loan_id, "refused"))
+    await produce(producer, visit_event(loan_id, outcome="refused"))
     [alert] = await wait_for_alerts(system, loan_id, 1)
     assert alert["rule"] == "visit_refused"
 
@@ -227,8 +162,10 @@ async def test_encumbered_collateral_raises_critical_alert_even_for_a_loan_unkno
 ) -> None:
     # Not registered: the scheduler answers 404, so only the misuse rule is skipped.
     loan_id = new_id("L")
-    event = visit_event(loan_id, vehicle_usage="commercial", encumbrance_detected=True)
-    await produce(producer, "visit-completed", loan_id, event)
+    event = visit_event(
+        loan_id, findings={"vehicle_usage": "commercial", "encumbrance_detected": True}
+    )
+    await produce(producer, event)
 
     [alert] = await wait_for_alerts(system, loan_id, 1)
     assert verdict(alert) == ("collateral_encumbered", "collateral", "critical", "legal_review")
@@ -257,15 +194,14 @@ async def test_scheduler_down_is_an_outage_not_an_unknown_loan() -> None:
 async def test_ack_then_resolve_records_who_and_when_and_closed_stays_closed(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    loan_id = await register_loan(system)
-    alert = await raise_one(system, producer, loan_id)
+    alert = await raise_one(system, producer)
     url = f"/v1/alerts/{alert['alert_id']}"
 
     acked = await system.alerts.post(f"{url}/ack", headers=OPS)
     assert acked.status_code == 200, acked.text
     assert acked.json()["status"] == "acknowledged"
     assert acked.json()["acknowledged_by"] == "ops-desk-1"
-    again = await system.alerts.post(f"{url}/ack", headers=auth("admin", "root"))
+    again = await system.alerts.post(f"{url}/ack", headers=ADMIN)
     assert again.status_code == 200
     assert again.json() == acked.json()  # the first acknowledgement stands
 
@@ -291,8 +227,7 @@ async def test_ack_then_resolve_records_who_and_when_and_closed_stays_closed(
 async def test_dismiss_closes_an_open_alert_as_dismissed(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    loan_id = await register_loan(system)
-    alert = await raise_one(system, producer, loan_id)
+    alert = await raise_one(system, producer)
     dismissed = await system.alerts.post(
         f"/v1/alerts/{alert['alert_id']}/resolve",
         json={"action": "dismiss", "note": "posting was reversed by core banking"},
@@ -307,8 +242,7 @@ async def test_dismiss_closes_an_open_alert_as_dismissed(
 async def test_roles_and_errors_are_problem_json(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    loan_id = await register_loan(system)
-    alert = await raise_one(system, producer, loan_id)
+    alert = await raise_one(system, producer)
     url = f"/v1/alerts/{alert['alert_id']}"
 
     assert (await system.alerts.get(url)).status_code == 401
@@ -332,9 +266,9 @@ async def test_roles_and_errors_are_problem_json(
 
 
 async def test_filters_and_cursor_pages(system: System, producer: AIOKafkaProducer) -> None:
-    loan_id = await register_loan(system)
+    loan_id = await register_loan(system.scheduler, new_id("R"))
     for status, dpd in (("missed", 95), ("partial", 3), ("missed", 40)):
-        await produce(producer, "repayment-posted", loan_id, repayment_event(loan_id, status, dpd))
+        await produce(producer, repayment_event(loan_id, status=status, days_past_due=dpd))
     alerts = await wait_for_alerts(system, loan_id, 3)
     assert [a["rule"] for a in alerts] == ["dpd_90", "partial_payment", "dpd_30"]
 

@@ -4,43 +4,26 @@ that replan them."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.conftest import System
-from tests.support import auth, eventually, loan_body, new_id, read_topic
-
-INTEGRATION = auth("integration", "core-banking")
-ADMIN = auth("admin", "root")
-
-
-async def register_agent(system: System, region: str, *, methods: list[str] | None = None) -> str:
-    agent_id = new_id("AG")
-    response = await system.scheduler.put(
-        f"/v1/agents/{agent_id}",
-        json={
-            "name": "李娜",
-            "region": region,
-            "methods": methods or ["phone", "field"],
-            "daily_capacity": 8,
-        },
-        headers=ADMIN,
-    )
-    assert response.status_code == 200, response.text
-    return agent_id
-
-
-async def register_loan(system: System, region: str, **kwargs: Any) -> str:
-    loan_id = new_id("L")
-    response = await system.scheduler.put(
-        f"/v1/loans/{loan_id}", json=loan_body(region=region, **kwargs), headers=INTEGRATION
-    )
-    assert response.status_code == 201, response.text
-    return loan_id
+from tests.support import (
+    ADMIN,
+    CORE_BANKING,
+    auth,
+    eventually,
+    fetchrow,
+    loan_body,
+    new_id,
+    produce,
+    read_topic,
+    register_agent,
+    register_loan,
+    repayment_event,
+)
 
 
 async def tasks_of(system: System, loan_id: str) -> list[dict[str, Any]]:
@@ -50,38 +33,15 @@ async def tasks_of(system: System, loan_id: str) -> list[dict[str, Any]]:
     return items
 
 
-def repayment_event(loan_id: str, status: str, dpd: int) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "repayment-posted",
-        "schema_version": 1,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "loan_id": loan_id,
-        "installment_no": 2,
-        "due_date": "2026-11-15",
-        "amount_due": "2600.00",
-        "amount_paid": "0.00" if status == "missed" else "1000.00",
-        "paid_at": None,
-        "status": status,
-        "days_past_due": dpd,
-        "outstanding_principal": "76000.00",
-    }
-
-
-async def produce(producer: AIOKafkaProducer, topic: str, event: dict[str, Any]) -> None:
-    await producer.send_and_wait(
-        topic, json.dumps(event).encode(), key=str(event["loan_id"]).encode()
-    )
-
-
 async def test_new_loan_gets_first_phone_follow_up_with_least_loaded_agent(system: System) -> None:
     region = new_id("R")
-    busy = await register_agent(system, region)
-    await register_loan(system, region)  # gives `busy` one open task (the only agent then)
-    idle = await register_agent(system, region)
-    await register_agent(system, region, methods=["field"])  # cannot phone
+    busy = await register_agent(system.scheduler, region)
+    # Gives `busy` one open task (the only agent then).
+    await register_loan(system.scheduler, region)
+    idle = await register_agent(system.scheduler, region)
+    await register_agent(system.scheduler, region, methods=["field"])  # cannot phone
 
-    loan_id = await register_loan(system, region, disbursed_on=date(2026, 10, 20))
+    loan_id = await register_loan(system.scheduler, region, disbursed_on=date(2026, 10, 20))
     [task] = await tasks_of(system, loan_id)
     assert task["method"] == "phone"
     assert task["due_on"] == "2026-11-20"
@@ -93,9 +53,9 @@ async def test_new_loan_gets_first_phone_follow_up_with_least_loaded_agent(syste
 
 async def test_loan_put_is_idempotent_and_pii_is_masked_and_encrypted(system: System) -> None:
     region = new_id("R")
-    loan_id = await register_loan(system, region)
+    loan_id = await register_loan(system.scheduler, region)
     body = loan_body(region=region, grade="B")
-    again = await system.scheduler.put(f"/v1/loans/{loan_id}", json=body, headers=INTEGRATION)
+    again = await system.scheduler.put(f"/v1/loans/{loan_id}", json=body, headers=CORE_BANKING)
     assert again.status_code == 200
     assert again.json()["credit_grade"] == "B"
     assert len(await tasks_of(system, loan_id)) == 1  # no second first-follow-up
@@ -105,11 +65,8 @@ async def test_loan_put_is_idempotent_and_pii_is_masked_and_encrypted(system: Sy
     assert shown["borrower"]["phone"] == "*******5678"
     assert shown["borrower"]["name"] == "王**"
 
-    conn = await asyncpg.connect(system.database_url.replace("+asyncpg", ""))
-    try:
-        row = await conn.fetchrow("SELECT * FROM scheduler.loans WHERE loan_id = $1", loan_id)
-    finally:
-        await conn.close()
+    sql = "SELECT * FROM scheduler.loans WHERE loan_id = $1"
+    row = await fetchrow(system.database_url, sql, loan_id)
     assert row is not None
     stored = " ".join(str(v) for v in row.values())
     for secret in ("110101199003074512", "13812345678", "王建国"):
@@ -120,7 +77,7 @@ async def test_errors_are_problem_json_with_the_field_at_fault(system: System) -
     body = loan_body(region="R")
     body["borrower"]["national_id"] = "12345"
     body["credit_grade"] = "Z"
-    response = await system.scheduler.put("/v1/loans/L-bad", json=body, headers=INTEGRATION)
+    response = await system.scheduler.put("/v1/loans/L-bad", json=body, headers=CORE_BANKING)
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     fields = {e["field"] for e in response.json()["errors"]}
@@ -137,8 +94,8 @@ async def test_errors_are_problem_json_with_the_field_at_fault(system: System) -
 
 async def test_agent_sees_only_its_own_tasks(system: System) -> None:
     region = new_id("R")
-    mine = await register_agent(system, region)
-    loan_id = await register_loan(system, region)
+    mine = await register_agent(system.scheduler, region)
+    loan_id = await register_loan(system.scheduler, region)
     [task] = await tasks_of(system, loan_id)
     other = auth("agent", new_id("AG"))
 
@@ -159,12 +116,12 @@ async def test_missed_payment_plans_urgent_call_and_field_visit_at_30_dpd(
     system: System, producer: AIOKafkaProducer
 ) -> None:
     region = new_id("R")
-    await register_agent(system, region)
+    await register_agent(system.scheduler, region)
     today = datetime.now(UTC).date()
-    loan_id = await register_loan(system, region, disbursed_on=today)
+    loan_id = await register_loan(system.scheduler, region, disbursed_on=today)
 
     [first_call] = await tasks_of(system, loan_id)
-    await produce(producer, "repayment-posted", repayment_event(loan_id, "missed", 35))
+    await produce(producer, repayment_event(loan_id, status="missed", days_past_due=35))
 
     async def planned() -> list[dict[str, Any]] | None:
         tasks = await tasks_of(system, loan_id)
@@ -186,16 +143,16 @@ async def test_redelivered_repayment_changes_nothing(
     system: System, producer: AIOKafkaProducer
 ) -> None:
     region = new_id("R")
-    await register_agent(system, region)
-    loan_id = await register_loan(system, region)
-    event = repayment_event(loan_id, "missed", 40)
-    await produce(producer, "repayment-posted", event)
+    await register_agent(system.scheduler, region)
+    loan_id = await register_loan(system.scheduler, region)
+    event = repayment_event(loan_id, status="missed", days_past_due=40)
+    await produce(producer, event)
     first = await eventually(lambda: _field_task(system, loan_id))
 
-    await produce(producer, "repayment-posted", event)  # the same event_id again
+    await produce(producer, event)  # the same event_id again
     # A later posting on the same loan (same partition) proves the duplicate was consumed.
-    sentinel = repayment_event(loan_id, "paid", 0)
-    await produce(producer, "repayment-posted", sentinel)
+    sentinel = repayment_event(loan_id, status="paid", days_past_due=0)
+    await produce(producer, sentinel)
 
     async def caught_up() -> bool:
         loan = (await system.scheduler.get(f"/v1/loans/{loan_id}", headers=ADMIN)).json()
@@ -214,8 +171,8 @@ async def _field_task(system: System, loan_id: str) -> dict[str, Any] | None:
 async def test_repayment_for_unknown_loan_goes_to_dead_letter_topic(
     system: System, producer: AIOKafkaProducer
 ) -> None:
-    event = repayment_event(new_id("GHOST"), "missed", 10)
-    await produce(producer, "repayment-posted", event)
+    event = repayment_event(new_id("GHOST"), status="missed", days_past_due=10)
+    await produce(producer, event)
     dead = await read_topic(
         system.bootstrap,
         "repayment-posted.dlq",
@@ -226,8 +183,8 @@ async def test_repayment_for_unknown_loan_goes_to_dead_letter_topic(
 
 async def test_reschedule_and_bulk_import(system: System) -> None:
     region = new_id("R")
-    await register_agent(system, region)
-    loan_id = await register_loan(system, region)
+    await register_agent(system.scheduler, region)
+    loan_id = await register_loan(system.scheduler, region)
     [task] = await tasks_of(system, loan_id)
     moved = await system.scheduler.post(
         f"/v1/tasks/{task['task_id']}/reschedule",
@@ -243,7 +200,7 @@ async def test_reschedule_and_bulk_import(system: System) -> None:
     rejected = await system.scheduler.post(
         "/v1/loans/import",
         content=f"{json.dumps(good)}\n{json.dumps(bad)}\n",
-        headers=INTEGRATION,
+        headers=CORE_BANKING,
     )
     assert rejected.status_code == 422
     assert rejected.json()["errors"][0]["field"] == "line[2].term_months"
@@ -252,7 +209,7 @@ async def test_reschedule_and_bulk_import(system: System) -> None:
     ).status_code == 404  # nothing half-written
 
     accepted = await system.scheduler.post(
-        "/v1/loans/import", content=json.dumps(good) + "\n", headers=INTEGRATION
+        "/v1/loans/import", content=json.dumps(good) + "\n", headers=CORE_BANKING
     )
     assert accepted.json() == {"imported": 1, "created": 1}
     assert len(await tasks_of(system, str(good["loan_id"]))) == 1
@@ -260,9 +217,9 @@ async def test_reschedule_and_bulk_import(system: System) -> None:
 
 async def test_task_list_pages_with_a_cursor(system: System) -> None:
     region = new_id("R")
-    agent = await register_agent(system, region)
+    agent = await register_agent(system.scheduler, region)
     for _ in range(3):
-        await register_loan(system, region)
+        await register_loan(system.scheduler, region)
     seen: list[str] = []
     cursor: str | None = None
     while True:

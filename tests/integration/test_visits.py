@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 
 from services.visits import main as visits_main
@@ -19,10 +18,18 @@ from services.visits.settings import VisitsSettings
 from shared.devstack import free_port
 from shared.events import VisitCompleted
 from tests.integration.conftest import System
-from tests.support import auth, eventually, loan_body, new_id, read_topic
+from tests.support import (
+    CLEAN_FINDINGS,
+    CORE_BANKING,
+    auth,
+    eventually,
+    fetchval,
+    new_id,
+    read_topic,
+    register_agent,
+    register_loan,
+)
 
-ADMIN = auth("admin", "root")
-INTEGRATION = auth("integration", "core-banking")
 SUPERVISOR = auth("supervisor", "sup-1")
 PROBLEM_JSON = "application/problem+json"
 
@@ -45,22 +52,9 @@ class Assignment:
 
 
 async def assign(system: System) -> Assignment:
-    region, agent_id, loan_id = new_id("R"), new_id("AG"), new_id("L")
-    agent = await system.scheduler.put(
-        f"/v1/agents/{agent_id}",
-        json={
-            "name": "张伟",
-            "region": region,
-            "methods": ["phone", "field"],
-            "daily_capacity": 10,
-        },
-        headers=ADMIN,
-    )
-    assert agent.status_code == 200, agent.text
-    loan = await system.scheduler.put(
-        f"/v1/loans/{loan_id}", json=loan_body(region=region), headers=INTEGRATION
-    )
-    assert loan.status_code == 201, loan.text
+    region = new_id("R")
+    agent_id = await register_agent(system.scheduler, region)
+    loan_id = await register_loan(system.scheduler, region)
     tasks = await system.scheduler.get(
         "/v1/tasks", params={"loan_id": loan_id}, headers=auth("agent", agent_id)
     )
@@ -79,17 +73,7 @@ def visit_body(loan_id: str, task_id: str | None = None, **overrides: Any) -> di
         "outcome": "completed",
         "started_at": started.isoformat(),
         "ended_at": (started + timedelta(minutes=12)).isoformat(),
-        "findings": {
-            "identity_verified": True,
-            "employment_status": "stable",
-            "income_change": "same",
-            "vehicle_sighted": True,
-            "vehicle_usage": "private",
-            "vehicle_condition": "good",
-            "collateral_documents_intact": True,
-            "encumbrance_detected": False,
-            "repayment_difficulty": False,
-        },
+        "findings": dict(CLEAN_FINDINGS),
         "notes": "借款人在家，车辆停在小区",
     }
     return body | overrides
@@ -101,14 +85,6 @@ async def post_visit(
     return await system.visits.post(
         "/v1/visits", json=body, headers=headers | {"Idempotency-Key": key or new_id("K")}
     )
-
-
-async def db_count(system: System, sql: str, *args: Any) -> int:
-    conn = await asyncpg.connect(system.database_url.replace("+asyncpg", ""))
-    try:
-        return int(await conn.fetchval(sql, *args))
-    finally:
-        await conn.close()
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -186,7 +162,7 @@ async def test_a_retry_with_the_same_key_and_body_returns_the_first_visit(system
     visit_id = first.json()["visit_id"]
     await read_topic(system.bootstrap, "visit-completed", lambda e: e.get("visit_id") == visit_id)
     sql = "SELECT count(*) FROM visits.outbox WHERE payload->>'visit_id' = $1"
-    assert await db_count(system, sql, visit_id) == 1
+    assert await fetchval(system.database_url, sql, visit_id) == 1
 
     # Even once the scheduler has completed the task, the retry still gets the first visit.
     async def completed() -> bool:
@@ -209,7 +185,7 @@ async def test_concurrent_identical_requests_record_one_visit(system: System) ->
     assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
     assert len({r.json()["visit_id"] for r in responses}) == 1
     sql = "SELECT count(*) FROM visits.visits WHERE agent_id = $1"
-    assert await db_count(system, sql, job.agent_id) == 1
+    assert await fetchval(system.database_url, sql, job.agent_id) == 1
 
 
 async def test_two_captures_of_one_task_at_once_record_one_visit(system: System) -> None:
@@ -219,7 +195,7 @@ async def test_two_captures_of_one_task_at_once_record_one_visit(system: System)
     )
     assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
     sql = "SELECT count(*) FROM visits.outbox WHERE payload->>'task_id' = $1"
-    assert await db_count(system, sql, job.task_id) == 1
+    assert await fetchval(system.database_url, sql, job.task_id) == 1
 
 
 async def test_the_same_key_with_another_body_is_a_conflict(system: System) -> None:
@@ -259,7 +235,7 @@ async def test_invalid_captures_name_the_field_and_write_nothing(system: System)
     assert ok.status_code == 201, ok.text
     assert ok.json()["geo"] == {"lat": 39.91, "lon": 116.39}
     sql = "SELECT count(*) FROM visits.visits WHERE loan_id = $1"
-    assert await db_count(system, sql, job.loan_id) == 1
+    assert await fetchval(system.database_url, sql, job.loan_id) == 1
 
 
 async def test_a_task_that_is_not_the_agents_own_is_not_found(system: System) -> None:
@@ -276,7 +252,7 @@ async def test_a_task_that_is_not_the_agents_own_is_not_found(system: System) ->
     assert_problem(unknown, 404)
 
     sql = "SELECT count(*) FROM visits.outbox WHERE payload->>'task_id' = $1"
-    assert await db_count(system, sql, job.task_id) == 0
+    assert await fetchval(system.database_url, sql, job.task_id) == 0
 
 
 async def test_a_scheduler_that_is_down_gives_503_and_writes_nothing(system: System) -> None:
@@ -296,7 +272,7 @@ async def test_a_scheduler_that_is_down_gives_503_and_writes_nothing(system: Sys
         )
     assert_problem(response, 503)
     sql = "SELECT count(*) FROM visits.visits WHERE agent_id = $1"
-    assert await db_count(system, sql, job.agent_id) == 0
+    assert await fetchval(system.database_url, sql, job.agent_id) == 0
 
 
 @asynccontextmanager
@@ -335,7 +311,7 @@ async def test_tokens_and_roles_are_enforced(system: System) -> None:
     assert_problem(await system.visits.post("/v1/visits", json=body, headers=key), 401)
     ops = await system.visits.post("/v1/visits", json=body, headers=key | auth("ops", "desk"))
     assert_problem(ops, 403)
-    integration = await system.visits.get("/v1/visits", headers=INTEGRATION)
+    integration = await system.visits.get("/v1/visits", headers=CORE_BANKING)
     assert_problem(integration, 403)
     assert_problem(await system.visits.get(f"/v1/visits/{uuid.uuid4()}", headers=SUPERVISOR), 404)
 
