@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine, make_session_factory, unit_of_work
 from shared.errors import install_problem_handlers
 from shared.logging import request_id_var
 from shared.settings import ServiceSettings
@@ -85,7 +85,7 @@ def create_app(
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request owns the transaction: commit on success, roll back on any error."""
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
-    async with sessions() as session, session.begin():
+    async with unit_of_work(sessions) as session:
         yield session
 
 

@@ -18,12 +18,14 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from pydantic import ValidationError
 from sqlalchemy import Table
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import inbox
+from shared.db import unit_of_work
 from shared.events import EventEnvelope, dlq_topic, parse_event
 from shared.logging import bind_event
 from shared.service_client import OwnerUnavailable
@@ -86,7 +88,12 @@ class EventConsumer:
                 for partition, records in batch.items():
                     await self._process_batch(records)
                     # The offset moves only once every record's effect is committed.
-                    await self.consumer.commit({partition: records[-1].offset + 1})
+                    try:
+                        await self.consumer.commit({partition: records[-1].offset + 1})
+                    except (CommitFailedError, IllegalStateError, RebalanceInProgressError):
+                        # The partition moved to another member during a rebalance; it will
+                        # redeliver these records and the inbox makes that harmless.
+                        log.warning("offset commit lost to a rebalance of %s", partition)
         finally:
             await self.consumer.stop()
 
@@ -104,7 +111,7 @@ class EventConsumer:
         if not valid:
             return
         try:
-            async with self._sessions() as session, session.begin():
+            async with unit_of_work(self._sessions) as session:
                 for record, event in valid:
                     with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
                         await self._apply(session, record.topic, event)
@@ -123,7 +130,7 @@ class EventConsumer:
             while True:
                 attempt += 1
                 try:
-                    async with self._sessions() as session, session.begin():
+                    async with unit_of_work(self._sessions) as session:
                         await self._apply(session, record.topic, event)
                     return
                 except InvalidEvent as exc:

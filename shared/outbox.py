@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.db import unit_of_work
 from shared.events import EventEnvelope
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class OutboxRelay:
     async def publish_batch(self) -> int:
         """Publish one batch; returns how many rows were sent."""
         ob = self._outbox
-        async with self._sessions() as session, session.begin():
+        async with unit_of_work(self._sessions) as session:
             # SKIP LOCKED lets several relay replicas share the table without double sends.
             rows = (
                 await session.execute(

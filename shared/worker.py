@@ -1,12 +1,43 @@
-"""Running a worker coroutine until SIGTERM/SIGINT, then letting it stop cleanly."""
+"""What every worker process shares: its database sessions and producer, and running
+until SIGTERM/SIGINT, then stopping cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import make_engine, make_session_factory
+from shared.kafka import make_producer
+from shared.logging import configure_logging
+from shared.settings import ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    sessions: async_sessionmaker[AsyncSession]
+    # One producer per worker: the outbox relay and the dead letters share it.
+    producer: AIOKafkaProducer
+
+
+@contextlib.asynccontextmanager
+async def worker_resources(settings: ServiceSettings) -> AsyncIterator[WorkerResources]:
+    engine = make_engine(settings.database_url)
+    producer = make_producer(settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        yield WorkerResources(make_session_factory(engine), producer)
+    finally:
+        await producer.stop()
+        await engine.dispose()
 
 
 async def run_until_stopped(main: Coroutine[Any, Any, None]) -> None:
@@ -18,3 +49,9 @@ async def run_until_stopped(main: Coroutine[Any, Any, None]) -> None:
     # inbox makes harmless.
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def worker_main(settings: S, run_worker: Callable[[S], Coroutine[Any, Any, None]]) -> None:
+    """The body of `python -m services.<name>.worker`."""
+    configure_logging(f"{settings.service_name}-worker", settings.log_level)
+    asyncio.run(run_until_stopped(run_worker(settings)))

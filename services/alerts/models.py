@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import CheckConstraint, Column, DateTime, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from shared.db import schema_metadata
+from shared.db import schema_metadata, utcnow
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
 SCHEMA = "alerts"
 metadata = schema_metadata(SCHEMA)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class AlertsTable(SQLModel, registry=registry(metadata=metadata)):
@@ -57,7 +53,7 @@ class Alert(AlertsTable, table=True):
     recommended_action: str = Field(max_length=32)
     source_event_id: uuid.UUID
     created_at: datetime = Field(
-        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     acknowledged_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)

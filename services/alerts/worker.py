@@ -14,52 +14,42 @@ from services.alerts import service
 from services.alerts.loans import SchedulerLoans
 from services.alerts.models import inbox, outbox
 from services.alerts.settings import AlertsSettings
-from shared.db import make_engine, make_session_factory
 from shared.events import REPAYMENT_POSTED, VISIT_COMPLETED
-from shared.kafka import EventConsumer, make_producer
-from shared.logging import configure_logging
+from shared.kafka import EventConsumer
 from shared.outbox import OutboxRelay
 from shared.service_client import ServiceClient
-from shared.worker import run_until_stopped
+from shared.worker import worker_main, worker_resources
 
 
 async def run_worker(
     settings: AlertsSettings, *, scheduler_transport: httpx.AsyncBaseTransport | None = None
 ) -> None:
-    engine = make_engine(settings.database_url)
-    sessions = make_session_factory(engine)
-    # One producer for the outbox relay and the dead letters.
-    producer = make_producer(settings.kafka_bootstrap_servers)
-    await producer.start()
     scheduler = ServiceClient.scheduler(settings, caller="alerts", transport=scheduler_transport)
     try:
-        consumer = EventConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
-            handlers={
-                REPAYMENT_POSTED: service.on_repayment_posted,
-                VISIT_COMPLETED: functools.partial(
-                    service.on_visit_completed,
-                    agreed_usage_of=SchedulerLoans(scheduler).agreed_usage,
-                ),
-            },
-            sessions=sessions,
-            inbox_table=inbox,
-            producer=producer,
-        )
-        relay = OutboxRelay(sessions, outbox, producer)
-        # A TaskGroup: if either loop dies, the other is cancelled and the worker exits
-        # (and is restarted) instead of limping on half-working.
-        async with asyncio.TaskGroup() as group:
-            group.create_task(consumer.run())
-            group.create_task(relay.run())
+        async with worker_resources(settings) as resources:
+            consumer = EventConsumer(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                group_id=settings.consumer_group,
+                handlers={
+                    REPAYMENT_POSTED: service.on_repayment_posted,
+                    VISIT_COMPLETED: functools.partial(
+                        service.on_visit_completed,
+                        agreed_usage_of=SchedulerLoans(scheduler).agreed_usage,
+                    ),
+                },
+                sessions=resources.sessions,
+                inbox_table=inbox,
+                producer=resources.producer,
+            )
+            relay = OutboxRelay(resources.sessions, outbox, resources.producer)
+            # A TaskGroup: if either loop dies, the other is cancelled and the worker exits
+            # (and is restarted) instead of limping on half-working.
+            async with asyncio.TaskGroup() as group:
+                group.create_task(consumer.run())
+                group.create_task(relay.run())
     finally:
         await scheduler.aclose()
-        await producer.stop()
-        await engine.dispose()
 
 
 if __name__ == "__main__":
-    settings = AlertsSettings()
-    configure_logging("alerts-worker", settings.log_level)
-    asyncio.run(run_until_stopped(run_worker(settings)))
+    worker_main(AlertsSettings(), run_worker)

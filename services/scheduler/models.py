@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -12,15 +12,11 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from shared.db import schema_metadata
+from shared.db import schema_metadata, utcnow
 from shared.inbox import inbox_table
 
 SCHEMA = "scheduler"
 metadata = schema_metadata(SCHEMA)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class SchedulerTable(SQLModel, registry=registry(metadata=metadata)):
@@ -57,10 +53,10 @@ class Loan(SchedulerTable, table=True):
     days_past_due: int = 0
     last_repayment_status: str | None = Field(default=None, max_length=16)
     created_at: datetime = Field(
-        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     updated_at: datetime = Field(
-        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
 
 
@@ -74,7 +70,7 @@ class Agent(SchedulerTable, table=True):
     daily_capacity: int
     active: bool = True
     updated_at: datetime = Field(
-        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
 
 
@@ -106,7 +102,7 @@ class VisitTask(SchedulerTable, table=True):
     source_event_id: uuid.UUID | None = None
     visit_id: uuid.UUID | None = None
     created_at: datetime = Field(
-        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     completed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)

@@ -5,23 +5,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.scheduler import service
 from services.scheduler.models import inbox
 from services.scheduler.settings import SchedulerSettings
-from shared.db import make_engine, make_session_factory
 from shared.events import ALERT_RAISED, REPAYMENT_POSTED, VISIT_COMPLETED
-from shared.kafka import EventConsumer, make_producer
-from shared.logging import configure_logging
-from shared.worker import run_until_stopped
+from shared.kafka import EventConsumer
+from shared.worker import worker_main, worker_resources
 
 
 async def run_worker(settings: SchedulerSettings) -> None:
-    engine = make_engine(settings.database_url)
-    producer = make_producer(settings.kafka_bootstrap_servers)  # for dead letters only
-    await producer.start()
-    try:
+    async with worker_resources(settings) as resources:
         consumer = EventConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.consumer_group,
@@ -30,17 +23,12 @@ async def run_worker(settings: SchedulerSettings) -> None:
                 VISIT_COMPLETED: service.on_visit_completed,
                 ALERT_RAISED: service.on_alert_raised,
             },
-            sessions=make_session_factory(engine),
+            sessions=resources.sessions,
             inbox_table=inbox,
-            producer=producer,
+            producer=resources.producer,  # for dead letters only
         )
         await consumer.run()
-    finally:
-        await producer.stop()
-        await engine.dispose()
 
 
 if __name__ == "__main__":
-    settings = SchedulerSettings()
-    configure_logging("scheduler-worker", settings.log_level)
-    asyncio.run(run_until_stopped(run_worker(settings)))
+    worker_main(SchedulerSettings(), run_worker)

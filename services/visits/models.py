@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint, text
@@ -11,15 +11,11 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from shared.db import schema_metadata
+from shared.db import schema_metadata, utcnow
 from shared.outbox import outbox_table
 
 SCHEMA = "visits"
 metadata = schema_metadata(SCHEMA)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class VisitsTable(SQLModel, registry=registry(metadata=metadata)):
@@ -65,7 +61,7 @@ class Visit(VisitsTable, table=True):
     # Free text that may name people or places: stored, returned to readers, never logged.
     notes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(
-        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
 
 

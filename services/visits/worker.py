@@ -5,28 +5,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.visits.models import outbox
 from services.visits.settings import VisitsSettings
-from shared.db import make_engine, make_session_factory
-from shared.kafka import make_producer
-from shared.logging import configure_logging
 from shared.outbox import OutboxRelay
-from shared.worker import run_until_stopped
+from shared.worker import worker_main, worker_resources
 
 
 async def run_worker(settings: VisitsSettings) -> None:
-    engine = make_engine(settings.database_url)
-    producer = make_producer(settings.kafka_bootstrap_servers)
-    await producer.start()
-    try:
-        await OutboxRelay(make_session_factory(engine), outbox, producer).run()
-    finally:
-        await producer.stop()
-        await engine.dispose()
+    async with worker_resources(settings) as resources:
+        await OutboxRelay(resources.sessions, outbox, resources.producer).run()
 
 
 if __name__ == "__main__":
-    configure_logging("visits-worker")
-    asyncio.run(run_until_stopped(run_worker(VisitsSettings())))
+    worker_main(VisitsSettings(), run_worker)

@@ -15,7 +15,7 @@ from sqlalchemy import Column, MetaData, String, Table, Uuid, func, insert, sele
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import devstack
-from shared.db import make_engine, make_session_factory, schema_metadata
+from shared.db import make_engine, make_session_factory, schema_metadata, unit_of_work
 from shared.events import RepaymentPosted
 from shared.inbox import inbox_table
 from shared.kafka import EventConsumer, make_producer
@@ -190,7 +190,7 @@ async def test_outbox_keeps_events_through_a_broker_outage(
     infra: Infra, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     event = posting(new_id("L"))
-    async with sessions() as session, session.begin():
+    async with unit_of_work(sessions) as session:
         await enqueue(session, outbox, event)
 
     async def published_at() -> datetime | None:
