@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import (
@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Uuid,
+    delete,
     func,
     insert,
     select,
@@ -34,6 +35,8 @@ from shared.db import unit_of_work
 from shared.events import EventEnvelope
 
 log = logging.getLogger(__name__)
+
+PURGE_EVERY_SECONDS = 600.0
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -74,25 +77,33 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         idle_seconds: float = 0.2,
+        retention: timedelta = timedelta(days=7),
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
         self._producer = producer
         self._batch_size = batch_size
         self._idle_seconds = idle_seconds
+        # Published rows are kept a while for audit and replays, then purged.
+        self._retention = retention
 
     async def publish_batch(self) -> int:
         """Publish one batch; returns how many rows were sent."""
         ob = self._outbox
         async with unit_of_work(self._sessions) as session:
-            # SKIP LOCKED lets several relay replicas share the table without double sends.
+            # One publisher at a time per outbox: two replicas sending interleaved batches
+            # would break the per-loan order consumers rely on. The others stand by.
+            leader = await session.execute(
+                select(func.pg_try_advisory_xact_lock(func.hashtext(ob.fullname)))
+            )
+            if not leader.scalar_one():
+                return 0
             rows = (
                 await session.execute(
                     select(ob.c.id, ob.c.topic, ob.c.message_key, ob.c.payload)
                     .where(ob.c.published_at.is_(None))
                     .order_by(ob.c.id)
                     .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
                 )
             ).all()
             if not rows:
@@ -114,10 +125,27 @@ class OutboxRelay:
             )
         return len(rows)
 
+    async def purge_published(self) -> int:
+        """Delete rows published longer ago than the retention; returns how many."""
+        ob = self._outbox
+        cutoff = datetime.now(UTC) - self._retention
+        async with unit_of_work(self._sessions) as session:
+            result = await session.execute(
+                delete(ob).where(ob.c.published_at.is_not(None), ob.c.published_at < cutoff)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     async def run(self) -> None:
         backoff = self._idle_seconds
+        next_purge = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             try:
+                if loop.time() >= next_purge:
+                    purged = await self.purge_published()
+                    if purged:
+                        log.info("purged %d published outbox rows", purged)
+                    next_purge = loop.time() + PURGE_EVERY_SECONDS
                 sent = await self.publish_batch()
                 backoff = self._idle_seconds
             except asyncio.CancelledError:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Column, MetaData, String, Table, Uuid, func, insert, select, text
+from sqlalchemy import Column, MetaData, String, Table, Uuid, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import devstack
@@ -230,3 +230,51 @@ async def test_outbox_keeps_events_through_a_broker_outage(
             assert await published_at() is not None
     finally:
         await relay_producer.stop()
+
+
+async def test_one_relay_publishes_at_a_time_so_loan_order_holds(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    event = posting(new_id("L"))
+    async with unit_of_work(sessions) as session:
+        await enqueue(session, outbox, event)
+    producer = make_producer(infra.bootstrap)
+    await producer.start()
+    try:
+        standby = OutboxRelay(sessions, outbox, producer)
+        # Another replica is mid-batch: it holds the outbox's publishing lock.
+        async with unit_of_work(sessions) as other_replica:
+            await other_replica.execute(
+                select(func.pg_advisory_xact_lock(func.hashtext(outbox.fullname)))
+            )
+            assert await standby.publish_batch() == 0
+        assert await standby.publish_batch() >= 1
+    finally:
+        await producer.stop()
+    record = await read_topic(
+        infra.bootstrap, "repayment-posted", lambda r: r["event_id"] == str(event.event_id)
+    )
+    assert record["loan_id"] == event.loan_id
+
+
+async def test_published_rows_are_purged_after_the_retention(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    old, recent, pending = posting(new_id("L")), posting(new_id("L")), posting(new_id("L"))
+    now = datetime.now(UTC)
+    async with unit_of_work(sessions) as session:
+        for event in (old, recent, pending):
+            await enqueue(session, outbox, event)
+        for event, published in ((old, now - timedelta(days=8)), (recent, now)):
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.event_id == event.event_id)
+                .values(published_at=published)
+            )
+    producer = make_producer(infra.bootstrap)  # not started: purging sends nothing
+    relay = OutboxRelay(sessions, outbox, producer, retention=timedelta(days=7))
+    assert await relay.purge_published() >= 1
+    async with sessions() as session:
+        left = set((await session.execute(select(outbox.c.event_id))).scalars().all())
+    assert old.event_id not in left
+    assert {recent.event_id, pending.event_id} <= left
