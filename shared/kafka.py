@@ -196,4 +196,5 @@ def _is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, ConnectionError | OSError | TimeoutError)
+    # OSError covers ConnectionError and TimeoutError (sockets to the broker or an owner).
+    return isinstance(exc, OSError)

@@ -12,7 +12,7 @@ from services.visits import repository
 from services.visits.models import Visit, outbox
 from services.visits.schemas import GeoPoint, VisitIn, VisitOut
 from shared.errors import Problem, not_found
-from shared.events import VisitCompleted, VisitFindings
+from shared.events import EventEnvelope, VisitCompleted, VisitFindings
 from shared.outbox import enqueue
 from shared.service_client import OwnerUnavailable, ServiceClient
 
@@ -123,18 +123,9 @@ async def _check_task(
         )
 
 
-# What a visit tells the other services; notes and position stay here.
-_EVENT_FIELDS = {
-    "loan_id",
-    "visit_id",
-    "task_id",
-    "agent_id",
-    "method",
-    "outcome",
-    "started_at",
-    "ended_at",
-    "findings",
-}
+# What a visit tells the other services is what the event contract names (notes and
+# position stay here); the envelope's own fields are set by the event, loan_id aside.
+_EVENT_FIELDS = (set(VisitCompleted.model_fields) - set(EventEnvelope.model_fields)) | {"loan_id"}
 
 
 def _completed_event(visit: Visit) -> VisitCompleted:

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from typing import Final
 
-from pydantic import BaseModel
-
 from shared.events.models import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
 
 REPAYMENT_POSTED: Final = "repayment-posted"
@@ -32,10 +30,4 @@ def parse_event(topic: str, payload: bytes) -> EventEnvelope:
     Raises pydantic.ValidationError (or ValueError for bad JSON / a foreign event_type),
     which the consumer turns into a dead-letter record with the reason.
     """
-    model = EVENT_MODELS[topic]
-    event = model.model_validate_json(payload)
-    return event
-
-
-def to_json(event: BaseModel) -> bytes:
-    return event.model_dump_json().encode()
+    return EVENT_MODELS[topic].model_validate_json(payload)
