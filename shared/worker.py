@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import make_engine, make_session_factory
-from shared.kafka import make_producer
+from shared.kafka import EventConsumer, Handler, make_producer
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 
@@ -23,9 +24,24 @@ S = TypeVar("S", bound=ServiceSettings)
 
 @dataclass(frozen=True)
 class WorkerResources:
+    settings: ServiceSettings
     sessions: async_sessionmaker[AsyncSession]
     # One producer per worker: the outbox relay and the dead letters share it.
     producer: AIOKafkaProducer
+
+    def consumer(
+        self, *, group_id: str, handlers: Mapping[str, Handler], inbox_table: Table
+    ) -> EventConsumer:
+        """A consumer on this worker's database and broker, dead-lettering through its
+        producer."""
+        return EventConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=group_id,
+            handlers=handlers,
+            sessions=self.sessions,
+            inbox_table=inbox_table,
+            producer=self.producer,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -34,7 +50,7 @@ async def worker_resources(settings: ServiceSettings) -> AsyncIterator[WorkerRes
     producer = make_producer(settings.kafka_bootstrap_servers)
     await producer.start()
     try:
-        yield WorkerResources(make_session_factory(engine), producer)
+        yield WorkerResources(settings, make_session_factory(engine), producer)
     finally:
         await producer.stop()
         await engine.dispose()

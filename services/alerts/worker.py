@@ -15,7 +15,6 @@ from services.alerts.loans import SchedulerLoans
 from services.alerts.models import inbox, outbox
 from services.alerts.settings import AlertsSettings
 from shared.events import REPAYMENT_POSTED, VISIT_COMPLETED
-from shared.kafka import EventConsumer
 from shared.outbox import OutboxRelay
 from shared.service_client import ServiceClient
 from shared.worker import worker_main, worker_resources
@@ -27,8 +26,7 @@ async def run_worker(
     scheduler = ServiceClient.scheduler(settings, caller="alerts", transport=scheduler_transport)
     try:
         async with worker_resources(settings) as resources:
-            consumer = EventConsumer(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
+            consumer = resources.consumer(
                 group_id=settings.consumer_group,
                 handlers={
                     REPAYMENT_POSTED: service.on_repayment_posted,
@@ -37,9 +35,7 @@ async def run_worker(
                         agreed_usage_of=SchedulerLoans(scheduler).agreed_usage,
                     ),
                 },
-                sessions=resources.sessions,
                 inbox_table=inbox,
-                producer=resources.producer,
             )
             relay = OutboxRelay(resources.sessions, outbox, resources.producer)
             # A TaskGroup: if either loop dies, the other is cancelled and the worker exits

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -20,7 +19,7 @@ from services.scheduler.schemas import (
     LoanOut,
     RescheduleIn,
     TaskOut,
-    TaskStatus,
+    TaskQuery,
 )
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
@@ -113,17 +112,7 @@ async def loan_tasks(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[TaskOut]:
-    return await _task_page(
-        session,
-        who,
-        agent_id=None,
-        loan_id=loan_id,
-        status=None,
-        due_from=None,
-        due_to=None,
-        cursor=cursor,
-        limit=limit,
-    )
+    return await _task_page(session, who, TaskQuery(loan_id=loan_id, cursor=cursor, limit=limit))
 
 
 @router.put("/agents/{agent_id}", response_model=AgentOut)
@@ -134,28 +123,10 @@ async def put_agent(agent_id: IdPath, body: AgentIn, session: SessionDep, _: Adm
 
 @router.get("/tasks", response_model=Page[TaskOut])
 async def list_tasks(
-    session: SessionDep,
-    who: Reader,
-    agent_id: str | None = None,
-    loan_id: str | None = None,
-    status: TaskStatus | None = None,
-    due_from: date | None = None,
-    due_to: date | None = None,
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    session: SessionDep, who: Reader, filters: Annotated[TaskQuery, Query()]
 ) -> Page[TaskOut]:
     """Tasks by filters; an agent always gets its own ("my tasks today": due_to=today)."""
-    return await _task_page(
-        session,
-        who,
-        agent_id=agent_id,
-        loan_id=loan_id,
-        status=status,
-        due_from=due_from,
-        due_to=due_to,
-        cursor=cursor,
-        limit=limit,
-    )
+    return await _task_page(session, who, filters)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut)
@@ -174,29 +145,18 @@ async def reschedule(
     return TaskOut.model_validate(task, from_attributes=True)
 
 
-async def _task_page(
-    session: SessionDep,
-    who: Principal,
-    *,
-    agent_id: str | None,
-    loan_id: str | None,
-    status: str | None,
-    due_from: date | None,
-    due_to: date | None,
-    cursor: str | None,
-    limit: int,
-) -> Page[TaskOut]:
+async def _task_page(session: SessionDep, who: Principal, filters: TaskQuery) -> Page[TaskOut]:
     tasks: list[VisitTask] = await repository.list_tasks(
         session,
-        agent_id=who.sub if who.is_agent else agent_id,
-        loan_id=loan_id,
-        status=status,
-        due_from=due_from,
-        due_to=due_to,
-        cursor=decode_cursor(cursor),
-        limit=limit,
+        agent_id=who.sub if who.is_agent else filters.agent_id,
+        loan_id=filters.loan_id,
+        status=filters.status,
+        due_from=filters.due_from,
+        due_to=filters.due_to,
+        cursor=decode_cursor(filters.cursor),
+        limit=filters.limit,
     )
     return Page(
         items=[TaskOut.model_validate(t, from_attributes=True) for t in tasks],
-        next_cursor=next_cursor(tasks, limit, lambda t: (t.created_at, t.task_id)),
+        next_cursor=next_cursor(tasks, filters.limit, lambda t: (t.created_at, t.task_id)),
     )

@@ -109,6 +109,18 @@ class TaskOut(BaseModel):
     completed_at: datetime | None
 
 
+class TaskQuery(BaseModel):
+    """Filters of the task lists (query parameters)."""
+
+    agent_id: str | None = None
+    loan_id: str | None = None
+    status: TaskStatus | None = None
+    due_from: date | None = None
+    due_to: date | None = None
+    cursor: str | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+
+
 class RescheduleIn(Strict):
     due_on: date
     agent_id: str | None = None

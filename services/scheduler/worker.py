@@ -9,23 +9,19 @@ from services.scheduler import service
 from services.scheduler.models import inbox
 from services.scheduler.settings import SchedulerSettings
 from shared.events import ALERT_RAISED, REPAYMENT_POSTED, VISIT_COMPLETED
-from shared.kafka import EventConsumer
 from shared.worker import worker_main, worker_resources
 
 
 async def run_worker(settings: SchedulerSettings) -> None:
     async with worker_resources(settings) as resources:
-        consumer = EventConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+        consumer = resources.consumer(
             group_id=settings.consumer_group,
             handlers={
                 REPAYMENT_POSTED: service.on_repayment_posted,
                 VISIT_COMPLETED: service.on_visit_completed,
                 ALERT_RAISED: service.on_alert_raised,
             },
-            sessions=resources.sessions,
             inbox_table=inbox,
-            producer=resources.producer,  # for dead letters only
         )
         await consumer.run()
 
