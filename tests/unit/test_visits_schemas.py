@@ -53,7 +53,8 @@ def test_a_visit_cannot_end_before_it_started() -> None:
 
 
 def test_a_visit_may_end_when_it_started() -> None:
-    VisitIn.model_validate(body(ended_at="2026-11-20T10:00:00+08:00"))
+    visit = VisitIn.model_validate(body(ended_at="2026-11-20T10:00:00+08:00"))
+    assert visit.ended_at == visit.started_at
 
 
 def test_times_without_offset_are_refused() -> None:
