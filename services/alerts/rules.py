@@ -54,11 +54,6 @@ def repayment_alerts(posting: RepaymentPosted) -> list[AlertDraft]:
     return [AlertDraft("partial_payment", "repayment", "low", reason, "phone_visit")]
 
 
-def needs_agreed_usage(visit: VisitCompleted) -> bool:
-    """Whether the misuse rule can fire, i.e. the loan's agreed usage is worth fetching."""
-    return visit.findings.vehicle_usage != "unknown"
-
-
 VisitCheck = Callable[[VisitCompleted], bool]
 
 # The findings rules that need nothing but the visit itself, in triage order.

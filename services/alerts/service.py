@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.alerts import repository, rules
+from services.alerts.loans import LoanFacts, LoanLookup
 from services.alerts.models import Alert, outbox
 from services.alerts.schemas import ResolveIn
 from shared.errors import Problem, not_found
 from shared.events import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
+from shared.kafka import InvalidEvent
 from shared.outbox import enqueue
-
-# Looks up a loan's agreed vehicle usage with its owner, the scheduler; None if unknown.
-AgreedUsageLookup = Callable[[str], Awaitable[str | None]]
 
 CLOSED = ("resolved", "dismissed")
 
@@ -64,21 +62,33 @@ async def resolve(session: AsyncSession, alert_id: uuid.UUID, body: ResolveIn, w
 # --- event handlers -----------------------------------------------------------------------
 
 
-async def on_repayment_posted(session: AsyncSession, event: RepaymentPosted) -> None:
+async def on_repayment_posted(
+    session: AsyncSession, event: RepaymentPosted, *, loan_of: LoanLookup
+) -> None:
     """Raise the arrears alert a missed or partial installment calls for."""
+    await _known_loan(event, loan_of)
     await _raise(session, event, rules.repayment_alerts(event))
 
 
 async def on_visit_completed(
-    session: AsyncSession, event: VisitCompleted, *, agreed_usage_of: AgreedUsageLookup
+    session: AsyncSession, event: VisitCompleted, *, loan_of: LoanLookup
 ) -> None:
     """Raise an alert for every bad sign the visit found.
 
-    The agreed usage is asked of the scheduler only when the agent saw how the vehicle is
-    used; if the scheduler is down, OwnerUnavailable propagates and the event is retried.
+    If the scheduler is down, OwnerUnavailable propagates and the event is retried.
     """
-    agreed_usage = await agreed_usage_of(event.loan_id) if rules.needs_agreed_usage(event) else None
-    await _raise(session, event, rules.visit_alerts(event, agreed_usage))
+    loan = await _known_loan(event, loan_of)
+    await _raise(session, event, rules.visit_alerts(event, loan.agreed_usage))
+
+
+async def _known_loan(event: EventEnvelope, loan_of: LoanLookup) -> LoanFacts:
+    """The loan the event is about. An event about a loan nobody registered is refused,
+    as the scheduler refuses it, so the two consumers of a topic agree; it waits in the
+    dead-letter topic to be replayed once origination has registered the loan."""
+    loan = await loan_of(event.loan_id)
+    if loan is None:
+        raise InvalidEvent(f"loan {event.loan_id} is not registered with the scheduler")
+    return loan
 
 
 async def _raise(

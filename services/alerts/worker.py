@@ -26,14 +26,14 @@ async def run_worker(
     scheduler = ServiceClient.scheduler(settings, caller="alerts", transport=scheduler_transport)
     try:
         async with worker_resources(settings) as resources:
+            loan_of = SchedulerLoans(scheduler).facts
             consumer = resources.consumer(
                 group_id=settings.consumer_group,
                 handlers={
-                    REPAYMENT_POSTED: service.on_repayment_posted,
-                    VISIT_COMPLETED: functools.partial(
-                        service.on_visit_completed,
-                        agreed_usage_of=SchedulerLoans(scheduler).agreed_usage,
+                    REPAYMENT_POSTED: functools.partial(
+                        service.on_repayment_posted, loan_of=loan_of
                     ),
+                    VISIT_COMPLETED: functools.partial(service.on_visit_completed, loan_of=loan_of),
                 },
                 inbox_table=inbox,
             )

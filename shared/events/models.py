@@ -1,16 +1,56 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 # Money travels as a decimal string in CNY, never as a float.
 Money = Annotated[
     Decimal, Field(ge=0, max_digits=18, decimal_places=2), PlainSerializer(str, return_type=str)
 ]
+
+# Every number and date of the contract is bounded, so that both consumers of a topic
+# accept or refuse the same event: an unbounded value once passed one consumer and broke
+# the other's date arithmetic (year 9999) or inflated an alert (days past due of 10**12).
+EARLIEST_DATE: Final = date(2000, 1, 1)
+LATEST_DATE: Final = date(2099, 12, 31)
+# How far a producer's clock may run ahead of ours before its times are not believed.
+CLOCK_SKEW: Final = timedelta(days=1)
+# No car loan runs longer than ten years; a loan cannot be 30 years past due.
+MAX_DAYS_PAST_DUE: Final = 10_000
+MAX_INSTALLMENTS: Final = 600
+
+
+def _business_date(value: date) -> date:
+    if not EARLIEST_DATE <= value <= LATEST_DATE:
+        raise ValueError(f"must be between {EARLIEST_DATE} and {LATEST_DATE}")
+    return value
+
+
+def _event_time(value: datetime) -> datetime:
+    if value.date() < EARLIEST_DATE:
+        raise ValueError(f"must not be before {EARLIEST_DATE}")
+    if value > datetime.now(UTC) + CLOCK_SKEW:
+        raise ValueError("must not be in the future")
+    return value
+
+
+BusinessDate = Annotated[date, AfterValidator(_business_date)]
+EventTime = Annotated[AwareDatetime, AfterValidator(_event_time)]
+# Ids as the REST APIs accept them: printable, no NUL, no spaces, bounded.
+EntityId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RuleCode = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")]
 
 RepaymentStatus = Literal["paid", "partial", "missed", "reversed"]
 VisitMethod = Literal["phone", "field", "third_party"]
@@ -35,20 +75,20 @@ class EventEnvelope(BaseModel):
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     event_type: str
-    schema_version: int = Field(default=1, ge=1)
-    occurred_at: AwareDatetime = Field(default_factory=_now)
-    loan_id: str = Field(min_length=1, max_length=64)
+    schema_version: int = Field(default=1, ge=1, le=1000)
+    occurred_at: EventTime = Field(default_factory=_now)
+    loan_id: EntityId
 
 
 class RepaymentPosted(EventEnvelope):
     event_type: Literal["repayment-posted"] = "repayment-posted"
-    installment_no: int = Field(ge=1)
-    due_date: date
+    installment_no: int = Field(ge=1, le=MAX_INSTALLMENTS)
+    due_date: BusinessDate
     amount_due: Money
     amount_paid: Money
-    paid_at: AwareDatetime | None = None
+    paid_at: EventTime | None = None
     status: RepaymentStatus
-    days_past_due: int = Field(ge=0)
+    days_past_due: int = Field(ge=0, le=MAX_DAYS_PAST_DUE)
     outstanding_principal: Money
 
 
@@ -72,21 +112,27 @@ class VisitCompleted(EventEnvelope):
     event_type: Literal["visit-completed"] = "visit-completed"
     visit_id: uuid.UUID
     task_id: uuid.UUID | None = None
-    agent_id: str
+    agent_id: EntityId
     method: VisitMethod
     outcome: VisitOutcome
-    started_at: AwareDatetime
-    ended_at: AwareDatetime
+    started_at: EventTime
+    ended_at: EventTime
     findings: VisitFindings
+
+    @model_validator(mode="after")
+    def _ended_after_start(self) -> VisitCompleted:
+        if self.ended_at < self.started_at:
+            raise ValueError("ended_at must not be before started_at")
+        return self
 
 
 class AlertRaised(EventEnvelope):
     event_type: Literal["alert-raised"] = "alert-raised"
     alert_id: uuid.UUID
-    rule: str
+    rule: RuleCode
     category: Category
     severity: Severity
-    reason: str
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*$")
     source_event_id: uuid.UUID
     recommended_action: RecommendedAction
 

@@ -23,6 +23,7 @@ from tests.support import (
     produce,
     read_topic,
     register_agent,
+    register_loan,
     repayment_event,
 )
 
@@ -190,7 +191,7 @@ async def test_bad_events_go_to_dead_letter_topics_and_workers_keep_going(
     assert dead_posting["source_topic"] == "repayment-posted"
 
     # A good posting after the bad ones is still applied.
-    loan_id = new_id("L")
+    loan_id = await register_loan(http["scheduler"], new_id("E2E"))
     good = repayment_event(loan_id, status="missed", days_past_due=31, installment_no=2)
     await produce(core_banking, good)
 

@@ -157,20 +157,6 @@ async def test_usage_as_agreed_raises_nothing(system: System, producer: AIOKafka
     assert alert["rule"] == "visit_refused"
 
 
-async def test_encumbered_collateral_raises_critical_alert_even_for_a_loan_unknown_to_scheduler(
-    system: System, producer: AIOKafkaProducer
-) -> None:
-    # Not registered: the scheduler answers 404, so only the misuse rule is skipped.
-    loan_id = new_id("L")
-    event = visit_event(
-        loan_id, findings={"vehicle_usage": "commercial", "encumbrance_detected": True}
-    )
-    await produce(producer, event)
-
-    [alert] = await wait_for_alerts(system, loan_id, 1)
-    assert verdict(alert) == ("collateral_encumbered", "collateral", "critical", "legal_review")
-
-
 async def test_scheduler_down_is_an_outage_not_an_unknown_loan() -> None:
     # Nothing listens there: the lookup must fail loudly (the consumer retries the event)
     # rather than answer None, which would silently skip the misuse rule.
@@ -183,7 +169,7 @@ async def test_scheduler_down_is_an_outage_not_an_unknown_loan() -> None:
     )
     try:
         with pytest.raises(OwnerUnavailable):
-            await SchedulerLoans(client).agreed_usage(new_id("L"))
+            await SchedulerLoans(client).facts(new_id("L"))
     finally:
         await client.aclose()
 

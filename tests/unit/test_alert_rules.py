@@ -112,11 +112,8 @@ def test_usage_equal_to_agreed_raises_nothing() -> None:
     assert rules.visit_alerts(_visit(vehicle_usage="ride_hailing"), "ride_hailing") == []
 
 
-def test_unknown_usage_raises_nothing_and_needs_no_lookup() -> None:
-    visit = _visit(vehicle_usage="unknown")
-    assert not rules.needs_agreed_usage(visit)
-    assert rules.visit_alerts(visit, "private") == []
-    assert rules.needs_agreed_usage(_visit(vehicle_usage="private"))
+def test_unknown_usage_raises_nothing() -> None:
+    assert rules.visit_alerts(_visit(vehicle_usage="unknown"), "private") == []
 
 
 def test_unknown_loan_skips_only_the_misuse_rule() -> None:

@@ -126,6 +126,17 @@ def test_money_travels_as_decimal_strings_and_unknown_fields_are_ignored() -> No
         repayment(amount_due=-1),
         repayment(days_past_due=-2),
         {k: v for k, v in repayment().items() if k != "loan_id"},
+        # Bounds: what one consumer cannot apply, no consumer may apply.
+        repayment(days_past_due=10**12),
+        repayment(installment_no=10**9),
+        repayment(occurred_at="9999-12-31T00:00:00+00:00"),
+        repayment(occurred_at="0001-01-01T00:00:00+00:00"),
+        repayment(due_date="9999-12-31"),
+        repayment(paid_at="9999-12-31T00:00:00+00:00"),
+        repayment(amount_due="1" * 20),
+        repayment(loan_id="L\x00x"),
+        repayment(loan_id="x" * 65),
+        repayment(schema_version=10**12),
     ],
 )
 def test_invalid_events_are_rejected(bad: dict[str, object]) -> None:
@@ -136,3 +147,34 @@ def test_invalid_events_are_rejected(bad: dict[str, object]) -> None:
 def test_unparseable_bytes_are_rejected() -> None:
     with pytest.raises(ValueError):
         parse_event(REPAYMENT_POSTED, b"\x00not json")
+
+
+def test_a_visit_cannot_end_before_it_started() -> None:
+    visit = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "visit-completed",
+        "occurred_at": "2026-06-01T18:00:00+08:00",
+        "loan_id": "L-1",
+        "visit_id": str(uuid.uuid4()),
+        "agent_id": "AG-1",
+        "method": "field",
+        "outcome": "completed",
+        "started_at": "2026-06-01T17:00:00+08:00",
+        "ended_at": "2026-06-01T16:00:00+08:00",
+        "findings": {},
+    }
+    with pytest.raises(ValidationError, match="ended_at"):
+        parse_event(VISIT_COMPLETED, json.dumps(visit).encode())
+    visit["ended_at"] = "2026-06-01T17:40:00+08:00"
+    assert parse_event(VISIT_COMPLETED, json.dumps(visit).encode()).loan_id == "L-1"
+
+
+def test_bounds_admit_the_edges_of_a_real_loan() -> None:
+    event = parse_event(
+        REPAYMENT_POSTED,
+        json.dumps(
+            repayment(days_past_due=3650, installment_no=120, due_date="2000-01-01")
+        ).encode(),
+    )
+    assert isinstance(event, RepaymentPosted)
+    assert event.days_past_due == 3650
