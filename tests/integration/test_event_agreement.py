@@ -29,11 +29,11 @@ async def dead_lettered_by_both(system: System, topic: str, event_id: str) -> li
     """The reasons each consumer group gave for dead-lettering the event."""
     reasons = []
     for group in CONSUMERS:
-        dead = await read_topic(
-            system.bootstrap,
-            f"{topic}.dlq",
-            lambda r, g=group: event_id in r.get("payload", "") and r.get("consumer_group") == g,
-        )
+
+        def of_this_event(record: dict[str, Any], group: str = group) -> bool:
+            return event_id in record.get("payload", "") and record.get("consumer_group") == group
+
+        dead = await read_topic(system.bootstrap, f"{topic}.dlq", of_this_event)
         reasons.append(str(dead["reason"]))
     return reasons
 
