@@ -20,15 +20,27 @@ ROLES: tuple[str, ...] = get_args(Role)
 class Principal:
     sub: str
     role: Role
+    # The region a supervisor oversees (a claim of supervisors' tokens); None for others.
+    region: str | None = None
 
     @property
     def is_agent(self) -> bool:
         return self.role == "agent"
 
 
-def issue_token(secret: str, sub: str, role: Role, *, ttl: timedelta = timedelta(hours=1)) -> str:
+def issue_token(
+    secret: str,
+    sub: str,
+    role: Role,
+    *,
+    ttl: timedelta = timedelta(hours=1),
+    region: str | None = None,
+) -> str:
     now = datetime.now(UTC)
-    return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + ttl}, secret, "HS256")
+    claims: dict[str, object] = {"sub": sub, "role": role, "iat": now, "exp": now + ttl}
+    if region is not None:
+        claims["region"] = region
+    return jwt.encode(claims, secret, "HS256")
 
 
 def decode_token(secret: str, token: str) -> Principal:
@@ -41,7 +53,10 @@ def decode_token(secret: str, token: str) -> Principal:
     role = claims.get("role")
     if role not in ROLES or not isinstance(claims.get("sub"), str):
         raise _unauthorized("token has no valid role or subject")
-    return Principal(sub=claims["sub"], role=role)
+    region = claims.get("region")
+    if region is not None and not isinstance(region, str):
+        raise _unauthorized("token region is not a string")
+    return Principal(sub=claims["sub"], role=role, region=region)
 
 
 def _unauthorized(detail: str) -> Problem:

@@ -6,18 +6,21 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import repository, service
 from services.visits.models import Visit
 from services.visits.schemas import VisitIn, VisitOut
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
+from shared.db import unit_of_work
 from shared.pagination import Page, decode_cursor, next_cursor
 from shared.service_client import ServiceClient
 
 router = APIRouter(prefix="/v1")
 
-FieldAgent = Annotated[Principal, Depends(require_roles("agent"))]
+# Agents record their own visits; supervisors may record one on their region's loans.
+Capturer = Annotated[Principal, Depends(require_roles("agent", "supervisor"))]
 Reader = Annotated[Principal, Depends(require_roles("agent", "supervisor", "ops", "admin"))]
 IdempotencyKey = Annotated[
     str,
@@ -39,20 +42,24 @@ def _scheduler(request: Request) -> ServiceClient:
 async def record_visit(
     body: VisitIn,
     idempotency_key: IdempotencyKey,
-    session: SessionDep,
     request: Request,
     response: Response,
-    who: FieldAgent,
+    who: Capturer,
 ) -> VisitOut:
     """Record a visit. A retry with the same key and body answers 201 with the first visit
     again (and `Idempotent-Replayed: true`), so the app sees one stable result."""
-    visit, created = await service.record_visit(
-        session,
-        _scheduler(request),
-        agent_id=who.sub,
-        idempotency_key=idempotency_key,
-        body=body,
-    )
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    async with unit_of_work(sessions) as session:
+        visit = await service.earlier_capture(session, who.sub, idempotency_key, body)
+    created = False
+    if visit is None:
+        # The scheduler is asked while no transaction is open: a slow owner must not hold
+        # a database connection and its locks.
+        await service.authorize_capture(_scheduler(request), who, body)
+        async with unit_of_work(sessions) as session:
+            visit, created = await service.record_visit(
+                session, agent_id=who.sub, idempotency_key=idempotency_key, body=body
+            )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return service.visit_view(visit)

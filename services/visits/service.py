@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
+from urllib.parse import quote, urlencode
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.visits import repository
 from services.visits.models import Visit, outbox
 from services.visits.schemas import GeoPoint, VisitIn, VisitOut
+from shared.auth import Principal
 from shared.errors import Problem, not_found
 from shared.events import EventEnvelope, VisitCompleted, VisitFindings
 from shared.outbox import enqueue
@@ -19,28 +22,77 @@ from shared.service_client import OwnerUnavailable, ServiceClient
 log = logging.getLogger(__name__)
 
 
-async def record_visit(
-    session: AsyncSession,
-    scheduler: ServiceClient,
-    *,
-    agent_id: str,
-    idempotency_key: str,
-    body: VisitIn,
-) -> tuple[Visit, bool]:
-    """Record an agent's visit and stage its `visit-completed` event in the same transaction.
+async def earlier_capture(
+    session: AsyncSession, agent_id: str, idempotency_key: str, body: VisitIn
+) -> Visit | None:
+    """The visit this key already recorded for the agent, or None.
 
-    Idempotent per (agent, key): a retry with the same body gets the first visit back, the
-    same key with another body is a 409. Returns the visit and whether this call created it.
+    Looked up before the scheduler is asked anything: a retry of a recorded visit must
+    succeed even after that very visit completed the task, or while the scheduler is down.
+    The same key with another body is a 409.
     """
-    request_hash = body.request_hash()
-    # Before asking the scheduler: a retry of a recorded visit must succeed even after
-    # the task has been completed by that very visit, or while the scheduler is down.
     earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
-    if earlier is not None:
-        return _replay(earlier, request_hash), False
-    if body.task_id is not None:
-        await _check_task(scheduler, agent_id, body.task_id, body.loan_id)
+    return _replay(earlier, body.request_hash()) if earlier is not None else None
 
+
+async def authorize_capture(scheduler: ServiceClient, who: Principal, body: VisitIn) -> None:
+    """May `who` record this visit? Asked of the scheduler, which owns loans and tasks, before
+    any transaction opens. An agent records visits only on loans it has been given a task for
+    (open or done); a supervisor on the loans of the region its token names. A loan or task
+    the caller may not touch looks absent (404), so nobody can probe others' portfolios."""
+    if not who.is_agent and who.region is None:
+        raise Problem(403, "Forbidden", "a supervisor's token must name the region it oversees")
+    try:
+        if body.task_id is not None:
+            task = await scheduler.get_json(f"/v1/tasks/{body.task_id}", cached=False)
+            _check_task(task, who, body.loan_id)
+        if who.is_agent:
+            if body.task_id is None and not await _has_task_on(scheduler, who.sub, body.loan_id):
+                raise not_found("loan")
+        else:
+            loan = await scheduler.get_json(f"/v1/loans/{quote(body.loan_id, safe='')}")
+            if loan is None or loan.get("region") != who.region:
+                raise not_found("loan")
+    except OwnerUnavailable as exc:
+        log.warning("scheduler unavailable authorising a visit on loan %s: %s", body.loan_id, exc)
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "the scheduler cannot confirm the loan or task right now; retry later",
+            headers={"Retry-After": "5"},
+        ) from exc
+
+
+async def _has_task_on(scheduler: ServiceClient, agent_id: str, loan_id: str) -> bool:
+    """Whether the agent has ever been given a task on the loan, whatever its status.
+    Uncached: a task dispatched a minute ago must count."""
+    query = urlencode({"loan_id": loan_id, "agent_id": agent_id, "limit": 1})
+    page = await scheduler.get_json(f"/v1/tasks?{query}", cached=False)
+    return bool(page and page.get("items"))
+
+
+def _check_task(task: dict[str, Any] | None, who: Principal, loan_id: str) -> None:
+    """The task must be of this loan and still open; an agent's must be its own."""
+    # Another agent's task, or one of another loan, looks absent: no probing of others' work.
+    if (
+        task is None
+        or task.get("loan_id") != loan_id
+        or (who.is_agent and task.get("agent_id") != who.sub)
+    ):
+        raise not_found("task")
+    if task.get("status") != "open":
+        raise Problem(
+            409, "Conflict", f"task is {task.get('status')}; only an open task is visited"
+        )
+
+
+async def record_visit(
+    session: AsyncSession, *, agent_id: str, idempotency_key: str, body: VisitIn
+) -> tuple[Visit, bool]:
+    """Record a visit (already authorised) and stage its `visit-completed` event in the same
+    transaction. Returns the visit and whether this call created it: a concurrent retry
+    under the same key that committed first wins, and its visit is returned."""
+    request_hash = body.request_hash()
     visit = Visit(
         agent_id=agent_id,
         idempotency_key=idempotency_key,
@@ -97,30 +149,6 @@ def _replay(earlier: Visit, request_hash: str) -> Visit:
         )
     log.info("idempotent replay of visit %s", earlier.visit_id)
     return earlier
-
-
-async def _check_task(
-    scheduler: ServiceClient, agent_id: str, task_id: uuid.UUID, loan_id: str
-) -> None:
-    """The task must be the agent's own, of this loan, and still open (the scheduler owns it)."""
-    try:
-        # Uncached: a task's status changes as visits land, and this decision lets a write in.
-        task = await scheduler.get_json(f"/v1/tasks/{task_id}", cached=False)
-    except OwnerUnavailable as exc:
-        log.warning("scheduler unavailable checking task %s: %s", task_id, exc)
-        raise Problem(
-            503,
-            "Service Unavailable",
-            "the scheduler cannot confirm the task right now; retry later",
-            headers={"Retry-After": "5"},
-        ) from exc
-    # Another agent's task, or one of another loan, looks absent: no probing of others' work.
-    if task is None or task.get("agent_id") != agent_id or task.get("loan_id") != loan_id:
-        raise not_found("task")
-    if task.get("status") != "open":
-        raise Problem(
-            409, "Conflict", f"task is {task.get('status')}; only an open task is visited"
-        )
 
 
 # What a visit tells the other services is what the event contract names (notes and

@@ -15,8 +15,10 @@ import httpx
 
 from services.visits import main as visits_main
 from services.visits.settings import VisitsSettings
+from shared.auth import issue_token
 from shared.devstack import free_port
 from shared.events import VisitCompleted
+from shared.settings import DEV_JWT_SECRET
 from tests.integration.conftest import System
 from tests.support import (
     CLEAN_FINDINGS,
@@ -211,8 +213,9 @@ async def test_the_same_key_with_another_body_is_a_conflict(system: System) -> N
     assert "Idempotency-Key" in problem["detail"]
 
     # The key is the agent's own: another agent may use the same string.
-    stranger = auth("agent", new_id("AG"))
-    assert (await post_visit(system, stranger, visit_body(job.loan_id), key)).status_code == 201
+    another = await assign(system)
+    reused = await post_visit(system, another.headers, visit_body(another.loan_id), key)
+    assert reused.status_code == 201, reused.text
 
 
 async def test_invalid_captures_name_the_field_and_write_nothing(system: System) -> None:
@@ -343,3 +346,60 @@ async def test_visits_of_a_loan_are_listed_page_by_page(system: System) -> None:
         "/v1/visits", params={"cursor": "not-a-cursor"}, headers=SUPERVISOR
     )
     assert assert_problem(forged, 422)["errors"][0]["field"] == "query.cursor"
+
+
+# --- who may record a visit on which loan (issue 5, defect 2) -------------------------------
+
+
+async def test_an_agent_records_unplanned_visits_only_on_loans_it_was_given(
+    system: System,
+) -> None:
+    job = await assign(system)
+    # A loan of another region, with its own agent: not this agent's portfolio.
+    other_region = new_id("R")
+    await register_agent(system.scheduler, other_region)
+    elsewhere = await register_loan(system.scheduler, other_region)
+    missing_car = visit_body(
+        elsewhere,
+        method="field",
+        geo={"lat": 39.9, "lon": 116.4},
+        findings={**CLEAN_FINDINGS, "vehicle_condition": "missing"},
+    )
+
+    foreign = await post_visit(system, job.headers, missing_car)
+    assert assert_problem(foreign, 404)["detail"] == "loan not found"
+    ghost = await post_visit(system, job.headers, visit_body(new_id("L")))
+    assert assert_problem(ghost, 404)["detail"] == "loan not found"
+    for loan_id in (elsewhere,):
+        sql = "SELECT count(*) FROM visits.outbox WHERE payload->>'loan_id' = $1"
+        assert await fetchval(system.database_url, sql, loan_id) == 0
+
+    # Its own loan, even once the task there is done, takes an unplanned visit.
+    done = await post_visit(system, job.headers, visit_body(job.loan_id, job.task_id))
+    assert done.status_code == 201, done.text
+
+    async def task_completed() -> bool:
+        task = await system.scheduler.get(f"/v1/tasks/{job.task_id}", headers=job.headers)
+        return bool(task.json()["status"] == "completed")
+
+    await eventually(task_completed)
+    unplanned = await post_visit(system, job.headers, visit_body(job.loan_id))
+    assert unplanned.status_code == 201, unplanned.text
+
+
+async def test_a_supervisor_records_visits_only_in_its_region(system: System) -> None:
+    job = await assign(system)
+    loan = await system.scheduler.get(f"/v1/loans/{job.loan_id}", headers=CORE_BANKING)
+
+    def supervisor_of(region: str) -> dict[str, str]:
+        token = issue_token(DEV_JWT_SECRET, "sup-7", "supervisor", region=region)
+        return {"Authorization": f"Bearer {token}"}
+
+    own_region, other_region = supervisor_of(loan.json()["region"]), supervisor_of(new_id("R"))
+
+    recorded = await post_visit(system, own_region, visit_body(job.loan_id, job.task_id))
+    assert recorded.status_code == 201, recorded.text
+    assert recorded.json()["agent_id"] == "sup-7"
+
+    assert_problem(await post_visit(system, other_region, visit_body(job.loan_id)), 404)
+    assert_problem(await post_visit(system, SUPERVISOR, visit_body(job.loan_id)), 403)
