@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ class ServiceClient:
         timeout_seconds: float = 2.0,
         retries: int = 2,
         cache_seconds: float = 30.0,
+        cache_entries: int = 10_000,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._client = httpx.AsyncClient(
@@ -36,7 +38,10 @@ class ServiceClient:
         self._caller = caller
         self._retries = retries
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # Least recently used first; bounded, so a month-end run over a million loans
+        # cannot grow a worker's memory with every loan it looked up.
+        self._cache: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._cache_entries = cache_entries
 
     @classmethod
     def scheduler(
@@ -65,6 +70,7 @@ class ServiceClient:
         now = time.monotonic()
         hit = self._cache.get(path)
         if cached and hit is not None and hit[0] > now:
+            self._cache.move_to_end(path)
             return hit[1]
         last_error: Exception | None = None
         for attempt in range(self._retries + 1):
@@ -80,7 +86,7 @@ class ServiceClient:
                 if response.status_code < 500:
                     response.raise_for_status()
                     body: dict[str, Any] = response.json()
-                    self._cache[path] = (now + self._cache_seconds, body)
+                    self._remember(path, now + self._cache_seconds, body)
                     return body
                 last_error = httpx.HTTPStatusError(
                     f"{response.status_code} from owner",
@@ -90,6 +96,12 @@ class ServiceClient:
             if attempt < self._retries:
                 await asyncio.sleep(0.1 * 2**attempt)
         raise OwnerUnavailable(f"{self._client.base_url}{path}: {last_error}")
+
+    def _remember(self, path: str, expires: float, body: dict[str, Any]) -> None:
+        self._cache[path] = (expires, body)
+        self._cache.move_to_end(path)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
 
     async def aclose(self) -> None:
         await self._client.aclose()
