@@ -107,8 +107,8 @@ async def test_repayment_visit_and_alert_lifecycle(
         "loan_id": loan_id,
         "method": "field",
         "outcome": "completed",
-        "started_at": datetime.now(UTC).isoformat(),
-        "ended_at": (datetime.now(UTC) + timedelta(minutes=40)).isoformat(),
+        "started_at": (datetime.now(UTC) - timedelta(minutes=40)).isoformat(),
+        "ended_at": datetime.now(UTC).isoformat(),
         "findings": {
             **CLEAN_FINDINGS,
             "employment_status": "changed",
