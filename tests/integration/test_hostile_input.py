@@ -257,7 +257,9 @@ async def test_a_visit_outside_2000_to_now_is_a_422_and_writes_nothing(
     if started_at is not None:
         body["started_at"] = started_at
     body["ended_at"] = (
-        (datetime.now(UTC) + timedelta(hours=1)).isoformat() if ended_at == "in an hour" else ended_at
+        (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        if ended_at == "in an hour"
+        else ended_at
     )
     response = await system.visits.post(
         "/v1/visits", json=body, headers=auth("agent", agent_id) | {"Idempotency-Key": new_id("K")}
