@@ -55,7 +55,7 @@ async def client_of(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_lists_answer_503_with_retry_after_while_the_database_is_down() -> None:
-    common = {"env": "test", "database_url": CLOSED}
+    common: dict[str, Any] = {"env": "test", "database_url": CLOSED}
     scheduler = scheduler_main.build_app(SchedulerSettings(**common))
     alerts = alerts_main.build_app(AlertsSettings(**common))
     visits = visits_main.build_app(VisitsSettings(**common))
