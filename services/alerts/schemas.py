@@ -25,7 +25,10 @@ ResolutionAction = Literal[
 
 
 class ResolveIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"action": "legal_review", "note": "sent to legal"}]},
+    )
 
     action: ResolutionAction
     note: Note | None = None

@@ -48,7 +48,34 @@ class VehicleIn(Strict):
     valued_on: BusinessDate
 
 
+_LOAN_EXAMPLE: dict[str, Any] = {
+    "borrower": {
+        "borrower_id": "B-1",
+        "name": "王建国",
+        "national_id": "110101199003074512",
+        "phone": "13812345678",
+        "occupation": "driver",
+        "monthly_income": "12000.00",
+    },
+    "vehicle": {
+        "vin": "LSVAU2180N2183294",
+        "plate": "沪A12345",
+        "make_model": "BYD Qin",
+        "valuation": "98000.00",
+        "valued_on": "2026-10-10",
+    },
+    "credit_grade": "D",
+    "principal": "80000.00",
+    "term_months": 36,
+    "disbursed_on": "2026-11-01",
+    "region": "SH",
+    "agreed_usage": "private",
+}
+
+
 class LoanIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [_LOAN_EXAMPLE]})
+
     borrower: BorrowerIn
     vehicle: VehicleIn
     credit_grade: CreditGrade
@@ -60,6 +87,8 @@ class LoanIn(Strict):
 
 
 class LoanImportLine(LoanIn):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"loan_id": "L-1", **_LOAN_EXAMPLE}]})
+
     loan_id: LoanId
 
 
@@ -96,6 +125,19 @@ class LoanOut(BaseModel):
 
 
 class AgentIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "陈磊",
+                    "region": "SH",
+                    "methods": ["phone", "field"],
+                    "daily_capacity": 10,
+                }
+            ]
+        }
+    )
+
     name: SingleLineText = Field(min_length=1, max_length=128)
     region: Identifier
     methods: list[Method] = Field(min_length=1)
@@ -133,6 +175,10 @@ class TaskQuery(BaseModel):
 
 
 class RescheduleIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"due_on": "2027-01-05", "note": "borrower travelling"}]}
+    )
+
     due_on: BusinessDate
     agent_id: Identifier | None = None
     note: Note | None = Field(default=None, max_length=500)

@@ -30,6 +30,23 @@ class FindingsIn(VisitFindings):
 
 
 class VisitIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task_id": None,
+                    "loan_id": "L-1",
+                    "method": "phone",
+                    "outcome": "completed",
+                    "started_at": "2026-11-20T10:00:00+08:00",
+                    "ended_at": "2026-11-20T10:12:00+08:00",
+                    "findings": {"identity_verified": True, "employment_status": "stable"},
+                    "notes": "借款人在家，车辆停在小区",
+                }
+            ]
+        }
+    )
+
     # Field order matters: the validators below read fields declared before them.
     task_id: uuid.UUID | None = None
     loan_id: Identifier
