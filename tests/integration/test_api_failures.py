@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
 
 from services.alerts import main as alerts_main
 from services.alerts.settings import AlertsSettings
@@ -23,7 +24,7 @@ from services.scheduler import main as scheduler_main
 from services.scheduler.settings import SchedulerSettings
 from services.visits import main as visits_main
 from services.visits.settings import VisitsSettings
-from shared.app import create_app
+from shared.app import SessionDep, create_app
 from shared.devstack import free_port
 from shared.logging import JsonFormatter
 from shared.settings import ServiceSettings
@@ -167,3 +168,40 @@ def test_an_unexpected_error_is_a_problem_500_on_a_connection_kept_alive() -> No
     assert line["level"] == "ERROR" and line["request_id"] == "crash-1"
     assert "RuntimeError" in line["exc"]
     assert "13812345678" not in json.dumps(line, ensure_ascii=False)
+
+
+# --- defect 4: a value PostgreSQL refuses is the client's 422, never a 500 ----------------
+
+storing = APIRouter()
+
+
+@storing.post("/v1/store")
+async def store(value: str, session: SessionDep) -> dict[str, int]:
+    # A route whose validation has a gap: PostgreSQL, not the schema, refuses the value.
+    stored = await session.execute(text("SELECT CAST(CAST(:value AS text) AS integer)"), {"value": value})
+    return {"stored": int(stored.scalar_one())}
+
+
+@storing.post("/v1/twice")
+async def twice(session: SessionDep) -> None:
+    await session.execute(text("CREATE TEMP TABLE once (id int PRIMARY KEY) ON COMMIT DROP"))
+    await session.execute(text("INSERT INTO once VALUES (1), (1)"))
+
+
+async def test_a_value_the_database_refuses_is_a_422_and_a_taken_key_a_409(
+    infra: Infra,
+) -> None:
+    app = create_app(
+        ServiceSettings(env="test", database_url=infra.database_url),
+        title="storing",
+        routers=[storing],
+    )
+    async with client_of(app) as client:
+        assert (await client.post("/v1/store?value=42")).json() == {"stored": 42}
+        refused = await client.post("/v1/store?value=forty-two")  # SQLSTATE 22P02
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["errors"][0]["field"] == "body"
+        assert "forty-two" not in refused.text  # values are not echoed: they may be PII
+        taken = await client.post("/v1/twice")  # SQLSTATE 23505
+        assert taken.status_code == 409, taken.text
