@@ -178,7 +178,8 @@ storing = APIRouter()
 @storing.post("/v1/store")
 async def store(value: str, session: SessionDep) -> dict[str, int]:
     # A route whose validation has a gap: PostgreSQL, not the schema, refuses the value.
-    stored = await session.execute(text("SELECT CAST(CAST(:value AS text) AS integer)"), {"value": value})
+    cast = text("SELECT CAST(CAST(:value AS text) AS integer)")
+    stored = await session.execute(cast, {"value": value})
     return {"stored": int(stored.scalar_one())}
 
 
