@@ -1,21 +1,22 @@
-"""FastAPI application factory shared by the services: problem+json, request ids,
-health and readiness, and the database engine on `app.state`."""
+"""FastAPI application factory shared by the services: problem+json, request ids and
+response headers, an OpenAPI document that lists every answer, health and readiness, and
+the database engine on `app.state`."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import make_engine, make_session_factory, unit_of_work
 from shared.errors import install_problem_handlers
-from shared.logging import request_id_var
+from shared.middleware import RequestContextMiddleware
+from shared.openapi import install_openapi
 from shared.settings import ServiceSettings
 
 Hook = Callable[[FastAPI], Awaitable[None]]
@@ -46,19 +47,7 @@ def create_app(
     app = FastAPI(title=title, version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     install_problem_handlers(app)
-
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        token = request_id_var.set(rid)
-        try:
-            response = await call_next(request)
-        finally:
-            request_id_var.reset(token)
-        response.headers["X-Request-ID"] = rid
-        return response
+    app.add_middleware(RequestContextMiddleware)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -79,6 +68,7 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
+    install_openapi(app, routers)
     return app
 
 

@@ -1,26 +1,42 @@
-"""HS256 bearer tokens: `sub` (the agent id for agents), `role`, `exp`."""
+"""HS256 bearer tokens: `sub` (the agent id for agents), `role`, `iat`, `exp`, and for
+supervisors the `region` they oversee.
+
+Decoding is strict: `sub` lands in audit columns (who acknowledged an alert, who recorded a
+visit), so it must be a short, safe identifier; `exp` and `iat` must be JSON numbers
+(RFC 7519 NumericDate, not strings that happen to parse); and no token lives longer than
+the configured maximum, however far its `exp` lies.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import jwt
 from fastapi import Request
 
 from shared.errors import Problem
+from shared.validation import ID_PATTERN
 
 Role = Literal["agent", "supervisor", "ops", "integration", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
+
+# People and services: `AG-17`, `ops.desk@lender`, `service:visits`.
+SUB_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
+_REGION_PATTERN = re.compile(ID_PATTERN)
+MAX_TOKEN_LIFETIME = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
 class Principal:
     sub: str
     role: Role
-    # The region a supervisor oversees (a claim of supervisors' tokens); None for others.
+    # The region a supervisor oversees; None for roles that are not bound to one.
     region: str | None = None
 
     @property
@@ -37,43 +53,70 @@ def issue_token(
     region: str | None = None,
 ) -> str:
     now = datetime.now(UTC)
-    claims: dict[str, object] = {"sub": sub, "role": role, "iat": now, "exp": now + ttl}
+    claims: dict[str, Any] = {"sub": sub, "role": role, "iat": now, "exp": now + ttl}
     if region is not None:
         claims["region"] = region
     return jwt.encode(claims, secret, "HS256")
 
 
-def decode_token(secret: str, token: str) -> Principal:
+def decode_token(
+    secret: str, token: str, *, max_lifetime: timedelta = MAX_TOKEN_LIFETIME
+) -> Principal:
     try:
         claims = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["sub", "role", "exp"]}
+            token, secret, algorithms=["HS256"], options={"require": ["sub", "role", "exp", "iat"]}
         )
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, OverflowError) as exc:  # OverflowError: `exp: 1e400`
         raise _unauthorized(f"invalid token: {exc}") from exc
-    role = claims.get("role")
-    if role not in ROLES or not isinstance(claims.get("sub"), str):
-        raise _unauthorized("token has no valid role or subject")
-    region = claims.get("region")
-    if region is not None and not isinstance(region, str):
-        raise _unauthorized("token region is not a string")
-    return Principal(sub=claims["sub"], role=role, region=region)
+    exp, iat = claims["exp"], claims["iat"]
+    if not (_numeric_date(exp) and _numeric_date(iat)):
+        raise _unauthorized("exp and iat must be numbers (seconds since the epoch)")
+    longest = max_lifetime.total_seconds()
+    if exp - iat > longest or exp - time.time() > longest:
+        raise _unauthorized(f"token lives longer than {max_lifetime}")
+    role, sub, region = claims.get("role"), claims.get("sub"), claims.get("region")
+    if role not in ROLES:
+        raise _unauthorized("token has no valid role")
+    if not isinstance(sub, str) or SUB_PATTERN.fullmatch(sub) is None:
+        raise _unauthorized(f"sub must match {SUB_PATTERN.pattern}")
+    if region is not None and (
+        not isinstance(region, str) or _REGION_PATTERN.fullmatch(region) is None
+    ):
+        raise _unauthorized(f"region must match {ID_PATTERN}")
+    return Principal(sub=sub, role=role, region=region)
+
+
+def _numeric_date(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_roles(*allowed: Role) -> Callable[[Request], Awaitable[Principal]]:
-    """FastAPI dependency: 401 without a valid token, 403 for a role not allowed here."""
+class RoleGuard:
+    """FastAPI dependency: 401 without a valid token, 403 for a role not allowed here.
+    `allowed_roles` is also what the OpenAPI document lists for the route."""
 
-    async def dependency(request: Request) -> Principal:
+    def __init__(self, allowed: tuple[Role, ...]) -> None:
+        self.allowed_roles = allowed
+
+    async def __call__(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise _unauthorized("missing bearer token")
-        principal = decode_token(request.app.state.settings.jwt_secret, token)
-        if principal.role not in allowed:
+        settings = request.app.state.settings
+        principal = decode_token(
+            settings.jwt_secret,
+            token,
+            max_lifetime=timedelta(hours=settings.jwt_max_lifetime_hours),
+        )
+        if principal.role not in self.allowed_roles:
             raise Problem(403, "Forbidden", f"role '{principal.role}' may not do this")
         return principal
 
-    return dependency
+
+def require_roles(*allowed: Role) -> Callable[[Request], Awaitable[Principal]]:
+    """FastAPI dependency: 401 without a valid token, 403 for a role not allowed here."""
+    return RoleGuard(allowed)

@@ -1,4 +1,11 @@
-"""RFC 9457 problem+json for every error a service returns, 500s included."""
+"""RFC 9457 problem+json for every error a service returns, 500s included.
+
+Database errors that are not bugs get the status they deserve, whatever the route:
+the database unreachable, full or restarting is a 503 with Retry-After (the client should
+come back), a value PostgreSQL refuses (SQLSTATE class 22, "data exception") is a 422, a
+unique key taken by a concurrent request is a 409. Anything else unhandled is answered by
+shared.middleware, inside the request-id middleware.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,21 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# How long a client should wait before retrying while the database is unavailable.
+RETRY_AFTER_SECONDS = 5
+
+# SQLSTATE prefixes meaning "try again shortly": connection exceptions (08), insufficient
+# resources such as too many connections (53), the server shutting down, crashed or starting
+# up (57P0x), a query cancelled by a timeout (57014), a lock not granted in time (55P03),
+# a serialization failure (40001) or a deadlock (40P01).
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P0", "57014", "55P03", "40001", "40P01")
 
 
 class Problem(Exception):
@@ -39,6 +56,23 @@ def not_found(what: str) -> Problem:
     return Problem(404, "Not Found", f"{what} not found")
 
 
+def problem_body(
+    instance: str,
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    errors: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    body["instance"] = instance
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = errors
+    return body
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -48,21 +82,35 @@ def problem_response(
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "instance": request.url.path,
-    }
-    if detail:
-        body["detail"] = detail
-    if errors:
-        body["errors"] = errors
+    body = problem_body(request.url.path, status, title, detail, errors=errors)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field(loc: tuple[int | str, ...] | list[int | str]) -> str:
     return ".".join(str(part) for part in loc)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE PostgreSQL answered with, if `exc` carries one (asyncpg via SQLAlchemy)."""
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot serve right now: not this request's fault, nor a bug."""
+    if isinstance(exc, PoolTimeoutError | OSError | TimeoutError):
+        # No connection from the pool in time; connection refused or reset; connect timeout.
+        return True
+    if isinstance(exc, DBAPIError):
+        code = sqlstate(exc)
+        if exc.connection_invalidated:
+            return True
+        if code is not None:
+            return code.startswith(UNAVAILABLE_SQLSTATES)
+        # A connection refused while the pool connects arrives wrapped, without a SQLSTATE.
+        orig = exc.orig
+        return isinstance(orig, OSError) or isinstance(getattr(orig, "__cause__", None), OSError)
+    return False
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -93,7 +141,39 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers=dict(exc.headers) if exc.headers else None,
         )
 
-    @app.exception_handler(Exception)
-    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return problem_response(request, 500, "Internal Server Error", "unexpected error")
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        return database_problem(request, exc)
+
+    for error in (DBAPIError, PoolTimeoutError, OSError, TimeoutError):
+        app.add_exception_handler(error, _database)
+
+
+def database_problem(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a database error that reached the edge of a request."""
+    code = sqlstate(exc)
+    if is_unavailable(exc):
+        log.warning("unavailable: %s (SQLSTATE %s)", type(exc).__name__, code)
+        return problem_response(
+            request,
+            503,
+            "Service Unavailable",
+            "the service cannot reach its database right now; retry later",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    if code is not None and code.startswith("22"):
+        # A value the schemas let through but PostgreSQL refuses: a gap in validation, logged
+        # so it gets closed, answered as the client's error it is. No values: they may be PII.
+        log.error("database refused a value (SQLSTATE %s) on %s", code, request.url.path)
+        return problem_response(
+            request,
+            422,
+            "Unprocessable Content",
+            "a value cannot be stored",
+            errors=[{"field": "body", "message": f"refused by the database (SQLSTATE {code})"}],
+        )
+    if code == "23505":
+        return problem_response(
+            request, 409, "Conflict", "a concurrent request changed this resource; retry"
+        )
+    # A bug: the middleware logs it with its traceback and answers 500.
+    raise exc

@@ -1,31 +1,33 @@
 """Structured JSON logs carrying request_id / event_id / loan_id from context.
 
 PII never reaches a log line: services log ids only, and the formatter masks anything
-that looks like a mainland national id or mobile number as a second line of defence.
+that looks like a national id or phone number (shared.pii.mask_pii) as a second line of
+defence. uvicorn's own loggers go through the same formatter, tracebacks included.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from shared.pii import mask_pii
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 event_id_var: ContextVar[str | None] = ContextVar("event_id", default=None)
 loan_id_var: ContextVar[str | None] = ContextVar("loan_id", default=None)
 
-_NATIONAL_ID = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
-_MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+# The servers' own loggers: by default uvicorn prints plain text (a 500's traceback with
+# whatever values it holds) to its own handlers, past the formatter and its masking.
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
 def scrub(text: str) -> str:
-    text = _NATIONAL_ID.sub(lambda m: "*" * 14 + m.group(0)[-4:], text)
-    return _MOBILE.sub(lambda m: "*" * 7 + m.group(0)[-4:], text)
+    return mask_pii(text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,6 +74,10 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        server_logger.handlers.clear()
+        server_logger.propagate = True
     # aiokafka is chatty about group rebalances at INFO.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-secret-change-me"
@@ -26,6 +26,8 @@ class ServiceSettings(BaseSettings):
     database_url: str = "postgresql+asyncpg://huifang:huifang@127.0.0.1:5432/huifang"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     jwt_secret: str = DEV_JWT_SECRET
+    # No bearer token is honoured for longer than this, whatever its `exp` says.
+    jwt_max_lifetime_hours: float = Field(default=12.0, gt=0, le=24 * 7)
     pii_key: str = DEV_PII_KEY
     scheduler_url: str = "http://127.0.0.1:8001"
     # Service-to-service calls: short timeout, few retries, short cache (design.md).

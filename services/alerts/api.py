@@ -12,7 +12,9 @@ from services.alerts.schemas import AlertOut, AlertStatus, ResolveIn
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.events import Category, Severity
-from shared.pagination import Page, decode_cursor, next_cursor
+from shared.openapi import problems
+from shared.pagination import CursorText, Page, decode_cursor, next_cursor
+from shared.validation import Identifier
 
 router = APIRouter(prefix="/v1")
 
@@ -25,12 +27,12 @@ Operator = Annotated[Principal, Depends(require_roles("ops", "admin"))]
 async def list_alerts(
     session: SessionDep,
     _: Reader,
-    loan_id: str | None = None,
+    loan_id: Annotated[Identifier | None, Query()] = None,
     status: AlertStatus | None = None,
     severity: Severity | None = None,
-    rule: str | None = None,
+    rule: Annotated[Identifier | None, Query()] = None,
     category: Category | None = None,
-    cursor: str | None = None,
+    cursor: Annotated[CursorText | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[AlertOut]:
     """Alerts by filters, oldest first, a page at a time."""
@@ -50,19 +52,19 @@ async def list_alerts(
     )
 
 
-@router.get("/alerts/{alert_id}", response_model=AlertOut)
+@router.get("/alerts/{alert_id}", response_model=AlertOut, responses=problems(404))
 async def get_alert(alert_id: uuid.UUID, session: SessionDep, _: Reader) -> AlertOut:
     alert = await service.get_alert(session, alert_id)
     return AlertOut.model_validate(alert, from_attributes=True)
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertOut)
+@router.post("/alerts/{alert_id}/ack", response_model=AlertOut, responses=problems(404, 409))
 async def acknowledge(alert_id: uuid.UUID, session: SessionDep, who: Operator) -> AlertOut:
     alert = await service.acknowledge(session, alert_id, who.sub)
     return AlertOut.model_validate(alert, from_attributes=True)
 
 
-@router.post("/alerts/{alert_id}/resolve", response_model=AlertOut)
+@router.post("/alerts/{alert_id}/resolve", response_model=AlertOut, responses=problems(404, 409))
 async def resolve(
     alert_id: uuid.UUID, body: ResolveIn, session: SessionDep, who: Operator
 ) -> AlertOut:

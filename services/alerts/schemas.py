@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from shared.events import Category, RecommendedAction, Severity
+from shared.validation import MaskedText, Note
 
 AlertStatus = Literal["open", "acknowledged", "resolved", "dismissed"]
 # What operations did about an alert; `dismiss` closes it as a false alarm.
@@ -24,10 +25,13 @@ ResolutionAction = Literal[
 
 
 class ResolveIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"action": "legal_review", "note": "sent to legal"}]},
+    )
 
     action: ResolutionAction
-    note: str | None = Field(default=None, max_length=2000)
+    note: Note | None = None
 
 
 class AlertOut(BaseModel):
@@ -46,4 +50,5 @@ class AlertOut(BaseModel):
     resolved_at: datetime | None
     resolved_by: str | None
     resolution_action: ResolutionAction | None
-    resolution_note: str | None
+    # Masked on the way out too: notes stored before masking began are shown masked.
+    resolution_note: MaskedText | None

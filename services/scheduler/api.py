@@ -24,8 +24,10 @@ from services.scheduler.schemas import (
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.errors import Problem, not_found
-from shared.pagination import Page, decode_cursor, next_cursor
+from shared.openapi import problems
+from shared.pagination import CursorText, Page, decode_cursor, next_cursor
 from shared.pii import PiiCipher
+from shared.validation import Identifier, LoanId
 
 router = APIRouter(prefix="/v1")
 
@@ -35,8 +37,26 @@ Supervisor = Annotated[Principal, Depends(require_roles("supervisor", "admin"))]
 Reader = Annotated[
     Principal, Depends(require_roles("agent", "supervisor", "ops", "integration", "admin"))
 ]
-IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+LoanIdPath = Annotated[LoanId, Path()]
+AgentIdPath = Annotated[Identifier, Path()]
 MAX_IMPORT_LINES = 10_000
+# A loan line is about 600 bytes; 4 KiB each leaves room for long names and makes.
+MAX_IMPORT_BYTES = MAX_IMPORT_LINES * 4096
+NDJSON = "application/x-ndjson"
+# The import body as the OpenAPI document shows it: NDJSON, one LoanImportLine per line
+# (nested models by reference to the components LoanIn already put there).
+_IMPORT_LINE_SCHEMA = {
+    key: value
+    for key, value in LoanImportLine.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    ).items()
+    if key != "$defs"
+}
+_IMPORT_BODY = {
+    "required": True,
+    "description": f"NDJSON: one loan (LoanImportLine) per line, at most {MAX_IMPORT_LINES} lines.",
+    "content": {NDJSON: {"schema": {"type": "array", "items": _IMPORT_LINE_SCHEMA}}},
+}
 
 
 def _cipher(request: Request) -> PiiCipher:
@@ -44,9 +64,16 @@ def _cipher(request: Request) -> PiiCipher:
     return cipher
 
 
-@router.put("/loans/{loan_id}", response_model=LoanOut)
+@router.put(
+    "/loans/{loan_id}",
+    response_model=LoanOut,
+    responses={
+        201: {"model": LoanOut, "description": "Registered (200: updated)."},
+        **problems(409),
+    },
+)
 async def put_loan(
-    loan_id: IdPath,
+    loan_id: LoanIdPath,
     body: LoanIn,
     session: SessionDep,
     request: Request,
@@ -58,16 +85,27 @@ async def put_loan(
     return service.loan_view(loan, _cipher(request))
 
 
-@router.post("/loans/import", response_model=ImportResult)
+@router.post(
+    "/loans/import",
+    response_model=ImportResult,
+    responses=problems(409, 413),
+    openapi_extra={"requestBody": _IMPORT_BODY},
+)
 async def import_loans(request: Request, session: SessionDep, _caller: Integration) -> ImportResult:
     """NDJSON bulk registration: every line is validated first; one bad line writes nothing."""
-    lines = [
-        line
-        for line in (await request.body()).decode("utf-8", "replace").splitlines()
-        if line.strip()
-    ]
+    too_large = Problem(
+        413,
+        "Content Too Large",
+        f"at most {MAX_IMPORT_LINES} loans and {MAX_IMPORT_BYTES} bytes per import",
+    )
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > MAX_IMPORT_BYTES:
+            raise too_large
+    lines = [line for line in received.decode("utf-8", "replace").splitlines() if line.strip()]
     if len(lines) > MAX_IMPORT_LINES:
-        raise Problem(413, "Content Too Large", f"at most {MAX_IMPORT_LINES} loans per import")
+        raise too_large
     parsed: list[LoanImportLine] = []
     errors: list[dict[str, str]] = []
     for number, line in enumerate(lines, start=1):
@@ -93,30 +131,32 @@ async def import_loans(request: Request, session: SessionDep, _caller: Integrati
     return ImportResult(imported=len(parsed), created=created)
 
 
-@router.get("/loans/{loan_id}", response_model=LoanOut)
-async def get_loan(loan_id: str, session: SessionDep, request: Request, who: Reader) -> LoanOut:
-    loan = await repository.get_loan(session, loan_id)
-    # An agent sees only loans it has been given tasks for.
-    if loan is None or (
-        who.is_agent and not await repository.agent_has_loan(session, who.sub, loan_id)
-    ):
+@router.get("/loans/{loan_id}", response_model=LoanOut, responses=problems(404))
+async def get_loan(
+    loan_id: LoanIdPath, session: SessionDep, request: Request, who: Reader
+) -> LoanOut:
+    # An agent sees only loans it has been given tasks for; others' look absent.
+    loan = await repository.get_loan_visible_to(session, loan_id, who.sub if who.is_agent else None)
+    if loan is None:
         raise not_found("loan")
     return service.loan_view(loan, _cipher(request))
 
 
 @router.get("/loans/{loan_id}/tasks", response_model=Page[TaskOut])
 async def loan_tasks(
-    loan_id: str,
+    loan_id: LoanIdPath,
     session: SessionDep,
     who: Reader,
-    cursor: str | None = None,
+    cursor: Annotated[CursorText | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[TaskOut]:
     return await _task_page(session, who, TaskQuery(loan_id=loan_id, cursor=cursor, limit=limit))
 
 
-@router.put("/agents/{agent_id}", response_model=AgentOut)
-async def put_agent(agent_id: IdPath, body: AgentIn, session: SessionDep, _: Admin) -> AgentOut:
+@router.put("/agents/{agent_id}", response_model=AgentOut, responses=problems(409))
+async def put_agent(
+    agent_id: AgentIdPath, body: AgentIn, session: SessionDep, _: Admin
+) -> AgentOut:
     agent = await service.upsert_agent(session, agent_id, body)
     return AgentOut.model_validate(agent, from_attributes=True)
 
@@ -129,7 +169,7 @@ async def list_tasks(
     return await _task_page(session, who, filters)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskOut)
+@router.get("/tasks/{task_id}", response_model=TaskOut, responses=problems(404))
 async def get_task(task_id: uuid.UUID, session: SessionDep, who: Reader) -> TaskOut:
     task = await repository.get_task(session, task_id)
     if task is None or (who.is_agent and task.agent_id != who.sub):
@@ -137,7 +177,7 @@ async def get_task(task_id: uuid.UUID, session: SessionDep, who: Reader) -> Task
     return TaskOut.model_validate(task, from_attributes=True)
 
 
-@router.post("/tasks/{task_id}/reschedule", response_model=TaskOut)
+@router.post("/tasks/{task_id}/reschedule", response_model=TaskOut, responses=problems(404, 409))
 async def reschedule(
     task_id: uuid.UUID, body: RescheduleIn, session: SessionDep, _: Supervisor
 ) -> TaskOut:

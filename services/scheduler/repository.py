@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -18,6 +18,20 @@ async def get_loan(session: AsyncSession, loan_id: str, *, for_update: bool = Fa
     stmt = select(Loan).where(col(Loan.loan_id) == loan_id)
     if for_update:
         stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_loan_visible_to(
+    session: AsyncSession, loan_id: str, agent_id: str | None
+) -> Loan | None:
+    """The loan, if the reader may see it: an agent only a loan it has been given a task
+    for, others any. One statement either way, so an agent cannot tell by the time of the
+    answer whether a loan it may not see exists."""
+    stmt = select(Loan).where(col(Loan.loan_id) == loan_id)
+    if agent_id is not None:
+        stmt = stmt.where(
+            exists().where(col(VisitTask.loan_id) == loan_id, col(VisitTask.agent_id) == agent_id)
+        )
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
@@ -103,12 +117,3 @@ async def list_tasks(
         stmt = stmt.where(after(col(VisitTask.created_at), col(VisitTask.task_id), cursor))
     stmt = stmt.order_by(col(VisitTask.created_at), col(VisitTask.task_id)).limit(limit)
     return list((await session.execute(stmt)).scalars())
-
-
-async def agent_has_loan(session: AsyncSession, agent_id: str, loan_id: str) -> bool:
-    stmt = (
-        select(col(VisitTask.task_id))
-        .where(col(VisitTask.agent_id) == agent_id, col(VisitTask.loan_id) == loan_id)
-        .limit(1)
-    )
-    return (await session.execute(stmt)).first() is not None

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.pagination import CursorText
+from shared.validation import (
+    BusinessDate,
+    Identifier,
+    LoanId,
+    Money,
+    NationalId,
+    Note,
+    Phone,
+    Ratio,
+    SingleLineText,
+)
 
 CreditGrade = Literal["A", "B", "C", "D", "E"]
 AgreedUsage = Literal["private", "commercial", "ride_hailing"]
 Method = Literal["phone", "field", "third_party"]
 TaskStatus = Literal["open", "completed", "cancelled"]
-Amount = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2)]
 
 
 class Strict(BaseModel):
@@ -21,35 +32,64 @@ class Strict(BaseModel):
 
 
 class BorrowerIn(Strict):
-    borrower_id: str = Field(min_length=1, max_length=64)
-    name: str = Field(min_length=1, max_length=128)
-    national_id: str = Field(pattern=r"^\d{17}[\dX]$", description="18-character resident id")
-    phone: str = Field(pattern=r"^\+?\d{7,15}$")
-    occupation: str = Field(min_length=1, max_length=128)
-    monthly_income: Amount
+    borrower_id: Identifier
+    name: SingleLineText = Field(min_length=1, max_length=128)
+    national_id: NationalId
+    phone: Phone
+    occupation: SingleLineText = Field(min_length=1, max_length=128)
+    monthly_income: Money
 
 
 class VehicleIn(Strict):
     vin: str = Field(pattern=r"^[A-HJ-NPR-Z0-9]{17}$")
-    plate: str = Field(min_length=1, max_length=16)
-    make_model: str = Field(min_length=1, max_length=128)
-    valuation: Amount
-    valued_on: date
+    plate: SingleLineText = Field(min_length=1, max_length=16)
+    make_model: SingleLineText = Field(min_length=1, max_length=128)
+    valuation: Money
+    valued_on: BusinessDate
+
+
+_LOAN_EXAMPLE: dict[str, Any] = {
+    "borrower": {
+        "borrower_id": "B-1",
+        "name": "王建国",
+        "national_id": "110101199003074512",
+        "phone": "13812345678",
+        "occupation": "driver",
+        "monthly_income": "12000.00",
+    },
+    "vehicle": {
+        "vin": "LSVAU2180N2183294",
+        "plate": "沪A12345",
+        "make_model": "BYD Qin",
+        "valuation": "98000.00",
+        "valued_on": "2026-10-10",
+    },
+    "credit_grade": "D",
+    "principal": "80000.00",
+    "term_months": 36,
+    "disbursed_on": "2026-11-01",
+    "region": "SH",
+    "agreed_usage": "private",
+}
 
 
 class LoanIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [_LOAN_EXAMPLE]})
+
     borrower: BorrowerIn
     vehicle: VehicleIn
     credit_grade: CreditGrade
-    principal: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=2)]
+    principal: Annotated[Money, Field(gt=0)]
     term_months: int = Field(ge=1, le=120)
-    disbursed_on: date
-    region: str = Field(min_length=1, max_length=64)
+    disbursed_on: BusinessDate
+    region: Identifier
     agreed_usage: AgreedUsage = "private"
 
 
 class LoanImportLine(LoanIn):
-    loan_id: str = Field(min_length=1, max_length=64)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"loan_id": "L-1", **_LOAN_EXAMPLE}]})
+
+    loan_id: LoanId
 
 
 class BorrowerOut(BaseModel):
@@ -58,16 +98,16 @@ class BorrowerOut(BaseModel):
     national_id: str
     phone: str
     occupation: str
-    monthly_income: Decimal
+    monthly_income: Money
 
 
 class VehicleOut(BaseModel):
     vin: str
     plate: str
     make_model: str
-    valuation: Decimal
+    valuation: Money
     valued_on: date
-    ltv: Decimal | None
+    ltv: Ratio | None
 
 
 class LoanOut(BaseModel):
@@ -75,7 +115,7 @@ class LoanOut(BaseModel):
     borrower: BorrowerOut
     vehicle: VehicleOut
     credit_grade: CreditGrade
-    principal: Decimal
+    principal: Money
     term_months: int
     disbursed_on: date
     region: str
@@ -85,8 +125,21 @@ class LoanOut(BaseModel):
 
 
 class AgentIn(Strict):
-    name: str = Field(min_length=1, max_length=128)
-    region: str = Field(min_length=1, max_length=64)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "陈磊",
+                    "region": "SH",
+                    "methods": ["phone", "field"],
+                    "daily_capacity": 10,
+                }
+            ]
+        }
+    )
+
+    name: SingleLineText = Field(min_length=1, max_length=128)
+    region: Identifier
     methods: list[Method] = Field(min_length=1)
     daily_capacity: int = Field(ge=1, le=200)
     active: bool = True
@@ -112,19 +165,23 @@ class TaskOut(BaseModel):
 class TaskQuery(BaseModel):
     """Filters of the task lists (query parameters)."""
 
-    agent_id: str | None = None
-    loan_id: str | None = None
+    agent_id: Identifier | None = None
+    loan_id: Identifier | None = None
     status: TaskStatus | None = None
-    due_from: date | None = None
-    due_to: date | None = None
-    cursor: str | None = None
+    due_from: BusinessDate | None = None
+    due_to: BusinessDate | None = None
+    cursor: CursorText | None = None
     limit: int = Field(default=50, ge=1, le=200)
 
 
 class RescheduleIn(Strict):
-    due_on: date
-    agent_id: str | None = None
-    note: str | None = Field(default=None, max_length=500)
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"due_on": "2027-01-05", "note": "borrower travelling"}]}
+    )
+
+    due_on: BusinessDate
+    agent_id: Identifier | None = None
+    note: Note | None = Field(default=None, max_length=500)
 
 
 class ImportResult(BaseModel):

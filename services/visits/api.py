@@ -14,8 +14,10 @@ from services.visits.schemas import VisitIn, VisitOut
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
-from shared.pagination import Page, decode_cursor, next_cursor
+from shared.openapi import problems
+from shared.pagination import CursorText, Page, decode_cursor, next_cursor
 from shared.service_client import ServiceClient
+from shared.validation import Identifier
 
 router = APIRouter(prefix="/v1")
 
@@ -38,7 +40,7 @@ def _scheduler(request: Request) -> ServiceClient:
     return client
 
 
-@router.post("/visits", response_model=VisitOut, status_code=201)
+@router.post("/visits", response_model=VisitOut, status_code=201, responses=problems(404, 409))
 async def record_visit(
     body: VisitIn,
     idempotency_key: IdempotencyKey,
@@ -65,7 +67,7 @@ async def record_visit(
     return service.visit_view(visit)
 
 
-@router.get("/visits/{visit_id}", response_model=VisitOut)
+@router.get("/visits/{visit_id}", response_model=VisitOut, responses=problems(404))
 async def get_visit(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> VisitOut:
     visit = await repository.get_visit(session, visit_id)
     return service.visit_view(service.visible_to(visit, who.sub if who.is_agent else None))
@@ -75,9 +77,9 @@ async def get_visit(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> Vi
 async def list_visits(
     session: SessionDep,
     who: Reader,
-    loan_id: str | None = None,
-    agent_id: str | None = None,
-    cursor: str | None = None,
+    loan_id: Annotated[Identifier | None, Query()] = None,
+    agent_id: Annotated[Identifier | None, Query()] = None,
+    cursor: Annotated[CursorText | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[VisitOut]:
     """Visits oldest first, by loan and/or agent; an agent always gets its own."""

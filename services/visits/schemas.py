@@ -5,29 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import datetime
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.events import VisitFindings, VisitMethod, VisitOutcome
-
-
-def _to_utc(value: datetime) -> datetime:
-    # One representation per instant: `10:00+08:00` and `02:00Z` hash and read back alike.
-    return value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-LoanId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+from shared.validation import Identifier, MaskedText, Note, ObservedAt
 
 
 class Strict(BaseModel):
@@ -47,16 +30,35 @@ class FindingsIn(VisitFindings):
 
 
 class VisitIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task_id": None,
+                    "loan_id": "L-1",
+                    "method": "phone",
+                    "outcome": "completed",
+                    "started_at": "2026-11-20T10:00:00+08:00",
+                    "ended_at": "2026-11-20T10:12:00+08:00",
+                    "findings": {"identity_verified": True, "employment_status": "stable"},
+                    "notes": "借款人在家，车辆停在小区",
+                }
+            ]
+        }
+    )
+
     # Field order matters: the validators below read fields declared before them.
     task_id: uuid.UUID | None = None
-    loan_id: LoanId
+    loan_id: Identifier
     method: VisitMethod
     outcome: VisitOutcome
-    started_at: UtcDatetime
-    ended_at: UtcDatetime
+    # Not before 2000, not in the future (beyond clock skew): in UTC once validated.
+    started_at: ObservedAt
+    ended_at: ObservedAt
     findings: FindingsIn
     geo: GeoPoint | None = Field(default=None, validate_default=True)
-    notes: str | None = Field(default=None, max_length=2000)
+    # National ids and phone numbers typed in are masked before the visit is stored.
+    notes: Note | None = None
 
     @field_validator("ended_at")
     @classmethod
@@ -74,14 +76,6 @@ class VisitIn(Strict):
         # A field inspection without a position cannot show the car was actually seen.
         if value is None and info.data.get("method") == "field":
             raise ValueError("required for a field visit")
-        return value
-
-    @field_validator("notes")
-    @classmethod
-    def _storable(cls, value: str | None) -> str | None:
-        # PostgreSQL text cannot hold NUL; refused here instead of failing the insert.
-        if value is not None and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
         return value
 
     def request_hash(self) -> str:
@@ -108,4 +102,5 @@ class VisitOut(BaseModel):
     ended_at: datetime
     findings: VisitFindings
     geo: GeoPoint | None
-    notes: str | None
+    # Masked on the way out too: notes stored before masking began are shown masked.
+    notes: MaskedText | None

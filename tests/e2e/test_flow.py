@@ -107,6 +107,7 @@ async def test_repayment_visit_and_alert_lifecycle(
         "loan_id": loan_id,
         "method": "field",
         "outcome": "completed",
+        # A visit is recorded once it has happened: the API refuses times in the future.
         "started_at": (datetime.now(UTC) - timedelta(minutes=40)).isoformat(),
         "ended_at": datetime.now(UTC).isoformat(),
         "findings": {
