@@ -116,9 +116,17 @@ def _masked(number: str) -> tuple[str, int] | None:
     return "*" * (len(digits) - VISIBLE_DIGITS) + "".join(digits[-VISIBLE_DIGITS:]), length
 
 
-def _blank(text: str, pattern: re.Pattern[str]) -> str:
-    # Same length, no digits: what the pattern matched can no longer join a number.
-    return pattern.sub(lambda match: "#" * len(match.group(0)), text)
+def _blank(text: str, pattern: re.Pattern[str], *, unless_all_digits: bool = False) -> str:
+    """`text` with what `pattern` matches overwritten (same length, no digits), so that it
+    can no longer join a number; with `unless_all_digits`, only matches with a letter."""
+
+    def overwrite(match: re.Match[str]) -> str:
+        found = match.group(0)
+        if unless_all_digits and not any(c.isalpha() for c in found):
+            return found
+        return "#" * len(found)
+
+    return pattern.sub(overwrite, text)
 
 
 def mask_pii(text: str) -> str:
@@ -128,7 +136,7 @@ def mask_pii(text: str) -> str:
     folded, origin = _fold(text)
     if sum(c.isdigit() for c in folded) < MIN_DIGITS:
         return text  # the common case, and cheap: no number to find
-    searched = _blank(_blank(folded, _HEX_ID), _DATETIME)
+    searched = _blank(_blank(folded, _HEX_ID, unless_all_digits=True), _DATETIME)
     spans: list[tuple[int, int, str]] = []
     for match in _NUMBER.finditer(searched):
         masked = _masked(match.group(0))

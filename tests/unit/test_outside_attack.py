@@ -53,6 +53,7 @@ SECRET = "a-long-enough-test-secret-for-hs256!"
         ("电话：１３８－１２３４－５６７８。", "电话：*******5678。"),
         ("tel13812345678", "tel*******5678"),
         ("card 6222 0212 3456 7890 123", "card ***************0123"),
+        ("not an id " + "1" * 32, "not an id " + "*" * 28 + "1111"),  # hex-shaped, all digits
     ],
 )
 def test_every_grouping_of_a_long_number_is_masked_to_its_last_four_digits(
