@@ -4,7 +4,7 @@ the database engine on `app.state`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -29,7 +29,11 @@ def create_app(
     routers: list[APIRouter],
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
+    """`body_limits`: request body limits of particular routes (`"POST /v1/loans/import"`)
+    other than `settings.max_body_bytes`."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
@@ -47,7 +51,7 @@ def create_app(
     app = FastAPI(title=title, version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     install_problem_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, settings=settings, body_limits=body_limits)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

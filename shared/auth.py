@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 
 import jwt
 from fastapi import Request
+from starlette.types import Scope
 
 from shared.errors import Problem
 from shared.validation import ID_PATTERN
@@ -28,6 +29,9 @@ ROLES: tuple[str, ...] = get_args(Role)
 
 # People and services: `AG-17`, `ops.desk@lender`, `service:visits`.
 SUB_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
+# An agent's sub is its agent id: it is stored on visits and asked of the scheduler as one,
+# so it must be a valid id there (`ag.1@x` would be refused by every task query).
+_AGENT_ID_PATTERN = re.compile(ID_PATTERN)
 _REGION_PATTERN = re.compile(ID_PATTERN)
 MAX_TOKEN_LIFETIME = timedelta(hours=12)
 
@@ -79,6 +83,8 @@ def decode_token(
         raise _unauthorized("token has no valid role")
     if not isinstance(sub, str) or SUB_PATTERN.fullmatch(sub) is None:
         raise _unauthorized(f"sub must match {SUB_PATTERN.pattern}")
+    if role == "agent" and _AGENT_ID_PATTERN.fullmatch(sub) is None:
+        raise _unauthorized(f"an agent's sub is its agent id and must match {ID_PATTERN}")
     if region is not None and (
         not isinstance(region, str) or _REGION_PATTERN.fullmatch(region) is None
     ):
@@ -94,29 +100,41 @@ def _unauthorized(detail: str) -> Problem:
     return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+# Where the edge (shared.middleware) leaves the caller of a request, once its token is valid.
+PRINCIPAL_SCOPE_KEY = "huifang.principal"
+
+
+def authenticate(authorization: str, secret: str, *, max_lifetime: timedelta) -> Principal:
+    """The caller named by an `Authorization` header; a 401 Problem without a valid bearer
+    token. Run once per request, at the edge, before the body is read."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized("missing bearer token")
+    return decode_token(secret, token, max_lifetime=max_lifetime)
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    principal = scope.get(PRINCIPAL_SCOPE_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
 class RoleGuard:
-    """FastAPI dependency: 401 without a valid token, 403 for a role not allowed here.
-    `allowed_roles` is also what the OpenAPI document lists for the route."""
+    """FastAPI dependency: 403 for a role not allowed here. The token was checked at the
+    edge (401 there); `allowed_roles` is also what the OpenAPI document lists for the route."""
 
     def __init__(self, allowed: tuple[Role, ...]) -> None:
         self.allowed_roles = allowed
 
     async def __call__(self, request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        principal = principal_of(request.scope)
+        if principal is None:
+            # A guarded route the edge did not authenticate: refuse rather than guess.
             raise _unauthorized("missing bearer token")
-        settings = request.app.state.settings
-        principal = decode_token(
-            settings.jwt_secret,
-            token,
-            max_lifetime=timedelta(hours=settings.jwt_max_lifetime_hours),
-        )
         if principal.role not in self.allowed_roles:
             raise Problem(403, "Forbidden", f"role '{principal.role}' may not do this")
         return principal
 
 
 def require_roles(*allowed: Role) -> Callable[[Request], Awaitable[Principal]]:
-    """FastAPI dependency: 401 without a valid token, 403 for a role not allowed here."""
+    """FastAPI dependency: 403 for a role not allowed here (401 came at the edge)."""
     return RoleGuard(allowed)

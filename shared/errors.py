@@ -10,6 +10,7 @@ shared.middleware, inside the request-id middleware.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,11 @@ RETRY_AFTER_SECONDS = 5
 # up (57P0x), a query cancelled by a timeout (57014), a lock not granted in time (55P03),
 # a serialization failure (40001) or a deadlock (40P01).
 UNAVAILABLE_SQLSTATES = ("08", "53", "57P0", "57014", "55P03", "40001", "40P01")
+# A problem lists at most this many fields at fault: a body of 500,000 unknown keys once
+# answered 40 MB of errors. The rest are counted in `detail`.
+MAX_ERRORS = 50
+# A field name echoes what the client sent (an unknown key): bounded, and always UTF-8.
+MAX_FIELD_LENGTH = 200
 
 
 class Problem(Exception):
@@ -56,6 +62,20 @@ def not_found(what: str) -> Problem:
     return Problem(404, "Not Found", f"{what} not found")
 
 
+# RFC 9110's names, where Python's http module still has the older ones.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def title_of(status: int) -> str:
+    """The standard reason phrase: `400` -> `Bad Request`, `413` -> `Content Too Large`."""
+    if status in _TITLES:
+        return _TITLES[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def problem_body(
     instance: str,
     status: int,
@@ -66,6 +86,11 @@ def problem_body(
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     body["instance"] = instance
+    if errors and len(errors) > MAX_ERRORS:
+        unlisted = len(errors) - MAX_ERRORS
+        errors = errors[:MAX_ERRORS]
+        more = f"{unlisted} more errors not listed"
+        detail = f"{detail} ({more})" if detail else more
     if detail:
         body["detail"] = detail
     if errors:
@@ -87,7 +112,11 @@ def problem_response(
 
 
 def _field(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    return ".".join(str(part) for part in loc)
+    # An unknown key is echoed as the client sent it: a lone surrogate in it could not be
+    # encoded in the answer, and a megabyte-long key would be echoed whole.
+    name = ".".join(str(part) for part in loc)
+    name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name if len(name) <= MAX_FIELD_LENGTH else name[:MAX_FIELD_LENGTH] + "…"
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -123,21 +152,26 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field(err["loc"]), "message": err["msg"]} for err in exc.errors()]
-        fields = ", ".join(e["field"] for e in errors)
+        fields = ", ".join(e["field"] for e in errors[:MAX_ERRORS])
         return problem_response(
             request, 422, "Unprocessable Content", f"invalid fields: {fields}", errors=errors
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}.get(
-            exc.status_code, "HTTP Error"
+        # FastAPI answers 400 for a body it cannot parse (not JSON it can decode, or nested
+        # past the parser's recursion limit); the body is the field at fault.
+        errors = (
+            [{"field": "body", "message": str(exc.detail or "cannot be parsed")}]
+            if exc.status_code == 400
+            else None
         )
         return problem_response(
             request,
             exc.status_code,
-            title,
+            title_of(exc.status_code),
             str(exc.detail) if exc.detail else None,
+            errors=errors,
             headers=dict(exc.headers) if exc.headers else None,
         )
 

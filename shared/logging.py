@@ -50,7 +50,8 @@ class JsonFormatter(logging.Formatter):
         ):
             value = var.get()
             if value is not None:
-                entry[key] = value
+                # Ids come from callers (a request id, a loan id in an event): masked too.
+                entry[key] = scrub(value)
         if record.exc_info:
             entry["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
@@ -76,8 +77,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level)
     for name in SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
-        server_logger.handlers.clear()
-        server_logger.propagate = True
+        # Only a logger uvicorn gave handlers of its own is re-routed through ours. One it
+        # left without (`--no-access-log` empties `uvicorn.access` and stops it propagating)
+        # stays as uvicorn set it: propagating it would turn the access log back on.
+        if server_logger.handlers:
+            server_logger.handlers.clear()
+            server_logger.propagate = True
     # aiokafka is chatty about group rebalances at INFO.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 

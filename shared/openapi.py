@@ -3,7 +3,8 @@
 FastAPI documents a route's success and a 422 `application/json` it never sends. Here every
 /v1 operation also lists the problem+json answers every route can give (401 without a valid
 token, 403 when its roles exclude the caller's, 422 for invalid input, 500, 503 while the
-database is unavailable), plus those the route declares with `problems(...)`, all with one
+database is unavailable; 400 and 413 for a body that cannot be parsed or is too large),
+plus those the route declares with `problems(...)`, all with one
 `Problem` schema; and it names the bearer scheme and the roles allowed.
 """
 
@@ -45,12 +46,12 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 REASONS = {
-    400: "The request body cannot be read.",
+    400: "The request body cannot be parsed; `errors` names `body`.",
     401: "No valid bearer token.",
     403: "The token's role may not do this.",
     404: "Not found, or not visible to the caller.",
     409: "Conflicts with the resource's current state.",
-    413: "The request is too large.",
+    413: "The request body is larger than the route accepts.",
     422: "Invalid input; `errors` names each field at fault.",
     500: "Unexpected error; `X-Request-ID` finds it in the logs.",
     503: "The database (or a service this one asks) is unavailable; see Retry-After.",
@@ -90,7 +91,7 @@ def _document(operation: dict[str, Any], roles: tuple[str, ...] | None, all_role
     if roles is not None and len(roles) < all_roles:
         statuses.append(403)
     if "requestBody" in operation:
-        statuses.append(400)
+        statuses += [400, 413]
     for status in statuses:
         responses.setdefault(str(status), problem(status))
     if roles is not None:

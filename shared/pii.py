@@ -42,60 +42,116 @@ def mask_name(name: str) -> str:
 
 # --- PII in free text ---------------------------------------------------------------------
 
-# What people type between digit groups: spaces (also full-width, folded below), hyphens,
-# dots and the dashes a phone keyboard offers.
-_SEP = r"[ \t.\-‐‑‒–—]{0,2}"
-# Not a digit before or after: a longer run of digits is something else (an account number).
-_NATIONAL_ID = re.compile(
-    rf"(?<![0-9])[0-9]{{6}}{_SEP}[0-9]{{4}}{_SEP}[0-9]{{4}}{_SEP}[0-9]{{3}}[0-9Xx](?![0-9])"
+# A number is a run of digits joined by what people type between digit groups: white space
+# (line breaks too), hyphens and dashes, slashes, underscores, dots, brackets and plus signs,
+# at most three of them at a time (`138 - 1234`). A run of nine digits or more is a phone, a
+# national id, a card or an account number: whatever its grouping, only its last four digits
+# are kept. Dates (`2026-11-30`, 8 digits) and amounts (`12000.00`, 7) stay readable.
+MIN_DIGITS = 9
+VISIBLE_DIGITS = 4
+_SEPARATORS = r"[\s\-‐‑‒–—/_.()+]"
+# A national id ends in a check character that may be `X`.
+_NUMBER = re.compile(rf"\+?[0-9]+(?:{_SEPARATORS}{{1,3}}[0-9]+)*(?:[Xx](?![0-9A-Za-z]))?")
+# What must not be taken for a number: a UUID or a hex digest (request, event and visit
+# ids in every log line) whose digits happen to run long. Only with a letter in it: an id
+# made of digits alone is masked like any other number.
+_HEX_ID = re.compile(
+    r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    r"[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})(?![0-9A-Za-z])"
 )
-# A mainland mobile (1[3-9]x, 11 digits in 3-4-4), optionally with the +86 / 0086 prefix.
-_MOBILE = re.compile(
-    rf"(?<![0-9])(?:(?:\+|00)86{_SEP})?1[3-9][0-9]{_SEP}[0-9]{{4}}{_SEP}[0-9]{{4}}(?![0-9])"
+# A date with its time (`2026-11-30 14:05:09.123456+00:00`, as Python prints a datetime):
+# the space-joined hour, or the fraction of a second and its offset, would otherwise make a
+# run of ten digits of it.
+_DATETIME = re.compile(
+    r"(?<![0-9])[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}"
+    r"(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?"
 )
-# A landline with its area code (010-12345678, 0755 8888 8888 style).
-_LANDLINE = re.compile(rf"(?<![0-9])0[1-9][0-9]{{1,2}}{_SEP}[0-9]{{3,4}}{_SEP}[0-9]{{4}}(?![0-9])")
-# A first-generation 15-digit id, or a bank card number (16 to 19 digits).
-_LONG_NUMBER = re.compile(r"(?<![0-9])[0-9]{15,19}(?![0-9])")
+# The 18 characters of a resident id: 17 digits and a check digit that may be `X`.
+_ID_DIGITS = 17
 
 
 @lru_cache(maxsize=4096)
 def _fold_char(char: str) -> str:
-    """One character in, one character out: any Unicode decimal digit (full-width `１`,
-    Arabic-Indic `١`, ...) becomes its ASCII digit, and compatibility forms that fold to a
-    single character (full-width `＋`, `－`, `Ｘ`, the ideographic space) fold to it."""
+    """One character in, at most one out: any Unicode decimal digit (full-width `１`,
+    Arabic-Indic `١`, ...) becomes its ASCII digit; compatibility forms that fold to a single
+    character (full-width `＋`, `－`, `Ｘ`, the ideographic space) fold to it; invisible
+    format characters (zero-width space, soft hyphen, joiners, BOM) vanish, so that they
+    cannot split a number the eye reads as one."""
     digit = unicodedata.decimal(char, None)
     if digit is not None:
         return str(digit)
+    if unicodedata.category(char) == "Cf":
+        return ""
     folded = unicodedata.normalize("NFKC", char)
     return folded if len(folded) == 1 else char
 
 
-def _fold(text: str) -> str:
-    # Same length as `text`, so a match in the folded text is a span of the original.
-    return text if text.isascii() else "".join(_fold_char(c) for c in text)
+def _fold(text: str) -> tuple[str, list[int] | None]:
+    """The folded text and, for each of its characters, its index in `text` (None when
+    folding changed no position: ASCII text)."""
+    if text.isascii():
+        return text, None
+    chars: list[str] = []
+    origin: list[int] = []
+    for index, char in enumerate(text):
+        folded = _fold_char(char)
+        if folded:
+            chars.append(folded)
+            origin.append(index)
+    return "".join(chars), origin
 
 
-def _masked(match: re.Match[str]) -> str:
-    digits = [c for c in match.group(0) if c in "0123456789Xx"]
-    return "*" * (len(digits) - 4) + "".join(digits[-4:])
+def _masked(number: str) -> tuple[str, int] | None:
+    """The masked number and how many characters of `number` it replaces (a trailing `X`
+    belongs to it only as a resident id's check digit); None if it is too short to hide."""
+    digits = [c for c in number if c.isdigit()]
+    if len(digits) < MIN_DIGITS:
+        return None
+    length = len(number)
+    if number[-1] in "Xx":
+        if len(digits) == _ID_DIGITS:
+            digits.append(number[-1])
+        else:
+            length -= 1
+    return "*" * (len(digits) - VISIBLE_DIGITS) + "".join(digits[-VISIBLE_DIGITS:]), length
+
+
+def _blank(text: str, pattern: re.Pattern[str], *, unless_all_digits: bool = False) -> str:
+    """`text` with what `pattern` matches overwritten (same length, no digits), so that it
+    can no longer join a number; with `unless_all_digits`, only matches with a letter."""
+
+    def overwrite(match: re.Match[str]) -> str:
+        found = match.group(0)
+        if unless_all_digits and not any(c.isalpha() for c in found):
+            return found
+        return "#" * len(found)
+
+    return pattern.sub(overwrite, text)
 
 
 def mask_pii(text: str) -> str:
-    """Mask every national id, phone and card number in `text`, keeping the last four digits:
-    `电话 +86 138-1234-5678` -> `电话 *********5678`. Idempotent."""
-    folded = _fold(text)
+    """Mask every run of nine or more digits in `text` (national ids, phones, cards),
+    keeping its last four digits: `电话 +86 138-1234-5678` -> `电话 *********5678`.
+    Idempotent."""
+    folded, origin = _fold(text)
+    if sum(c.isdigit() for c in folded) < MIN_DIGITS:
+        return text  # the common case, and cheap: no number to find
+    searched = _blank(_blank(folded, _HEX_ID, unless_all_digits=True), _DATETIME)
     spans: list[tuple[int, int, str]] = []
-    for pattern in (_NATIONAL_ID, _MOBILE, _LANDLINE, _LONG_NUMBER):
-        for match in pattern.finditer(folded):
-            start, end = match.span()
-            if all(end <= s or start >= e for s, e, _ in spans):
-                spans.append((start, end, _masked(match)))
+    for match in _NUMBER.finditer(searched):
+        masked = _masked(match.group(0))
+        if masked is None:
+            continue
+        replacement, length = masked
+        start, end = match.start(), match.start() + length
+        if origin is not None:
+            start, end = origin[start], origin[end - 1] + 1
+        spans.append((start, end, replacement))
     if not spans:
         return text
     out: list[str] = []
     position = 0
-    for start, end, replacement in sorted(spans):
+    for start, end, replacement in spans:
         out += [text[position:start], replacement]
         position = end
     out.append(text[position:])

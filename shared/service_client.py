@@ -4,6 +4,7 @@ another service"): a service token, a timeout, bounded retries and a short cache
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -12,6 +13,15 @@ import httpx
 
 from shared.auth import issue_token
 from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# What the owner answers about a resource it does not have: absent (404), or a path it will
+# not even look up (400, 422: an id it refuses, such as the reserved loan id `import`).
+NO_SUCH_RESOURCE = frozenset({400, 404, 422})
+# What it answers about our token: a misconfiguration here (secret, role), not the
+# caller's fault and not the resource's absence.
+REFUSED_US = frozenset({401, 403})
 
 
 class OwnerUnavailable(Exception):
@@ -66,7 +76,9 @@ class ServiceClient:
         return issue_token(self._secret, f"service:{self._caller}", "integration")
 
     async def get_json(self, path: str, *, cached: bool = True) -> dict[str, Any] | None:
-        """GET a resource; None when the owner says 404, OwnerUnavailable when it is down."""
+        """GET a resource. None when the owner says there is no such resource (400, 404,
+        422); OwnerUnavailable when it is down, answers 5xx or anything unexpected, or
+        refuses our own token (401, 403, logged as an error: only configuration fixes it)."""
         now = time.monotonic()
         hit = self._cache.get(path)
         if cached and hit is not None and hit[0] > now:
@@ -81,17 +93,29 @@ class ServiceClient:
             except httpx.TransportError as exc:
                 last_error = exc
             else:
-                if response.status_code == 404:
+                status = response.status_code
+                if status in NO_SUCH_RESOURCE:
                     return None
-                if response.status_code < 500:
-                    response.raise_for_status()
-                    body: dict[str, Any] = response.json()
+                if status in REFUSED_US:
+                    log.error(
+                        "%s refused this service's token (%s): check JWT_SECRET and the "
+                        "service role",
+                        self._client.base_url,
+                        status,
+                    )
+                    raise OwnerUnavailable(f"{self._client.base_url}: our token refused ({status})")
+                if 200 <= status < 300:
+                    body = _json_object(response)
+                    if body is None:
+                        raise OwnerUnavailable(f"{self._client.base_url}: not a JSON object")
                     self._remember(path, now + self._cache_seconds, body)
                     return body
+                if status < 500:
+                    # 409, 413, 429...: nothing a GET should meet; a bug or a limit there.
+                    log.error("unexpected %s from %s on a lookup", status, self._client.base_url)
+                    raise OwnerUnavailable(f"{self._client.base_url}: unexpected {status}")
                 last_error = httpx.HTTPStatusError(
-                    f"{response.status_code} from owner",
-                    request=response.request,
-                    response=response,
+                    f"{status} from owner", request=response.request, response=response
                 )
             if attempt < self._retries:
                 await asyncio.sleep(0.1 * 2**attempt)
@@ -105,3 +129,11 @@ class ServiceClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

@@ -35,6 +35,8 @@ class ServiceSettings(BaseSettings):
     http_retries: int = 2
     http_cache_seconds: float = 30.0
     log_level: str = "INFO"
+    # A JSON request body larger than this is refused with a 413 as it streams in.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Self:

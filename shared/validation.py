@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     PlainSerializer,
+    Strict,
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
@@ -55,13 +56,31 @@ LoanId = Annotated[
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Notes are typed on a phone: line breaks and tabs are text there.
 _CONTROL_IN_NOTES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
-MULTI_LINE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+# Not characters at all: a lone UTF-16 surrogate (`"\ud800"` is valid JSON, but no UTF-8
+# can store it: hashing, storing or answering it failed with a 500), and the noncharacters
+# Unicode reserves for internal use (U+FDD0..U+FDEF, U+xFFFE and U+xFFFF of every plane).
+_NOT_A_CHARACTER = re.compile(
+    r"[\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"\\U{plane:04X}FFFE\\U{plane:04X}FFFF" for plane in range(17))
+    + "]"
+)
+SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]*$"
+MULTI_LINE_PATTERN = (
+    r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]*$"
+)
+
+
+def _characters(value: str) -> None:
+    if _NOT_A_CHARACTER.search(value):
+        raise PydanticCustomError(
+            "not_a_character", "must not contain lone surrogates or Unicode noncharacters"
+        )
 
 
 def _single_line(value: str) -> str:
     if _CONTROL.search(value):
         raise PydanticCustomError("control_character", "must not contain control characters")
+    _characters(value)
     return value
 
 
@@ -70,6 +89,7 @@ def _multi_line(value: str) -> str:
         raise PydanticCustomError(
             "control_character", "must not contain control characters other than line breaks"
         )
+    _characters(value)
     return value
 
 
@@ -93,6 +113,11 @@ Note = Annotated[
 
 # Free text on its way out: notes stored before masking began are shown masked as well.
 MaskedText = Annotated[str, AfterValidator(mask_pii)]
+
+# --- flags --------------------------------------------------------------------------------
+
+# A JSON true or false, nothing else: `"active": 0` or `"yes"` is a 422, not a guess.
+Flag = Annotated[bool, Strict()]
 
 # --- borrower identity (ASCII digits only: `\d` would also take `１` and `١`) ---------------
 
@@ -144,7 +169,19 @@ Ratio = Annotated[
 # overflow.
 EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2099, 12, 31)
-BusinessDate = Annotated[date, Field(ge=EARLIEST_DATE, le=LATEST_DATE)]
+BusinessDate = Annotated[
+    date,
+    Field(
+        ge=EARLIEST_DATE,
+        le=LATEST_DATE,
+        description=f"A date from {EARLIEST_DATE} to {LATEST_DATE}.",
+        # JSON Schema's `minimum` is for numbers; these are the format-aware bounds.
+        json_schema_extra={
+            "formatMinimum": EARLIEST_DATE.isoformat(),
+            "formatMaximum": LATEST_DATE.isoformat(),
+        },
+    ),
+]
 
 # How far ahead of this server's clock a phone's clock may run.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -163,4 +200,11 @@ def _observed(value: datetime) -> datetime:
 
 # When something was observed (a visit started or ended): in UTC, with an offset on the way
 # in, not before 2000 and not in the future beyond clock skew.
-ObservedAt = Annotated[AwareDatetime, AfterValidator(_observed)]
+ObservedAt = Annotated[
+    AwareDatetime,
+    AfterValidator(_observed),
+    Field(
+        description="With a UTC offset; not before 2000-01-01, not in the future.",
+        json_schema_extra={"formatMinimum": _EARLIEST_INSTANT.isoformat()},
+    ),
+]

@@ -26,6 +26,13 @@ def auth(role: Role, sub: str = "tester", secret: str = DEV_JWT_SECRET) -> dict[
     return {"Authorization": f"Bearer {issue_token(secret, sub, role)}"}
 
 
+def supervisor(region: str, sub: str = "sup-1") -> dict[str, str]:
+    """A supervisor of `region` (the claim a supervisor's token carries)."""
+    return {
+        "Authorization": f"Bearer {issue_token(DEV_JWT_SECRET, sub, 'supervisor', region=region)}"
+    }
+
+
 ADMIN = auth("admin", "root")
 CORE_BANKING = auth("integration", "core-banking")
 

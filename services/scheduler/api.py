@@ -40,8 +40,9 @@ Reader = Annotated[
 LoanIdPath = Annotated[LoanId, Path()]
 AgentIdPath = Annotated[Identifier, Path()]
 MAX_IMPORT_LINES = 10_000
-# A loan line is about 600 bytes; 4 KiB each leaves room for long names and makes.
-MAX_IMPORT_BYTES = MAX_IMPORT_LINES * 4096
+# Its body may be larger than a JSON body's (SchedulerSettings.max_import_bytes); the
+# request middleware counts the bytes as they stream in.
+IMPORT_ROUTE = "POST /v1/loans/import"
 NDJSON = "application/x-ndjson"
 # The import body as the OpenAPI document shows it: NDJSON, one LoanImportLine per line
 # (nested models by reference to the components LoanIn already put there).
@@ -93,22 +94,45 @@ async def put_loan(
 )
 async def import_loans(request: Request, session: SessionDep, _caller: Integration) -> ImportResult:
     """NDJSON bulk registration: every line is validated first; one bad line writes nothing."""
-    too_large = Problem(
-        413,
-        "Content Too Large",
-        f"at most {MAX_IMPORT_LINES} loans and {MAX_IMPORT_BYTES} bytes per import",
-    )
     received = bytearray()
     async for chunk in request.stream():
         received += chunk
-        if len(received) > MAX_IMPORT_BYTES:
-            raise too_large
-    lines = [line for line in received.decode("utf-8", "replace").splitlines() if line.strip()]
-    if len(lines) > MAX_IMPORT_LINES:
-        raise too_large
+    parsed = _parse_import(bytes(received))
+    created = 0
+    for item in parsed:
+        body = LoanIn.model_validate(item.model_dump(exclude={"loan_id"}))
+        _, was_created = await service.register_loan(session, _cipher(request), item.loan_id, body)
+        created += was_created
+    return ImportResult(imported=len(parsed), created=created)
+
+
+def _parse_import(received: bytes) -> list[LoanImportLine]:
+    """The loans of an NDJSON body, or a 422 naming every line at fault (by its line number
+    in the body, blank lines counted). Bytes that are not UTF-8 are refused, never replaced:
+    a plate stored as `A\ufffd1` is a different plate."""
+    numbered = [
+        (number, raw.rstrip(b"\r"))
+        for number, raw in enumerate(received.split(b"\n"), start=1)
+        if raw.strip()
+    ]
+    if not numbered:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "no loans in the import",
+            errors=[{"field": "body", "message": "no loans in the import"}],
+        )
+    if len(numbered) > MAX_IMPORT_LINES:
+        raise Problem(413, "Content Too Large", f"at most {MAX_IMPORT_LINES} loans per import")
     parsed: list[LoanImportLine] = []
     errors: list[dict[str, str]] = []
-    for number, line in enumerate(lines, start=1):
+    for number, raw in numbered:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = f"not UTF-8 (byte {exc.start + 1} of the line)"
+            errors.append({"field": f"line[{number}]", "message": message})
+            continue
         try:
             parsed.append(LoanImportLine.model_validate_json(line))
         except ValidationError as exc:
@@ -123,12 +147,7 @@ async def import_loans(request: Request, session: SessionDep, _caller: Integrati
         raise Problem(
             422, "Unprocessable Content", "import rejected; nothing was written", errors=errors
         )
-    created = 0
-    for item in parsed:
-        body = LoanIn.model_validate(item.model_dump(exclude={"loan_id"}))
-        _, was_created = await service.register_loan(session, _cipher(request), item.loan_id, body)
-        created += was_created
-    return ImportResult(imported=len(parsed), created=created)
+    return parsed
 
 
 @router.get("/loans/{loan_id}", response_model=LoanOut, responses=problems(404))
@@ -177,11 +196,15 @@ async def get_task(task_id: uuid.UUID, session: SessionDep, who: Reader) -> Task
     return TaskOut.model_validate(task, from_attributes=True)
 
 
-@router.post("/tasks/{task_id}/reschedule", response_model=TaskOut, responses=problems(404, 409))
+@router.post(
+    "/tasks/{task_id}/reschedule", response_model=TaskOut, responses=problems(403, 404, 409)
+)
 async def reschedule(
-    task_id: uuid.UUID, body: RescheduleIn, session: SessionDep, _: Supervisor
+    task_id: uuid.UUID, body: RescheduleIn, session: SessionDep, who: Supervisor
 ) -> TaskOut:
-    task = await service.reschedule_task(session, task_id, body)
+    """Move an open task to another day and/or another agent of the loan's region. A
+    supervisor acts only on the loans of the region its token names; others' look absent."""
+    task = await service.reschedule_task(session, task_id, body, who)
     return TaskOut.model_validate(task, from_attributes=True)
 
 

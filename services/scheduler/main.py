@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.scheduler.api import router
+from services.scheduler.api import IMPORT_ROUTE, router
 from services.scheduler.settings import SchedulerSettings
 from shared.app import create_app
 from shared.logging import configure_logging
@@ -13,7 +13,12 @@ from shared.pii import PiiCipher
 
 def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
-    app = create_app(settings, title="Huifang scheduler", routers=[router])
+    app = create_app(
+        settings,
+        title="Huifang scheduler",
+        routers=[router],
+        body_limits={IMPORT_ROUTE: settings.max_import_bytes},
+    )
     app.state.cipher = PiiCipher(settings.pii_key)
     return app
 

@@ -48,6 +48,21 @@ async def get_task(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def get_task_and_region(
+    session: AsyncSession, task_id: uuid.UUID, *, for_update: bool = False
+) -> tuple[VisitTask, str] | None:
+    """The task and its loan's region, in one statement (the task row locked if asked)."""
+    stmt = (
+        select(VisitTask, col(Loan.region))
+        .join(Loan, col(Loan.loan_id) == col(VisitTask.loan_id))
+        .where(col(VisitTask.task_id) == task_id)
+    )
+    if for_update:
+        stmt = stmt.with_for_update(of=VisitTask)
+    row = (await session.execute(stmt)).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
 async def open_task(session: AsyncSession, loan_id: str, method: str) -> VisitTask | None:
     stmt = (
         select(VisitTask)

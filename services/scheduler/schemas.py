@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.pagination import CursorText
 from shared.validation import (
     BusinessDate,
+    Flag,
     Identifier,
     LoanId,
     Money,
@@ -142,7 +143,7 @@ class AgentIn(Strict):
     region: Identifier
     methods: list[Method] = Field(min_length=1)
     daily_capacity: int = Field(ge=1, le=200)
-    active: bool = True
+    active: Flag = True
 
 
 class AgentOut(AgentIn):

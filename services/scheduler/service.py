@@ -19,6 +19,7 @@ from services.scheduler.schemas import (
     RescheduleIn,
     VehicleOut,
 )
+from shared.auth import Principal
 from shared.errors import Problem, not_found
 from shared.events import AlertRaised, RepaymentPosted, VisitCompleted
 from shared.kafka import InvalidEvent
@@ -112,21 +113,43 @@ async def upsert_agent(session: AsyncSession, agent_id: str, body: AgentIn) -> A
 
 
 async def reschedule_task(
-    session: AsyncSession, task_id: uuid.UUID, body: RescheduleIn
+    session: AsyncSession, task_id: uuid.UUID, body: RescheduleIn, who: Principal
 ) -> VisitTask:
-    task = await repository.get_task(session, task_id, for_update=True)
-    if task is None:
+    """Move an open task to `body.due_on`, and to `body.agent_id` if given.
+
+    A supervisor acts only on its own region's loans: a task of another region's loan looks
+    absent (404), so that nobody hands another region's work, and with it the right to record
+    visits on its loans, to an agent of theirs. Whoever asks, the new agent must work in the
+    loan's region.
+    """
+    if who.role == "supervisor" and who.region is None:
+        raise Problem(403, "Forbidden", "a supervisor's token must name the region it oversees")
+    found = await repository.get_task_and_region(session, task_id, for_update=True)
+    if found is None:
+        raise not_found("task")
+    task, region = found
+    if who.role == "supervisor" and region != who.region:
         raise not_found("task")
     if task.status != "open":
         raise Problem(409, "Conflict", f"task is {task.status}; only open tasks can be rescheduled")
     if body.agent_id is not None:
         agent = await repository.get_agent(session, body.agent_id)
-        if agent is None or not agent.active or task.method not in agent.methods:
+        if (
+            agent is None
+            or not agent.active
+            or agent.region != region
+            or task.method not in agent.methods
+        ):
             raise Problem(
                 422,
                 "Unprocessable Content",
                 "agent cannot take this task",
-                errors=[{"field": "body.agent_id", "message": "unknown, inactive or wrong method"}],
+                errors=[
+                    {
+                        "field": "body.agent_id",
+                        "message": "unknown, inactive, of another region or wrong method",
+                    }
+                ],
             )
         task.agent_id = body.agent_id
     task.reason = {**task.reason, "rescheduled_from": task.due_on.isoformat(), "note": body.note}

@@ -24,13 +24,18 @@ router = APIRouter(prefix="/v1")
 # Agents record their own visits; supervisors may record one on their region's loans.
 Capturer = Annotated[Principal, Depends(require_roles("agent", "supervisor"))]
 Reader = Annotated[Principal, Depends(require_roles("agent", "supervisor", "ops", "admin"))]
+# Visible ASCII only: the key is stored and compared byte for byte, and control or
+# non-ASCII bytes in a header are someone probing, not an app.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 IdempotencyKey = Annotated[
     str,
     Header(
         alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Chosen by the app per capture; scoped to the agent. Resend it on retry.",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description=(
+            "Chosen by the app per capture (1 to 255 visible ASCII characters); scoped to "
+            "the agent. Resend it on retry."
+        ),
     ),
 ]
 

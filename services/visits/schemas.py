@@ -10,7 +10,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.events import VisitFindings, VisitMethod, VisitOutcome
-from shared.validation import Identifier, MaskedText, Note, ObservedAt
+from shared.validation import LoanId, MaskedText, Note, ObservedAt
 
 
 class Strict(BaseModel):
@@ -24,9 +24,10 @@ class GeoPoint(Strict):
 
 class FindingsIn(VisitFindings):
     """The four key items as the event carries them. A misspelt field from the app is
-    refused here rather than silently dropped, which the event model would do."""
+    refused here rather than silently dropped, which the event model would do; and a yes or
+    no is a JSON boolean (strict: `0` or `"no"` is refused, not read as false)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class VisitIn(Strict):
@@ -49,7 +50,7 @@ class VisitIn(Strict):
 
     # Field order matters: the validators below read fields declared before them.
     task_id: uuid.UUID | None = None
-    loan_id: Identifier
+    loan_id: LoanId
     method: VisitMethod
     outcome: VisitOutcome
     # Not before 2000, not in the future (beyond clock skew): in UTC once validated.

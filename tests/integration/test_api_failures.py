@@ -149,7 +149,7 @@ def test_an_unexpected_error_is_a_problem_500_on_a_connection_kept_alive() -> No
     app = create_app(settings, title="crashing", routers=[crashing])
     with serving(app) as port, json_logs() as lines:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", "/v1/crash", headers={"X-Request-ID": "crash-1"})
+        conn.request("GET", "/v1/crash", headers={"X-Request-ID": "crash-1"} | ADMIN)
         response = conn.getresponse()
         body = json.loads(response.read())
         assert response.status == 500
@@ -160,7 +160,7 @@ def test_an_unexpected_error_is_a_problem_500_on_a_connection_kept_alive() -> No
         assert response.getheader("X-Content-Type-Options") == "nosniff"
         assert (response.getheader("connection") or "").lower() != "close"
         # The same connection answers the next request: the server did not drop it.
-        conn.request("GET", "/v1/fine")
+        conn.request("GET", "/v1/fine", headers=ADMIN)
         again = conn.getresponse()
         assert (again.status, json.loads(again.read())) == (200, {"status": "fine"})
         conn.close()
@@ -198,11 +198,11 @@ async def test_a_value_the_database_refuses_is_a_422_and_a_taken_key_a_409(
         routers=[storing],
     )
     async with client_of(app) as client:
-        assert (await client.post("/v1/store?value=42")).json() == {"stored": 42}
-        refused = await client.post("/v1/store?value=forty-two")  # SQLSTATE 22P02
+        assert (await client.post("/v1/store?value=42", headers=ADMIN)).json() == {"stored": 42}
+        refused = await client.post("/v1/store?value=forty-two", headers=ADMIN)  # 22P02
         assert refused.status_code == 422, refused.text
         assert refused.headers["content-type"].startswith("application/problem+json")
         assert refused.json()["errors"][0]["field"] == "body"
         assert "forty-two" not in refused.text  # values are not echoed: they may be PII
-        taken = await client.post("/v1/twice")  # SQLSTATE 23505
+        taken = await client.post("/v1/twice", headers=ADMIN)  # SQLSTATE 23505
         assert taken.status_code == 409, taken.text

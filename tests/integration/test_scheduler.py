@@ -23,6 +23,7 @@ from tests.support import (
     register_agent,
     register_loan,
     repayment_event,
+    supervisor,
 )
 
 
@@ -189,7 +190,7 @@ async def test_reschedule_and_bulk_import(system: System) -> None:
     moved = await system.scheduler.post(
         f"/v1/tasks/{task['task_id']}/reschedule",
         json={"due_on": "2027-01-05", "note": "borrower travelling"},
-        headers=auth("supervisor", "sup-1"),
+        headers=supervisor(region),
     )
     assert moved.status_code == 200, moved.text
     assert moved.json()["due_on"] == "2027-01-05"
