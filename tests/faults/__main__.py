@@ -1,8 +1,5 @@
 """`make faults [SCENARIO=name]`: the real processes under faults while 20,000 postings
-flow; a summary per scenario; exit status 1 if any scenario fails.
-
-Not collected by pytest (no test_*.py here): it takes minutes, so `make test` leaves it out.
-"""
+flow (see the package docstring); a summary per scenario; exit status 1 if any fails."""
 
 from __future__ import annotations
 
@@ -13,6 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from shared import devstack
@@ -52,7 +50,11 @@ def main() -> None:
                 scenario = SCENARIOS[name]
                 print(f"\n== {name}: {scenario.description}", flush=True)
                 began = time.monotonic()
-                outcome = asyncio.run(run_scenario(scenario, pg, work_dir, workload))
+                try:
+                    outcome = asyncio.run(run_scenario(scenario, pg, work_dir, workload))
+                except Exception as exc:  # noqa: BLE001 - one broken scenario, not the suite
+                    traceback.print_exc()
+                    outcome = Outcome.crashed(name, work_dir / name, exc)
                 outcomes.append(outcome)
                 print(_summary(outcome, time.monotonic() - began), flush=True)
     finally:
@@ -89,8 +91,8 @@ def _table(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         drain = f"{o.drain_seconds:6.1f}s" if o.drain_seconds is not None else "  never"
         rows.append(
-            f"{o.scenario:15s} {o.postings:8d} {o.missed:6d} {o.applied['scheduler']:6d} "
-            f"{o.applied['alerts']:6d} {o.duplicates:4d} {o.dead_letters:4d} {drain}  "
+            f"{o.scenario:15s} {o.postings:8d} {o.missed:6d} {o.applied.get('scheduler', 0):6d} "
+            f"{o.applied.get('alerts', 0):6d} {o.duplicates:4d} {o.dead_letters:4d} {drain}  "
             f"{'PASS' if o.passed else 'FAIL'}"
         )
     return "\n".join(rows)

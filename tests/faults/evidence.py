@@ -20,8 +20,11 @@ from shared.events import ALL_TOPICS, dlq_topic
 CONSUMERS = ("scheduler", "alerts")
 
 # How a worker says it lost records (a broker restart empties the embedded broker). Loose on
-# purpose until loss detection lands: an ERROR whose message speaks of lost records.
-LOSS_IN_LOG = re.compile(r"\blos[st]\b|\bloss\b", re.IGNORECASE)
+# purpose until loss detection lands: an ERROR of our own code (not the Kafka client's
+# "connection lost") that speaks of lost records, events, postings, messages or offsets.
+_WHAT = r"(records?|events?|postings?|messages?|offsets?|data)"
+LOSS_IN_LOG = re.compile(rf"\blost\b.*\b{_WHAT}\b|\b{_WHAT}\b.*\b(lost|loss)\b", re.IGNORECASE)
+CLIENT_LOGGERS = ("aiokafka", "asyncio", "sqlalchemy", "uvicorn")
 # How /readyz says it: any answer that is not plain "ready" and speaks of a loss.
 LOSS_IN_READINESS = re.compile(r"los[st]|loss", re.IGNORECASE)
 DEAD_LETTER_IN_LOG = re.compile(r"dead-letter", re.IGNORECASE)
@@ -151,6 +154,7 @@ class LogLine:
     process: str
     level: str
     message: str
+    logger: str = ""
 
 
 def log_lines(log_dir: Path, prefix: str = "") -> list[LogLine]:
@@ -164,7 +168,14 @@ def log_lines(log_dir: Path, prefix: str = "") -> list[LogLine]:
                 continue
             try:
                 entry: dict[str, Any] = json.loads(raw)
-                lines.append(LogLine(path.stem, str(entry["level"]), str(entry["message"])))
+                lines.append(
+                    LogLine(
+                        path.stem,
+                        str(entry["level"]),
+                        str(entry["message"]),
+                        str(entry.get("logger", "")),
+                    )
+                )
             except (ValueError, KeyError, TypeError):
                 lines.append(LogLine(path.stem, "RAW", raw))
     return lines
@@ -189,7 +200,13 @@ def dead_letter_reasons(lines: list[LogLine], top: int = 3) -> list[str]:
 
 
 def loss_in_logs(lines: list[LogLine]) -> list[LogLine]:
-    return [line for line in lines if line.level == "ERROR" and LOSS_IN_LOG.search(line.message)]
+    return [
+        line
+        for line in lines
+        if line.level in ("ERROR", "CRITICAL")
+        and not line.logger.startswith(CLIENT_LOGGERS)
+        and LOSS_IN_LOG.search(line.message)
+    ]
 
 
 def loss_in_readiness(answers: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:

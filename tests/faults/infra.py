@@ -12,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared import devstack
@@ -139,7 +139,11 @@ class Broker:
 
     port: int
     proc: subprocess.Popen[bytes] | None = None
-    restarted_at: float | None = field(default=None)
+    # When the old broker was dead, and when the new one was seen listening (monotonic).
+    # An acknowledgement between the two may be a late one from the old broker or an early
+    # one from the new: the checks count it on neither side.
+    killed_at: float | None = None
+    restarted_at: float | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -160,6 +164,7 @@ class Broker:
         """A new broker on the same port, with nothing in it; no topics are created for it
         (the workers must see to that themselves)."""
         self.kill()
+        self.killed_at = time.monotonic()
         self.start()
         self.restarted_at = time.monotonic()
 

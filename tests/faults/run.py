@@ -22,6 +22,7 @@ from tests.faults.infra import Broker, Postgres, scenario_database
 # Compressed time: a worker killed every few seconds would otherwise wait up to 30 s.
 # The production-shaped policy of `make run` is covered by the supervisor's unit tests.
 FAULT_RESTART_POLICY = RestartPolicy(first_delay=0.5, max_delay=4.0, healthy_after=15.0)
+SCENARIO_WITHIN = 600.0  # the hard bound on one scenario, whatever hangs
 DRAIN_WITHIN = 180.0  # after the last posting is acknowledged
 STALLED_AFTER = 45.0  # no posting applied for this long: waiting longer would not help
 SETTLE_WITHIN = 30.0  # for alert-raised to reach the scheduler once the postings are in
@@ -53,6 +54,7 @@ class Run:
     readiness: list[tuple[float, str, int, str]] = field(default_factory=list)
     # Named checks a scenario adds to the common ones (name -> passed, detail).
     extra_checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    flowing: asyncio.Task[None] | None = None
 
     def note(self, text: str) -> None:
         line = f"  {time.monotonic() - self.started:6.1f}s {text}"
@@ -64,6 +66,8 @@ class Run:
         target = int(share * len(self.planned))
         deadline = time.monotonic() + within
         while len(self.stream.acked_at) < target:
+            if self.flowing is not None and self.flowing.done():
+                self.flowing.result()  # core banking gave up: say why
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{target} postings not delivered within {within}s")
             await asyncio.sleep(0.2)
@@ -107,12 +111,35 @@ class Outcome:
     def passed(self) -> bool:
         return all(ok for ok, _ in self.checks.values())
 
+    @classmethod
+    def crashed(cls, scenario: str, log_dir: Path, exc: BaseException) -> Outcome:
+        """A scenario that could not run to its verdict (set-up, a bounded wait, a fault
+        that could not be inflicted): a failure, with the reason."""
+        return cls(
+            scenario=scenario,
+            postings=0,
+            missed=0,
+            checks={"ran to the end": (False, f"{type(exc).__name__}: {exc}")},
+            applied={},
+            duplicates=0,
+            dead_letters=0,
+            drain_seconds=None,
+            restarts={},
+            problems=evidence.commonest_problems(evidence.worker_lines(log_dir))
+            if log_dir.exists()
+            else [],
+            dead_letter_reasons=[],
+            log_dir=log_dir,
+        )
+
 
 async def run_scenario(
     scenario: Scenario, pg: Postgres, work_dir: Path, workload: Workload
 ) -> Outcome:
     log_dir = work_dir / scenario.name
     log_dir.mkdir(parents=True)
+    if pg.proc is None or pg.proc.poll() is not None:
+        await asyncio.to_thread(pg.start)  # an earlier scenario left it down
     database_url = await asyncio.to_thread(scenario_database, pg, scenario.name)
     broker = Broker(devstack.free_port())
     await asyncio.to_thread(broker.start)
@@ -136,12 +163,15 @@ async def run_scenario(
         )
         await asyncio.to_thread(stack.start_services, log_dir=log_dir)
         try:
-            return await _drive(scenario, pg, broker, stack, database_url, log_dir, workload)
+            async with asyncio.timeout(SCENARIO_WITHIN):
+                return await _drive(scenario, pg, broker, stack, database_url, log_dir, workload)
         finally:
-            await asyncio.to_thread(stack.stop_services)
+            # Blocking on purpose: this also runs when the suite is interrupted, and must
+            # not be cut short by a second cancellation.
+            stack.stop_services()
     finally:
         supervisor_log.close()
-        await asyncio.to_thread(broker.stop)
+        broker.stop()
 
 
 async def _drive(
@@ -164,19 +194,21 @@ async def _drive(
     watcher = asyncio.create_task(_watch_readiness(run))
     try:
         stream_within = 3 * workload.postings / scenario.rate + 120
-        flowing = asyncio.create_task(
+        run.flowing = asyncio.create_task(
             core_banking.post_repayments(
                 broker.bootstrap, planned, run.stream, rate=scenario.rate, within=stream_within
             )
         )
         await scenario.faults(run)
         run.note("faults done")
-        await flowing
+        await run.flowing
         run.note(f"all {len(planned)} postings delivered ({run.stream.resent} sent again)")
         drain = await _drain(run, scenario)
         return await _verdict(run, scenario, drain)
     finally:
         watcher.cancel()
+        if run.flowing is not None:
+            run.flowing.cancel()
 
 
 async def _watch_readiness(run: Run) -> None:
@@ -316,8 +348,9 @@ async def _loss_checks(
 ) -> dict[str, tuple[bool, str]]:
     """A broker restart loses what the old broker held and had not delivered: it must be
     reported (an ERROR in a worker's log, /readyz)."""
-    assert run.broker.restarted_at is not None
-    before = run.stream.acked_before(run.broker.restarted_at)
+    assert run.broker.killed_at is not None and run.broker.restarted_at is not None
+    before = run.stream.acked_before(run.broker.killed_at)
+    between = len(run.stream.acked_at) - len(before) - len(expected)
     applied_before = {
         consumer: await evidence.applied_ids(
             run.database_url, consumer, [uuid.UUID(e) for e in before]
@@ -329,8 +362,8 @@ async def _loss_checks(
     answers = [(status, body) for _, _, status, body in run.readiness]
     said = evidence.loss_in_readiness(answers)
     run.note(
-        f"before the restart {len(before)} postings were acknowledged; lost "
-        f"{lost} ; after it {len(expected)}"
+        f"postings acknowledged before the broker restart: {len(before)}, lost of them: "
+        f"{lost}; after it: {len(expected)}; during it (counted on neither side): {between}"
     )
     sample = logged[0].message[:120] if logged else "-"
     return {
