@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,32 @@ async def session_states(database_url: str) -> dict[str, int]:
     finally:
         await conn.close()
     return dict(row)
+
+
+async def database_now(database_url: str) -> datetime:
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    finally:
+        await conn.close()
+    return now
+
+
+async def open_transaction_since(database_url: str, schema: str, moment: datetime) -> bool:
+    """Whether a session has sat idle in a transaction since before `moment`, its last
+    statement on `schema`'s tables other than the outbox: a consumer stopped mid-batch."""
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state = 'idle in transaction'"
+            " AND state_change < $1 AND query LIKE $2 AND query NOT LIKE '%outbox%'",
+            moment,
+            f"%{schema}.%",
+        )
+    finally:
+        await conn.close()
+    return bool(found)
 
 
 async def dead_letters_on_broker(bootstrap: str) -> int:

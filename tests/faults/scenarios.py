@@ -123,15 +123,15 @@ async def broker_restart(run: Run, backlog_at_least: int = 500, within: float = 
 
 
 async def replica_pause(run: Run, pause_for: float = 60.0, grace: float = 20.0) -> None:
-    """SIGSTOP one of the two replicas of each consumer worker for `pause_for` seconds.
-    The other replica must take its partitions over and keep going; progress is measured
-    between `grace` seconds into the pause (rebalance) and its end."""
+    """SIGSTOP one of the two replicas of each consumer worker for `pause_for` seconds,
+    caught in the middle of a batch (its transaction open). The other replica must take its
+    partitions over and keep going; progress is measured between `grace` seconds into the
+    pause (the group's session timeout and rebalance) and its end."""
     await run.wait_for_acked(0.15)
-    paused = {f"{name}-1": run.stack.pid(f"{name}-1") for name in CONSUMER_WORKERS}
-    for name, pid in paused.items():
-        assert pid is not None, f"{name} is not running"
-        os.kill(pid, signal.SIGSTOP)
-        run.note(f"SIGSTOP {name} (pid {pid})")
+    caught = await asyncio.gather(
+        *(_pause_mid_batch(run, consumer) for consumer in evidence.CONSUMERS)
+    )
+    paused = {name: pid for name, pid, _ in caught}
     try:
         await asyncio.sleep(grace)
         early, delivered = await run.applied(), len(run.stream.acked_at)
@@ -140,10 +140,9 @@ async def replica_pause(run: Run, pause_for: float = 60.0, grace: float = 20.0) 
         sessions = await evidence.session_states(run.database_url)
     finally:
         for name, pid in paused.items():
-            assert pid is not None
             os.kill(pid, signal.SIGCONT)
             run.note(f"SIGCONT {name} (pid {pid})")
-    for consumer in evidence.CONSUMERS:
+    for consumer, (name, _, mid_batch) in zip(evidence.CONSUMERS, caught, strict=True):
         moved = late[consumer] - early[consumer]
         # Progress is owed only if there was work left at the time.
         owed = early[consumer] < delivered
@@ -153,6 +152,33 @@ async def replica_pause(run: Run, pause_for: float = 60.0, grace: float = 20.0) 
             f"({early[consumer]} applied, {delivered} delivered before); "
             f"database sessions at its end: {sessions}",
         )
+        run.extra_checks[f"{name} paused with its transaction open (the scenario bit)"] = (
+            mid_batch,
+            "caught mid-batch" if mid_batch else "only ever caught between batches",
+        )
+
+
+async def _pause_mid_batch(run: Run, consumer: str, attempts: int = 20) -> tuple[str, int, bool]:
+    """SIGSTOP replica 1 of `consumer`'s worker at a moment its transaction is open: a
+    session of its schema idle in transaction since before the stop. Between batches it is
+    resumed and tried again a moment later; the last attempt stays paused regardless."""
+    name = f"{consumer}-worker-1"
+    for attempt in range(1, attempts + 1):
+        pid = run.stack.pid(name)
+        if pid is None:
+            raise RuntimeError(f"{name} is not running")
+        stopped_at = await evidence.database_now(run.database_url)
+        os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(1.0)
+        if await evidence.open_transaction_since(run.database_url, consumer, stopped_at):
+            run.note(f"SIGSTOP {name} (pid {pid}) mid-batch, attempt {attempt}")
+            return name, pid, True
+        if attempt == attempts:
+            run.note(f"SIGSTOP {name} (pid {pid}), never caught mid-batch")
+            return name, pid, False
+        os.kill(pid, signal.SIGCONT)
+        await asyncio.sleep(0.1 + 0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 SCENARIOS = {
