@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -39,11 +40,14 @@ def main() -> None:
     # The harness's own chatter (aiokafka reconnecting to a dead broker) is not the verdict.
     logging.basicConfig(level=logging.CRITICAL)
 
+    # SIGTERM between scenarios: unwind like Ctrl-C, so PostgreSQL is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     root = devstack.ROOT / ".data"
     root.mkdir(exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="faults-", dir=root))
     outcomes: list[Outcome] = []
     started = time.monotonic()
+    interrupted = False
     try:
         with postgres(work_dir / "pg") as pg:
             for name in names:
@@ -52,11 +56,16 @@ def main() -> None:
                 began = time.monotonic()
                 try:
                     outcome = asyncio.run(run_scenario(scenario, pg, work_dir, workload))
+                except asyncio.CancelledError:
+                    raise KeyboardInterrupt from None  # stopped by Ctrl-C or SIGTERM
                 except Exception as exc:  # noqa: BLE001 - one broken scenario, not the suite
                     traceback.print_exc()
                     outcome = Outcome.crashed(name, work_dir / name, exc)
                 outcomes.append(outcome)
                 print(_summary(outcome, time.monotonic() - began), flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted; everything the suite started is stopped", flush=True)
     finally:
         passed = len(outcomes) == len(names) and all(o.passed for o in outcomes)
         print(f"\n{_table(outcomes)}\ntotal {time.monotonic() - started:.0f}s", flush=True)
@@ -64,7 +73,11 @@ def main() -> None:
             shutil.rmtree(work_dir, ignore_errors=True)
         else:
             print(f"logs and data kept in {work_dir}", flush=True)
-    sys.exit(0 if passed else 1)
+    sys.exit(130 if interrupted else 0 if passed else 1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _summary(outcome: Outcome, seconds: float) -> str:

@@ -5,6 +5,7 @@ strike, then the drain and the checks."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -162,16 +163,35 @@ async def run_scenario(
             announce=announce,
         )
         await asyncio.to_thread(stack.start_services, log_dir=log_dir)
+        _stop_on_signals(stack)
         try:
             async with asyncio.timeout(SCENARIO_WITHIN):
                 return await _drive(scenario, pg, broker, stack, database_url, log_dir, workload)
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().remove_signal_handler(sig)
             # Blocking on purpose: this also runs when the suite is interrupted, and must
             # not be cut short by a second cancellation.
             stack.stop_services()
     finally:
         supervisor_log.close()
         broker.stop()
+
+
+def _stop_on_signals(stack: devstack.Stack) -> None:
+    """Ctrl-C or SIGTERM ends the scenario and tears it down. A terminal's Ctrl-C reaches
+    the service processes too: the supervisor must not start them again meanwhile."""
+    loop = asyncio.get_running_loop()
+    scenario = asyncio.current_task()
+    assert scenario is not None
+
+    def interrupted() -> None:
+        if stack.supervisor is not None:
+            stack.supervisor.stopping = True
+        scenario.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted)
 
 
 async def _drive(
