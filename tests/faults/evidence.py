@@ -9,7 +9,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,26 +128,21 @@ async def session_states(database_url: str) -> dict[str, int]:
     return dict(row)
 
 
-async def database_now(database_url: str) -> datetime:
-    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-    try:
-        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
-    finally:
-        await conn.close()
-    return now
-
-
-async def open_transaction_since(database_url: str, schema: str, moment: datetime) -> bool:
-    """Whether a session has sat idle in a transaction since before `moment`, its last
-    statement on `schema`'s tables other than the outbox: a consumer stopped mid-batch."""
+async def open_transaction_idle(database_url: str, schema: str, seconds: float) -> bool:
+    """Whether a session has sat idle in a transaction for `seconds`, its last statement
+    a consumer's on `schema` (not the outbox relay reading or marking the outbox): a
+    consumer stopped mid-batch. A running one never idles that long inside a batch."""
     conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
         found = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND state = 'idle in transaction'"
-            " AND state_change < $1 AND query LIKE $2 AND query NOT LIKE '%outbox%'",
-            moment,
+            " AND state_change < clock_timestamp() - make_interval(secs => $1)"
+            " AND query LIKE $2 AND query NOT LIKE $3 AND query NOT LIKE $4",
+            seconds,
             f"%{schema}.%",
+            f"%FROM {schema}.outbox%",
+            f"UPDATE {schema}.outbox%",
         )
     finally:
         await conn.close()

@@ -160,24 +160,24 @@ async def replica_pause(run: Run, pause_for: float = 60.0, grace: float = 20.0) 
 
 async def _pause_mid_batch(run: Run, consumer: str, attempts: int = 20) -> tuple[str, int, bool]:
     """SIGSTOP replica 1 of `consumer`'s worker at a moment its transaction is open: a
-    session of its schema idle in transaction since before the stop. Between batches it is
-    resumed and tried again a moment later; the last attempt stays paused regardless."""
+    session of its schema left idle in transaction by the stop. Caught between batches, it
+    is resumed and tried again a moment later; the last attempt stays paused regardless."""
     name = f"{consumer}-worker-1"
     for attempt in range(1, attempts + 1):
         pid = run.stack.pid(name)
         if pid is None:
             raise RuntimeError(f"{name} is not running")
-        stopped_at = await evidence.database_now(run.database_url)
         os.kill(pid, signal.SIGSTOP)
-        await asyncio.sleep(1.0)
-        if await evidence.open_transaction_since(run.database_url, consumer, stopped_at):
+        # Short of any sane idle-in-transaction timeout, which would end the session.
+        await asyncio.sleep(0.7)
+        if await evidence.open_transaction_idle(run.database_url, consumer, 0.5):
             run.note(f"SIGSTOP {name} (pid {pid}) mid-batch, attempt {attempt}")
             return name, pid, True
         if attempt == attempts:
             run.note(f"SIGSTOP {name} (pid {pid}), never caught mid-batch")
             return name, pid, False
         os.kill(pid, signal.SIGCONT)
-        await asyncio.sleep(0.1 + 0.05 * attempt)
+        await asyncio.sleep(0.05 * (attempt % 7))  # vary the phase against its batches
     raise AssertionError("unreachable")
 
 
