@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-unit lint format bench clean
+.PHONY: install run test test-unit lint format bench faults clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -43,6 +43,11 @@ format: install
 bench: install
 	@# The short dev JWT secret warns on every token; production refuses it anyway.
 	$(PY) -W ignore::UserWarning -m tests.bench
+
+## The six real processes under faults (workers killed, PostgreSQL and broker restarted, a
+## replica paused) while 20,000 postings flow; ~10 min. One scenario: make faults SCENARIO=db-restart
+faults: install
+	$(PY) -W ignore::UserWarning -m tests.faults $(SCENARIO)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache

