@@ -4,35 +4,47 @@ The loop validates each record against its topic's model, applies it in one data
 transaction together with the inbox row, and commits the Kafka offset only after that
 transaction has committed. What cannot be parsed or validated goes to `<topic>.dlq` with
 the reason; transient failures (database, broker, another service down) are retried and
-never skipped.
+never skipped. No single record stops the loop: its dead letter always fits
+(`shared.dead_letters`), and a failed offset commit is logged and passed over (the records
+come again and the inbox ignores them).
+
+On a health tick (every few seconds) the consumer makes sure its topics exist as designed
+(`shared.topics_admin`: after a broker restart they may be missing or auto-created with
+another partition count), notices whether the broker lost records (`shared.broker_ledger`)
+and reports its heartbeat (`shared.health`). Metadata is refreshed every few seconds, so a
+partition added to a topic is consumed within seconds rather than after five minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 from sqlalchemy import Table
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import inbox
+from shared import dead_letters, inbox
+from shared.broker_ledger import BrokerLedger, Loss, consumer_role
 from shared.db import unit_of_work
 from shared.events import EventEnvelope, dlq_topic, parse_event
+from shared.failures import backoff_seconds, transient_cause
+from shared.health import WorkerHealth
 from shared.logging import bind_event
-from shared.service_client import OwnerUnavailable
+from shared.topics_admin import TopicKeeper
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AsyncSession, Any], Awaitable[None]]
+
+# Clients refresh topic metadata this often: a partition added by a broker that restarted
+# and auto-created a topic is assigned within seconds (aiokafka's default is 5 minutes).
+METADATA_MAX_AGE_MS = 5_000
 
 
 class InvalidEvent(Exception):
@@ -47,6 +59,7 @@ def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=False,
         linger_ms=5,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
     )
 
 
@@ -64,6 +77,10 @@ class EventConsumer:
         producer: AIOKafkaProducer,
         max_attempts: int = 5,
         retry_seconds: float = 0.5,
+        max_retry_seconds: float = 10.0,
+        health: WorkerHealth | None = None,
+        tick_seconds: float = 5.0,
+        broker_timeout_seconds: float = 5.0,
     ) -> None:
         self._group_id = group_id
         self._handlers = dict(handlers)
@@ -72,30 +89,151 @@ class EventConsumer:
         self._producer = producer
         self._max_attempts = max_attempts
         self._retry_seconds = retry_seconds
+        self._max_retry_seconds = max_retry_seconds
+        self._health = health
+        self._tick_seconds = tick_seconds
+        # No single broker call (a commit, a health check) may hold the loop longer.
+        self._broker_timeout = broker_timeout_seconds
+        self.role = consumer_role(group_id)
+        self.ledger = BrokerLedger(self.role, "consumer")
+        topics = list(self._handlers)
+        self._topics = TopicKeeper(bootstrap_servers, [*topics, *map(dlq_topic, topics)])
+        self._commit_failing: str | None = None
+        self._last_poll_at: datetime | None = None
+        self._last_commit_at: datetime | None = None
         self.consumer = AIOKafkaConsumer(
-            *self._handlers,
+            *topics,
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
 
     async def run(self) -> None:
+        await self._prepare()
         await self.consumer.start()
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
         try:
             while True:
                 batch = await self.consumer.getmany(timeout_ms=500, max_records=200)
+                self._last_poll_at = datetime.now(UTC)
                 for partition, records in batch.items():
+                    self._check_log(partition, records[0].offset)
                     await self._process_batch(records)
                     # The offset moves only once every record's effect is committed.
-                    try:
-                        await self.consumer.commit({partition: records[-1].offset + 1})
-                    except (CommitFailedError, IllegalStateError, RebalanceInProgressError):
-                        # The partition moved to another member during a rebalance; it will
-                        # redeliver these records and the inbox makes that harmless.
-                        log.warning("offset commit lost to a rebalance of %s", partition)
+                    await self._commit(partition, records[-1])
+                if loop.time() >= next_tick:
+                    await self._tick()
+                    next_tick = loop.time() + self._tick_seconds
         finally:
             await self.consumer.stop()
+
+    async def _prepare(self) -> None:
+        """Before joining the group: the topics as designed (waiting for the broker), and
+        the broker positions saved by earlier runs (waiting for the database)."""
+        failures: Counter[str] = Counter()
+        while True:
+            try:
+                await self._topics.ensure()
+                if self._health is not None:
+                    self.ledger.merge(await self._health.load_marks())
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - at start, every failure is waited out
+                cause = transient_cause(exc) or f"starting: {type(exc).__name__}"
+                failures[cause] += 1
+                if failures[cause] == 1:
+                    log.warning("%s not ready (%s); waiting", self.role, exc)
+                await asyncio.sleep(self._backoff(failures[cause]))
+
+    def _check_log(self, partition: TopicPartition, first_offset: int) -> None:
+        """A record below what this group committed means the broker's log was lost and
+        started again (auto_offset_reset brought us to its start)."""
+        loss = self.ledger.check(partition.topic, partition.partition, first_offset)
+        if loss is not None:
+            self._report(loss)
+
+    async def _commit(self, partition: TopicPartition, last: ConsumerRecord[bytes, bytes]) -> None:
+        """Commit after `last`, bounded in time. aiokafka retries a retriable commit error
+        forever (an unknown topic after a broker restart spun it for minutes); a failed or
+        timed-out commit only means these records come again, which the inbox ignores."""
+        try:
+            async with asyncio.timeout(self._broker_timeout):
+                await self.consumer.commit({partition: last.offset + 1})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no commit failure may stop the consumer
+            if self._commit_failing is None:
+                log.warning(
+                    "offset commit of %s failed (%s: %s); carrying on, the records will be "
+                    "redelivered and the inbox ignores them (logged once until commits work)",
+                    partition,
+                    type(exc).__name__,
+                    exc,
+                )
+            self._commit_failing = type(exc).__name__
+            return
+        if self._commit_failing is not None:
+            log.info("offset commits work again")
+            self._commit_failing = None
+        self._last_commit_at = datetime.now(UTC)
+        self.ledger.advance(
+            partition.topic, partition.partition, last.offset + 1, _record_time(last)
+        )
+
+    async def _tick(self) -> None:
+        """Topics as designed, lag and lost logs of the assigned partitions, heartbeat."""
+        broker = "ok"
+        ends: dict[TopicPartition, int] = {}
+        assigned = sorted(self.consumer.assignment())
+        try:
+            async with asyncio.timeout(self._broker_timeout):
+                await self._topics.ensure()
+                if assigned:
+                    ends = await self.consumer.end_offsets(assigned)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in the heartbeat
+            broker = f"unreachable: {type(exc).__name__}"
+        for partition, end in ends.items():
+            # Nothing new fetched, but the log ends below our commits: it was lost.
+            loss = self.ledger.check(partition.topic, partition.partition, end, reset_to=0)
+            if loss is not None:
+                self._report(loss)
+        if self._health is None:
+            return
+        detail = {
+            "kind": "consumer",
+            "group": self._group_id,
+            "broker": broker,
+            "assignment": [f"{tp.topic}/{tp.partition}" for tp in assigned],
+            "lag": {
+                f"{tp.topic}/{tp.partition}": max(end - self._committed(tp), 0)
+                for tp, end in sorted(ends.items())
+            },
+            "last_poll_at": _iso(self._last_poll_at),
+            "last_commit_at": _iso(self._last_commit_at),
+            "commits_failing": self._commit_failing,
+        }
+        try:
+            await self._health.beat(detail, self.ledger)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again
+            log.warning("could not save the %s heartbeat: %s", self.role, type(exc).__name__)
+
+    def _committed(self, partition: TopicPartition) -> int:
+        mark = self.ledger.marks.get((partition.topic, partition.partition))
+        return mark.next_offset if mark else 0
+
+    def _report(self, loss: Loss) -> None:
+        if self._health is not None:
+            self._health.report(loss)
+        else:
+            log.error("%s. To repair: %s", loss.describe(), loss.remedy(None))
 
     async def _process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Apply a partition's batch in one transaction, so the commit (an fsync) is paid
@@ -125,10 +263,12 @@ class EventConsumer:
     async def _process_one(
         self, record: ConsumerRecord[bytes, bytes], event: EventEnvelope
     ) -> None:
+        """Apply one event: transient failures are retried for as long as they last, each
+        cause counted on its own, so an outage never spends the attempts a bug gets."""
         with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
-            attempt = 0
+            transient: Counter[str] = Counter()
+            bugs = 0
             while True:
-                attempt += 1
                 try:
                     async with unit_of_work(self._sessions) as session:
                         await self._apply(session, record.topic, event)
@@ -139,17 +279,27 @@ class EventConsumer:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if _is_transient(exc):
-                        # Owner service or database down: retry for as long as it takes.
-                        log.warning("transient failure applying event, retrying: %s", exc)
-                        await asyncio.sleep(min(self._retry_seconds * attempt, 10.0))
+                    cause = transient_cause(exc)
+                    if cause is not None:
+                        transient[cause] += 1
+                        delay = self._backoff(transient[cause])
+                        log.warning(
+                            "transient failure applying event (%s, attempt %d), retrying in "
+                            "%.1fs: %s",
+                            cause,
+                            transient[cause],
+                            delay,
+                            type(exc).__name__,
+                        )
+                        await asyncio.sleep(delay)
                         continue
-                    if attempt >= self._max_attempts:
-                        log.exception("giving up on event after %d attempts", attempt)
+                    bugs += 1
+                    if bugs >= self._max_attempts:
+                        log.exception("giving up on event after %d failed attempts", bugs)
                         await self._dead_letter(record, f"handler failed: {exc!r}")
                         return
-                    log.exception("event handler failed (attempt %d)", attempt)
-                    await asyncio.sleep(self._retry_seconds * attempt)
+                    log.exception("event handler failed (attempt %d)", bugs)
+                    await asyncio.sleep(self._backoff(bugs))
 
     async def _apply(self, session: AsyncSession, topic: str, event: EventEnvelope) -> None:
         """The effect and the inbox row, in the caller's transaction."""
@@ -159,24 +309,70 @@ class EventConsumer:
         await self._handlers[topic](session, event)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        raw = (record.value or b"").decode("utf-8", errors="replace")
-        dead = {
-            "reason": reason,
-            "source_topic": record.topic,
-            # Several groups consume one topic; each dead-letters its own copy.
-            "consumer_group": self._group_id,
-            "partition": record.partition,
-            "offset": record.offset,
-            "failed_at": datetime.now(UTC).isoformat(),
-            "payload": raw,
-        }
-        log.warning("event sent to dead-letter topic: %s", reason)
-        await self._producer.send_and_wait(
-            dlq_topic(record.topic),
-            value=json.dumps(dead, ensure_ascii=False).encode(),
-            key=record.key,
-            headers=[("reason", reason[:1000].encode())],
+        """Send the record's dead letter; a broker outage is waited out, and a record the
+        broker refuses for good is sent again without its payload. If even that is refused
+        the consumer logs where the record is and goes on: one record never stops it."""
+        source = dead_letters.Source(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
         )
+        where = f"{record.topic}/{record.partition}@{record.offset}"
+        log.warning("event %s sent to dead-letter topic: %s", where, reason[:500])
+        for keep_payload in (True, False):
+            dead = dead_letters.build(
+                source, group=self._group_id, reason=reason, keep_payload=keep_payload
+            )
+            try:
+                await self._send_dead_letter(record, dead)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never lets one record stop the loop
+                log.error(
+                    "dead letter of %s refused by the broker (%s: %s)%s",
+                    where,
+                    type(exc).__name__,
+                    exc,
+                    "; sending it without its payload" if keep_payload else "",
+                )
+        log.error(
+            "could not dead-letter %s (group %s, %d bytes); skipped, it stays readable at "
+            "that offset until the broker's retention removes it",
+            where,
+            self._group_id,
+            len(record.value or b""),
+        )
+
+    async def _send_dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], dead: dict[str, Any]
+    ) -> None:
+        """Retries while the broker is unreachable; raises what retrying cannot fix."""
+        attempt = 0
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    dlq_topic(record.topic),
+                    value=dead_letters.encode(dead),
+                    key=dead_letters.dlq_key(record.key),
+                    headers=[("reason", str(dead["reason"])[:1000].encode())],
+                )
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if transient_cause(exc) is None:
+                    raise
+                attempt += 1
+                delay = self._backoff(attempt)
+                log.warning("dead-letter topic unreachable (%s), retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_seconds(attempt, base=self._retry_seconds, cap=self._max_retry_seconds)
 
 
 def _describe(exc: Exception) -> str:
@@ -191,10 +387,11 @@ def _describe(exc: Exception) -> str:
     return f"unparseable event: {exc}"
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | OwnerUnavailable | httpx.TransportError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    # OSError covers ConnectionError and TimeoutError (sockets to the broker or an owner).
-    return isinstance(exc, OSError)
+def _record_time(record: ConsumerRecord[bytes, bytes]) -> datetime | None:
+    if record.timestamp is None or record.timestamp < 0:
+        return None
+    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -3,6 +3,12 @@ change it announces; a relay publishes unpublished rows to Kafka and marks them 
 
 Delivery is at-least-once (a crash between send and mark re-sends); consumers dedupe on
 `event_id` through their inbox, so that is harmless.
+
+A row marked published is only as safe as the broker that acknowledged it: a broker that loses
+its log (the embedded one keeps topics in memory) loses those events too. The relay notices
+(the broker acknowledges a partition below an offset it acknowledged before, or the log ends
+below it; `shared.broker_ledger`), logs an ERROR saying what to run, and reports it through
+readiness; `python -m shared.ops republish` then marks the rows unpublished again.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import RecordMetadata
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -31,8 +38,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.broker_ledger import BrokerLedger, Loss, relay_role
 from shared.db import unit_of_work
 from shared.events import EventEnvelope
+from shared.health import WorkerHealth
+from shared.topics_admin import TopicKeeper
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +77,11 @@ async def enqueue(session: AsyncSession, outbox: Table, event: EventEnvelope) ->
 
 
 class OutboxRelay:
-    """Publishes outbox rows in id order, a batch per transaction."""
+    """Publishes outbox rows in id order, a batch per transaction.
+
+    With `bootstrap_servers` it also runs a health tick: topics as designed, the broker's log
+    checked against what it acknowledged, and (with `health`) a heartbeat.
+    """
 
     def __init__(
         self,
@@ -78,6 +92,10 @@ class OutboxRelay:
         batch_size: int = 200,
         idle_seconds: float = 0.2,
         retention: timedelta = timedelta(days=7),
+        bootstrap_servers: str | None = None,
+        health: WorkerHealth | None = None,
+        tick_seconds: float = 5.0,
+        broker_timeout_seconds: float = 5.0,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
@@ -86,6 +104,17 @@ class OutboxRelay:
         self._idle_seconds = idle_seconds
         # Published rows are kept a while for audit and replays, then purged.
         self._retention = retention
+        self._bootstrap = bootstrap_servers
+        self._health = health
+        self._tick_seconds = tick_seconds
+        self._broker_timeout = broker_timeout_seconds
+        self.role = relay_role(outbox.fullname)
+        self.ledger = BrokerLedger(self.role, "relay")
+        self._marks_loaded = health is None
+        self._published = 0
+        self._last_publish_at: datetime | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+        self._topics = TopicKeeper(bootstrap_servers) if bootstrap_servers else None
 
     async def publish_batch(self) -> int:
         """Publish one batch; returns how many rows were sent."""
@@ -117,13 +146,30 @@ class OutboxRelay:
                 )
                 for row in rows
             ]
-            await asyncio.gather(*futures)
+            acknowledged: list[RecordMetadata] = await asyncio.gather(*futures)
+            self._check_acknowledged(acknowledged)
             await session.execute(
                 update(ob)
                 .where(ob.c.id.in_([row.id for row in rows]))
                 .values(published_at=datetime.now(UTC))
             )
+        self._published += len(rows)
+        self._last_publish_at = datetime.now(UTC)
         return len(rows)
+
+    def _check_acknowledged(self, acknowledged: list[RecordMetadata]) -> None:
+        """Offsets only grow: an acknowledgement below one we had means the log was lost."""
+        for md in acknowledged:
+            loss = self.ledger.check(md.topic, md.partition, md.offset)
+            if loss is not None:
+                self._report(loss)
+            self.ledger.advance(md.topic, md.partition, md.offset + 1, datetime.now(UTC))
+
+    def _report(self, loss: Loss) -> None:
+        if self._health is not None:
+            self._health.report(loss)
+        else:
+            log.error("%s. To repair: %s", loss.describe(), loss.remedy(None))
 
     async def purge_published(self) -> int:
         """Delete rows published longer ago than the retention; returns how many."""
@@ -135,11 +181,92 @@ class OutboxRelay:
             )
         return int(getattr(result, "rowcount", 0) or 0)
 
+    async def tick(self) -> None:
+        """Topics as designed, the broker's log ends against what it acknowledged, and the
+        heartbeat. Failures are reported, never raised."""
+        if self._topics is None:
+            return
+        if not self._marks_loaded and self._health is not None:
+            # What earlier runs saw acknowledged, so a loss while we were down shows too.
+            try:
+                self.ledger.merge(await self._health.load_marks())
+                self._marks_loaded = True
+            except Exception as exc:  # noqa: BLE001 - the next tick tries again
+                log.warning("could not load the %s positions: %s", self.role, type(exc).__name__)
+        broker = "ok"
+        try:
+            async with asyncio.timeout(self._broker_timeout):
+                await self._topics.ensure()
+                ends = await self._end_offsets()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in the heartbeat
+            broker, ends = f"unreachable: {type(exc).__name__}", {}
+        for (topic, partition), end in ends.items():
+            loss = self.ledger.check(topic, partition, end)
+            if loss is not None:
+                self._report(loss)
+        if self._health is None:
+            return
+        try:
+            await self._health.beat(
+                {
+                    "kind": "relay",
+                    "outbox": self._outbox.fullname,
+                    "broker": broker,
+                    "backlog": await self._backlog(),
+                    "published": self._published,
+                    "last_publish_at": (
+                        self._last_publish_at.isoformat() if self._last_publish_at else None
+                    ),
+                },
+                self.ledger,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again
+            log.warning("could not save the %s heartbeat: %s", self.role, type(exc).__name__)
+
+    async def _end_offsets(self) -> dict[tuple[str, int], int]:
+        """The log end of every partition this relay has published to."""
+        if not self.ledger.marks:
+            return {}
+        if self._offsets is None and self._bootstrap is not None:
+            self._offsets = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                metadata_max_age_ms=5_000,
+            )
+            await self._offsets.start()
+        if self._offsets is None:
+            return {}
+        partitions = [TopicPartition(t, p) for t, p in self.ledger.marks]
+        ends = await self._offsets.end_offsets(partitions)
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+    async def _backlog(self) -> int:
+        ob = self._outbox
+        async with self._sessions() as session:
+            stmt = select(func.count()).select_from(ob).where(ob.c.published_at.is_(None))
+            return int((await session.execute(stmt)).scalar_one())
+
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._offsets is not None:
+                await self._offsets.stop()
+
+    async def _run(self) -> None:
         backoff = self._idle_seconds
         next_purge = 0.0
         loop = asyncio.get_running_loop()
+        next_tick = loop.time()
         while True:
+            if loop.time() >= next_tick:
+                await self.tick()
+                next_tick = loop.time() + self._tick_seconds
             try:
                 if loop.time() >= next_purge:
                     purged = await self.purge_published()

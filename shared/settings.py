@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-secret-change-me"
@@ -33,6 +33,13 @@ class ServiceSettings(BaseSettings):
     http_retries: int = 2
     http_cache_seconds: float = 30.0
     log_level: str = "INFO"
+    # Per-connection PostgreSQL limits (milliseconds; shared/db.py SessionLimits says why).
+    db_lock_timeout_ms: int = Field(default=5_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=30_000, ge=0)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # Workers report on a health tick; readiness calls a worker stale after this long.
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    worker_stale_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Self:
