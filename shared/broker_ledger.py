@@ -3,14 +3,16 @@
 Offsets on a Kafka partition only ever grow. A consumer's committed offsets and the offsets a
 producer is acknowledged at are therefore marks the broker's log can never fall below, unless
 the log itself was lost (the embedded broker keeps topics in memory, so a restart starts every
-partition again at offset 0). The ledger keeps, per partition, the highest such mark of one
-worker role; a record, an acknowledgement or a log end below the mark is a loss.
+partition again at offset 0, and forgets the groups' commits). The ledger keeps, per
+partition, the highest such mark of one worker role; a record fetched, an acknowledgement or
+a committed offset below the mark is a loss.
 
 Pure bookkeeping, no I/O: the consumer and the relay feed it, `shared.health` persists it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -25,6 +27,15 @@ PRODUCER_OF = {VISIT_COMPLETED: "visits", ALERT_RAISED: "alerts"}
 # The clocks of the producing host and ours may disagree a little; re-sending a minute too
 # much is harmless (consumers deduplicate), a minute too little is not.
 CLOCK_MARGIN = timedelta(minutes=1)
+
+
+def fingerprint(key: bytes | None, value: bytes | None) -> str:
+    """A digest telling one record from another at the same offset."""
+    digest = hashlib.sha256()
+    for part in (key or b"", value or b""):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()[:32]
 
 
 def consumer_role(group_id: str) -> str:
@@ -44,6 +55,8 @@ class Mark:
     since: datetime
     # The broker time of the record just below `next_offset`, when known.
     record_at: datetime | None = None
+    # A digest of that record (relays), to ask the broker whether it still holds it.
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,16 +113,22 @@ class BrokerLedger:
                 self.marks[key] = mark
 
     def advance(
-        self, topic: str, partition: int, next_offset: int, record_at: datetime | None = None
+        self,
+        topic: str,
+        partition: int,
+        next_offset: int,
+        record_at: datetime | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         """The broker holds `topic`/`partition` up to `next_offset` (committed or acknowledged)."""
         key = (topic, partition)
         mark = self.marks.get(key)
         if mark is None:
-            self.marks[key] = Mark(next_offset, since=_now(), record_at=record_at)
+            self.marks[key] = Mark(next_offset, _now(), record_at, fingerprint)
         elif next_offset > mark.next_offset:
             mark.next_offset = next_offset
             mark.record_at = record_at or mark.record_at
+            mark.fingerprint = fingerprint
         else:
             return
         self.advanced.add(key)
@@ -117,12 +136,23 @@ class BrokerLedger:
     def check(
         self, topic: str, partition: int, offset: int, *, reset_to: int | None = None
     ) -> Loss | None:
-        """The broker's log of `topic`/`partition` now reaches `offset` (a record it gave us,
-        an acknowledgement, or its end). Below our mark: a loss, and the mark restarts at
-        `reset_to` (default `offset`) so the same loss is reported once."""
+        """The broker now stands at `offset` on `topic`/`partition` (a record it gave us, an
+        acknowledgement, or the commit it keeps for us). Below our mark: a loss, and the
+        mark restarts at `reset_to` (default `offset`) so the same loss is reported once."""
+        mark = self.marks.get((topic, partition))
+        if mark is None or offset >= mark.next_offset:
+            return None
+        return self.lost(topic, partition, offset, reset_to=reset_to)
+
+    def lost(
+        self, topic: str, partition: int, found_offset: int, *, reset_to: int | None = None
+    ) -> Loss | None:
+        """The broker no longer holds what we marked on `topic`/`partition` (found some
+        other way, e.g. the record at our mark is another one): the loss, and the mark
+        restarts at `reset_to` (default `found_offset`)."""
         key = (topic, partition)
         mark = self.marks.get(key)
-        if mark is None or offset >= mark.next_offset:
+        if mark is None:
             return None
         now = _now()
         lost_since = mark.since if self.kind == "relay" else (mark.record_at or mark.since)
@@ -132,11 +162,11 @@ class BrokerLedger:
             topic=topic,
             partition=partition,
             expected_offset=mark.next_offset,
-            found_offset=offset,
+            found_offset=found_offset,
             lost_since=lost_since,
             detected_at=now,
         )
-        self.marks[key] = Mark(offset if reset_to is None else reset_to, since=now)
+        self.marks[key] = Mark(found_offset if reset_to is None else reset_to, since=now)
         self.reset.add(key)
         self.advanced.discard(key)
         return loss

@@ -50,7 +50,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.broker_ledger import BrokerLedger, Loss, Mark, Partition
@@ -90,6 +90,7 @@ def health_tables(metadata: MetaData) -> HealthTables:
         Column("next_offset", BigInteger, nullable=False),
         Column("since", DateTime(timezone=True), nullable=False),
         Column("record_at", DateTime(timezone=True), nullable=True),
+        Column("fingerprint", String(64), nullable=True),
         Column("updated_at", DateTime(timezone=True), nullable=False),
     )
     losses = Table(
@@ -141,11 +142,19 @@ class WorkerHealth:
             rows = (
                 await session.execute(
                     select(
-                        p.c.topic, p.c.partition, p.c.next_offset, p.c.since, p.c.record_at
+                        p.c.topic,
+                        p.c.partition,
+                        p.c.next_offset,
+                        p.c.since,
+                        p.c.record_at,
+                        p.c.fingerprint,
                     ).where(p.c.role == self.role)
                 )
             ).all()
-        return {(r.topic, r.partition): Mark(r.next_offset, r.since, r.record_at) for r in rows}
+        return {
+            (r.topic, r.partition): Mark(r.next_offset, r.since, r.record_at, r.fingerprint)
+            for r in rows
+        }
 
     def report(self, loss: Loss) -> None:
         """Log a loss now; it is saved with the next heartbeat."""
@@ -241,6 +250,7 @@ class WorkerHealth:
                     "next_offset": mark.next_offset,
                     "since": mark.since,
                     "record_at": mark.record_at,
+                    "fingerprint": mark.fingerprint,
                     "updated_at": func.now(),
                 }
                 for (topic, partition), mark in sorted(marks.items())
@@ -254,6 +264,7 @@ class WorkerHealth:
                 set_={
                     "next_offset": new.next_offset,
                     "record_at": new.record_at,
+                    "fingerprint": new.fingerprint,
                     "updated_at": func.now(),
                 },
                 where=higher,
@@ -265,6 +276,7 @@ class WorkerHealth:
                     "next_offset": new.next_offset,
                     "since": new.since,
                     "record_at": new.record_at,
+                    "fingerprint": new.fingerprint,
                     "updated_at": func.now(),
                 },
             )
@@ -292,7 +304,7 @@ class WorkerReadiness:
             await conn.execute(
                 select(hb.c.role, hb.c.member, age.label("age"), hb.c.detail)
                 .where(hb.c.role.in_(list(self.roles)))
-                .distinct(hb.c.role)
+                .ext(distinct_on(hb.c.role))
                 .order_by(hb.c.role, hb.c.heartbeat_at.desc())
             )
         ).all()

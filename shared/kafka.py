@@ -10,8 +10,9 @@ come again and the inbox ignores them).
 
 On a health tick (every few seconds) the consumer makes sure its topics exist as designed
 (`shared.topics_admin`: after a broker restart they may be missing or auto-created with
-another partition count), notices whether the broker lost records (`shared.broker_ledger`)
-and reports its heartbeat (`shared.health`). Metadata is refreshed every few seconds, so a
+another partition count), notices whether the broker lost records (`shared.broker_ledger`:
+a record or a committed offset below what the group committed) and reports its heartbeat
+(`shared.health`). Metadata is refreshed every few seconds, so a
 partition added to a topic is consumed within seconds rather than after five minutes.
 """
 
@@ -185,24 +186,18 @@ class EventConsumer:
         )
 
     async def _tick(self) -> None:
-        """Topics as designed, lag and lost logs of the assigned partitions, heartbeat."""
+        """Topics as designed, lost logs of the assigned partitions, heartbeat."""
         broker = "ok"
-        ends: dict[TopicPartition, int] = {}
         assigned = sorted(self.consumer.assignment())
         try:
             async with asyncio.timeout(self._broker_timeout):
                 await self._topics.ensure()
-                if assigned:
-                    ends = await self.consumer.end_offsets(assigned)
+                for partition in assigned:
+                    self._check_committed(partition, await self.consumer.committed(partition))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the heartbeat
             broker = f"unreachable: {type(exc).__name__}"
-        for partition, end in ends.items():
-            # Nothing new fetched, but the log ends below our commits: it was lost.
-            loss = self.ledger.check(partition.topic, partition.partition, end, reset_to=0)
-            if loss is not None:
-                self._report(loss)
         if self._health is None:
             return
         detail = {
@@ -210,9 +205,11 @@ class EventConsumer:
             "group": self._group_id,
             "broker": broker,
             "assignment": [f"{tp.topic}/{tp.partition}" for tp in assigned],
+            # From the high watermarks of the last fetches: records not yet applied.
             "lag": {
-                f"{tp.topic}/{tp.partition}": max(end - self._committed(tp), 0)
-                for tp, end in sorted(ends.items())
+                f"{tp.topic}/{tp.partition}": max(highwater - self._committed(tp), 0)
+                for tp in assigned
+                if (highwater := self.consumer.highwater(tp)) is not None
             },
             "last_poll_at": _iso(self._last_poll_at),
             "last_commit_at": _iso(self._last_commit_at),
@@ -224,6 +221,15 @@ class EventConsumer:
             raise
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
             log.warning("could not save the %s heartbeat: %s", self.role, type(exc).__name__)
+
+    def _check_committed(self, partition: TopicPartition, committed: int | None) -> None:
+        """The broker keeps our commits; none, or one below what we committed, means it
+        lost its state (and with it the records we had not read yet), even if no record
+        has arrived since to show it. The log's end offset is no help: the embedded broker
+        reports the first offset of the last batch there."""
+        loss = self.ledger.check(partition.topic, partition.partition, committed or 0)
+        if loss is not None:
+            self._report(loss)
 
     def _committed(self, partition: TopicPartition) -> int:
         mark = self.ledger.marks.get((partition.topic, partition.partition))

@@ -5,10 +5,11 @@ Delivery is at-least-once (a crash between send and mark re-sends); consumers de
 `event_id` through their inbox, so that is harmless.
 
 A row marked published is only as safe as the broker that acknowledged it: a broker that loses
-its log (the embedded one keeps topics in memory) loses those events too. The relay notices
-(the broker acknowledges a partition below an offset it acknowledged before, or the log ends
-below it; `shared.broker_ledger`), logs an ERROR saying what to run, and reports it through
-readiness; `python -m shared.ops republish` then marks the rows unpublished again.
+its log (the embedded one keeps topics in memory) loses those events too. The relay notices:
+the broker acknowledges a partition below an offset it acknowledged before
+(`shared.broker_ledger`), or no longer holds the last record it acknowledged there
+(`shared.broker_probe`, on the health tick). It logs an ERROR saying what to run and reports
+it through readiness; `python -m shared.ops republish` then marks the rows unpublished again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from sqlalchemy import (
     BigInteger,
@@ -38,7 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.broker_ledger import BrokerLedger, Loss, relay_role
+from shared.broker_ledger import BrokerLedger, Loss, fingerprint, relay_role
+from shared.broker_probe import LogProbe
 from shared.db import unit_of_work
 from shared.events import EventEnvelope
 from shared.health import WorkerHealth
@@ -79,8 +81,8 @@ async def enqueue(session: AsyncSession, outbox: Table, event: EventEnvelope) ->
 class OutboxRelay:
     """Publishes outbox rows in id order, a batch per transaction.
 
-    With `bootstrap_servers` it also runs a health tick: topics as designed, the broker's log
-    checked against what it acknowledged, and (with `health`) a heartbeat.
+    With `bootstrap_servers` it also runs a health tick: topics as designed and (with
+    `health`) a heartbeat. Every acknowledgement is checked against the earlier ones.
     """
 
     def __init__(
@@ -113,8 +115,8 @@ class OutboxRelay:
         self._marks_loaded = health is None
         self._published = 0
         self._last_publish_at: datetime | None = None
-        self._offsets: AIOKafkaConsumer | None = None
         self._topics = TopicKeeper(bootstrap_servers) if bootstrap_servers else None
+        self._probe = LogProbe(bootstrap_servers or "")
 
     async def publish_batch(self) -> int:
         """Publish one batch; returns how many rows were sent."""
@@ -138,16 +140,13 @@ class OutboxRelay:
             if not rows:
                 return 0
             # Send the whole batch, then wait: the producer keeps per-partition order.
+            messages = [(row.message_key.encode(), _json_bytes(row.payload)) for row in rows]
             futures = [
-                await self._producer.send(
-                    row.topic,
-                    value=_json_bytes(row.payload),
-                    key=row.message_key.encode(),
-                )
-                for row in rows
+                await self._producer.send(row.topic, value=value, key=key)
+                for row, (key, value) in zip(rows, messages, strict=True)
             ]
             acknowledged: list[RecordMetadata] = await asyncio.gather(*futures)
-            self._check_acknowledged(acknowledged)
+            self._check_acknowledged(acknowledged, messages)
             await session.execute(
                 update(ob)
                 .where(ob.c.id.in_([row.id for row in rows]))
@@ -157,13 +156,17 @@ class OutboxRelay:
         self._last_publish_at = datetime.now(UTC)
         return len(rows)
 
-    def _check_acknowledged(self, acknowledged: list[RecordMetadata]) -> None:
-        """Offsets only grow: an acknowledgement below one we had means the log was lost."""
-        for md in acknowledged:
+    def _check_acknowledged(
+        self, acknowledged: list[RecordMetadata], messages: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Offsets only grow: an acknowledgement below one we had means the log was lost.
+        Each partition's mark keeps the fingerprint of its last record, to read it back."""
+        now = datetime.now(UTC)
+        for md, (key, value) in zip(acknowledged, messages, strict=True):
             loss = self.ledger.check(md.topic, md.partition, md.offset)
             if loss is not None:
                 self._report(loss)
-            self.ledger.advance(md.topic, md.partition, md.offset + 1, datetime.now(UTC))
+            self.ledger.advance(md.topic, md.partition, md.offset + 1, now, fingerprint(key, value))
 
     def _report(self, loss: Loss) -> None:
         if self._health is not None:
@@ -182,7 +185,7 @@ class OutboxRelay:
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def tick(self) -> None:
-        """Topics as designed, the broker's log ends against what it acknowledged, and the
+        """Topics as designed, the records it published still on the broker, and the
         heartbeat. Failures are reported, never raised."""
         if self._topics is None:
             return
@@ -197,15 +200,12 @@ class OutboxRelay:
         try:
             async with asyncio.timeout(self._broker_timeout):
                 await self._topics.ensure()
-                ends = await self._end_offsets()
+                for loss in await self._probe.verify(self.ledger):
+                    self._report(loss)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the heartbeat
-            broker, ends = f"unreachable: {type(exc).__name__}", {}
-        for (topic, partition), end in ends.items():
-            loss = self.ledger.check(topic, partition, end)
-            if loss is not None:
-                self._report(loss)
+            broker = f"unreachable: {type(exc).__name__}"
         if self._health is None:
             return
         try:
@@ -227,24 +227,6 @@ class OutboxRelay:
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
             log.warning("could not save the %s heartbeat: %s", self.role, type(exc).__name__)
 
-    async def _end_offsets(self) -> dict[tuple[str, int], int]:
-        """The log end of every partition this relay has published to."""
-        if not self.ledger.marks:
-            return {}
-        if self._offsets is None and self._bootstrap is not None:
-            self._offsets = AIOKafkaConsumer(
-                bootstrap_servers=self._bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                metadata_max_age_ms=5_000,
-            )
-            await self._offsets.start()
-        if self._offsets is None:
-            return {}
-        partitions = [TopicPartition(t, p) for t, p in self.ledger.marks]
-        ends = await self._offsets.end_offsets(partitions)
-        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
-
     async def _backlog(self) -> int:
         ob = self._outbox
         async with self._sessions() as session:
@@ -255,8 +237,7 @@ class OutboxRelay:
         try:
             await self._run()
         finally:
-            if self._offsets is not None:
-                await self._offsets.stop()
+            await self._probe.close()
 
     async def _run(self) -> None:
         backoff = self._idle_seconds

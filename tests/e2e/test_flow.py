@@ -54,7 +54,7 @@ async def test_repayment_visit_and_alert_lifecycle(
     for name in ("scheduler", "visits", "alerts"):
         # Ready once the service's workers have reported (shared/health.py).
         async def ready(client: httpx.AsyncClient = http[name]) -> bool:
-            return (await client.get("/readyz")).json()["status"] == "ready"
+            return bool((await client.get("/readyz")).json()["status"] == "ready")
 
         await eventually(ready)
 
