@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -46,6 +47,34 @@ Handler = Callable[[AsyncSession, Any], Awaitable[None]]
 # Clients refresh topic metadata this often: a partition added by a broker that restarted
 # and auto-created a topic is assigned within seconds (aiokafka's default is 5 minutes).
 METADATA_MAX_AGE_MS = 5_000
+
+
+class _OncePerMinute(logging.Filter):
+    """Lets aiokafka's retry messages through once a minute each: it logs every retry of a
+    failing commit at ERROR, ten a second (2,877 lines in one broker restart), while the
+    consumer's own warning already says what happens."""
+
+    def __init__(self, prefixes: tuple[str, ...], every_seconds: float = 60.0) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._every = every_seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        template = str(record.msg)
+        if not template.startswith(self._prefixes):
+            return True
+        now = time.monotonic()
+        if now - self._last.get(template, -self._every) < self._every:
+            return False
+        self._last[template] = now
+        return True
+
+
+def _quiet_commit_retries() -> None:
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    if not any(isinstance(f, _OncePerMinute) for f in coordinator.filters):
+        coordinator.addFilter(_OncePerMinute(("OffsetCommit failed",)))
 
 
 class InvalidEvent(Exception):
@@ -82,6 +111,7 @@ class EventConsumer:
         health: WorkerHealth | None = None,
         tick_seconds: float = 5.0,
         broker_timeout_seconds: float = 5.0,
+        commit_timeout_seconds: float = 2.0,
     ) -> None:
         self._group_id = group_id
         self._handlers = dict(handlers)
@@ -95,6 +125,9 @@ class EventConsumer:
         self._tick_seconds = tick_seconds
         # No single broker call (a commit, a health check) may hold the loop longer.
         self._broker_timeout = broker_timeout_seconds
+        # A commit takes milliseconds; one that does not is given up (the records come again).
+        self._commit_timeout = commit_timeout_seconds
+        _quiet_commit_retries()
         self.role = consumer_role(group_id)
         self.ledger = BrokerLedger(self.role, "consumer")
         topics = list(self._handlers)
@@ -162,7 +195,7 @@ class EventConsumer:
         forever (an unknown topic after a broker restart spun it for minutes); a failed or
         timed-out commit only means these records come again, which the inbox ignores."""
         try:
-            async with asyncio.timeout(self._broker_timeout):
+            async with asyncio.timeout(self._commit_timeout):
                 await self.consumer.commit({partition: last.offset + 1})
         except asyncio.CancelledError:
             raise

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -22,14 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared import devstack
 from shared.broker_ledger import consumer_role, relay_role
 from shared.db import make_engine, make_session_factory, schema_metadata, unit_of_work
-from shared.events import RepaymentPosted
+from shared.events import VISIT_COMPLETED, RepaymentPosted, VisitCompleted
 from shared.health import WorkerHealth, WorkerReadiness, health_tables, readiness_response
 from shared.inbox import inbox_table
 from shared.kafka import EventConsumer, make_producer
 from shared.ops import acknowledge_losses
 from shared.outbox import OutboxRelay, enqueue, outbox_table
 from tests.conftest import Infra
-from tests.support import eventually, new_id
+from tests.support import eventually, new_id, visit_event
 
 SCHEMA = "broker_restart_test"
 metadata: MetaData = schema_metadata(SCHEMA)
@@ -56,12 +57,13 @@ async def engine(infra: Infra) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def record_effect(session: AsyncSession, event: RepaymentPosted) -> None:
+async def record_effect(session: AsyncSession, event: RepaymentPosted | VisitCompleted) -> None:
     await session.execute(insert(effects).values(event_id=event.event_id, loan_id=event.loan_id))
 
 
 async def applied(
-    sessions: async_sessionmaker[AsyncSession], events: list[RepaymentPosted]
+    sessions: async_sessionmaker[AsyncSession],
+    events: Sequence[RepaymentPosted | VisitCompleted],
 ) -> bool:
     async with sessions() as session:
         stmt = (
@@ -219,6 +221,66 @@ async def test_after_a_broker_restart_new_events_are_applied_and_the_loss_report
 
         assert {row["role"] for row in acknowledged} == set(roles)
         assert await eventually(lambda: ready_response(engine, bootstrap, workers), within=5)
+
+
+async def test_a_commit_the_broker_keeps_refusing_does_not_wedge_the_consumer(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The topic vanishes under a batch being applied: aiokafka retries that commit forever
+    (UnknownTopicOrPartition is retriable). The consumer gives it up, says so once, and goes
+    on with the next events."""
+    caplog.set_level(logging.WARNING, logger="shared.kafka")
+    sessions = make_session_factory(engine)
+    port = devstack.free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(session: AsyncSession, event: RepaymentPosted) -> None:
+        entered.set()
+        await release.wait()
+        await record_effect(session, event)
+
+    with devstack.embedded_broker(port):
+        await devstack.create_topics(bootstrap)
+        producer = make_producer(bootstrap)
+        await producer.start()
+        consumer = EventConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=new_id("group"),
+            handlers={TOPIC: held, VISIT_COMPLETED: record_effect},
+            sessions=sessions,
+            inbox_table=inbox,
+            producer=producer,
+            tick_seconds=0.5,
+        )
+        task = asyncio.create_task(consumer.run())
+        try:
+            posted = posting(new_id("L"))
+            await producer.send_and_wait(
+                TOPIC, posted.model_dump_json().encode(), key=posted.loan_id.encode()
+            )
+            await asyncio.wait_for(entered.wait(), 60)
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+            await admin.start()
+            await admin.delete_topics([TOPIC])
+            await admin.close()
+            release.set()  # applied; its commit now fails
+
+            visit = VisitCompleted.model_validate(visit_event(new_id("L")))
+            await producer.send_and_wait(
+                VISIT_COMPLETED, visit.model_dump_json().encode(), key=visit.loan_id.encode()
+            )
+            await eventually(lambda: applied(sessions, [posted, visit]), within=30)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await producer.stop()
+    failed = [r for r in caplog.records if r.getMessage().startswith("offset commit of")]
+    assert len(failed) == 1, [r.getMessage() for r in failed]
+    assert "UnknownTopicOrPartitionError" in failed[0].getMessage() or "Timeout" in (
+        failed[0].getMessage()
+    )
 
 
 async def ready_response(

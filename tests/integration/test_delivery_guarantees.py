@@ -178,6 +178,26 @@ async def test_transient_failure_is_retried_not_dropped(
     assert await effect_count(sessions, loan_id) == 1
 
 
+async def test_an_outage_does_not_spend_the_attempts_a_bug_gets(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
+) -> None:
+    """Seven connection failures, then two failures of another kind, then success: the
+    outage is waited out on its own count, so the event still has attempts left."""
+    loan_id = new_id("L")
+    failures = [ConnectionRefusedError(111, "refused")] * 7 + [KeyError("flaky bug")] * 2
+
+    async def outage_then_bug(session: AsyncSession, e: RepaymentPosted) -> None:
+        if e.loan_id == loan_id and failures:
+            raise failures.pop(0)
+        await record_effect(session, e)
+
+    async with consuming(infra, sessions, new_id("group"), outage_then_bug):
+        await publish(producer, posting(loan_id))
+        await eventually(lambda: effect_count(sessions, loan_id))
+    assert failures == []
+    assert await effect_count(sessions, loan_id) == 1
+
+
 async def test_handler_bug_goes_to_dead_letters_after_bounded_attempts(
     infra: Infra, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
 ) -> None:
