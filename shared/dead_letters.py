@@ -56,7 +56,8 @@ def build(source: Source, *, group: str, reason: str, keep_payload: bool = True)
         **_key_fields(source.key),
     }
     if not keep_payload:
-        return {**record, "payload": None, "payload_encoding": None, "payload_truncated": True}
+        # Still a string, so readers that search payloads need no special case.
+        return {**record, "payload": "", "payload_encoding": None, "payload_truncated": True}
     head = value[:PAYLOAD_LIMIT]
     truncated = len(value) > PAYLOAD_LIMIT
     text = _utf8_prefix(head, whole=not truncated)
