@@ -19,6 +19,7 @@ partition added to a topic is consumed within seconds rather than after five min
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -112,6 +114,8 @@ class EventConsumer:
         tick_seconds: float = 5.0,
         broker_timeout_seconds: float = 5.0,
         commit_timeout_seconds: float = 2.0,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
     ) -> None:
         self._group_id = group_id
         self._handlers = dict(handlers)
@@ -135,13 +139,25 @@ class EventConsumer:
         self._commit_failing: str | None = None
         self._last_poll_at: datetime | None = None
         self._last_commit_at: datetime | None = None
-        self.consumer = AIOKafkaConsumer(
-            *topics,
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
+        self._bootstrap = bootstrap_servers
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        # Partition counts of the consumed topics when the client joined; see _tick.
+        self._joined_counts: dict[str, int] = {}
+        self.consumer = self._new_client()
+
+    def _new_client(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *self._handlers,
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            # How long a silent member keeps its partitions; the embedded broker also takes
+            # about half of it to complete a join.
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=self._heartbeat_interval_ms,
         )
 
     async def run(self) -> None:
@@ -159,7 +175,8 @@ class EventConsumer:
                     # The offset moves only once every record's effect is committed.
                     await self._commit(partition, records[-1])
                 if loop.time() >= next_tick:
-                    await self._tick()
+                    if await self._tick():
+                        await self._rejoin()
                     next_tick = loop.time() + self._tick_seconds
         finally:
             await self.consumer.stop()
@@ -170,9 +187,10 @@ class EventConsumer:
         failures: Counter[str] = Counter()
         while True:
             try:
-                await self._topics.ensure()
+                counts = await self._topics.ensure()
                 if self._health is not None:
                     self.ledger.merge(await self._health.load_marks())
+                self._joined_counts = self._consumed_counts(counts)
                 return
             except asyncio.CancelledError:
                 raise
@@ -218,21 +236,28 @@ class EventConsumer:
             partition.topic, partition.partition, last.offset + 1, _record_time(last)
         )
 
-    async def _tick(self) -> None:
-        """Topics as designed, lost logs of the assigned partitions, heartbeat."""
+    async def _tick(self) -> bool:
+        """Topics as designed, lost logs of the assigned partitions, heartbeat. True when
+        the client must join the group afresh."""
         broker = "ok"
+        rejoin = False
         assigned = sorted(self.consumer.assignment())
         try:
             async with asyncio.timeout(self._broker_timeout):
-                await self._topics.ensure()
+                counts = self._consumed_counts(await self._topics.ensure())
+                rejoin = self._partitions_changed(counts)
                 for partition in assigned:
                     self._check_committed(partition, await self.consumer.committed(partition))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the heartbeat
             broker = f"unreachable: {type(exc).__name__}"
-        if self._health is None:
-            return
+        if self._health is not None:
+            await self._beat(broker, assigned)
+        return rejoin
+
+    async def _beat(self, broker: str, assigned: list[TopicPartition]) -> None:
+        assert self._health is not None
         detail = {
             "kind": "consumer",
             "group": self._group_id,
@@ -254,6 +279,45 @@ class EventConsumer:
             raise
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
             log.warning("could not save the %s heartbeat: %s", self.role, type(exc).__name__)
+
+    def _consumed_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
+        return {topic: counts[topic] for topic in self._handlers if topic in counts}
+
+    def _partitions_changed(self, counts: dict[str, int]) -> bool:
+        """A consumed topic now has another partition count than when we joined (after a
+        broker restart a producer auto-created it with four). aiokafka asks for a
+        rebalance then, but drops the request when a rebalance is already under way, and
+        the embedded broker hands a member that rejoins its old assignment: partition 3
+        went unread for seven minutes. Joining afresh is what works on both."""
+        changed = {
+            topic: (self._joined_counts[topic], count)
+            for topic, count in counts.items()
+            if topic in self._joined_counts and self._joined_counts[topic] != count
+        }
+        self._joined_counts = {**self._joined_counts, **counts}
+        if changed:
+            log.warning(
+                "partitions changed (%s); joining the group afresh so every partition is read",
+                ", ".join(f"{t}: {old} -> {new}" for t, (old, new) in sorted(changed.items())),
+            )
+        return bool(changed)
+
+    async def _rejoin(self) -> None:
+        """Leave the group and join it with a new client. Offsets of applied batches are
+        committed already; anything else is redelivered, which the inbox ignores."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._broker_timeout):
+                await self.consumer.stop()
+        attempt = 0
+        while True:
+            self.consumer = self._new_client()
+            try:
+                await self.consumer.start()
+                return
+            except KafkaError as exc:
+                attempt += 1
+                log.warning("could not join %s again (%s); retrying", self._group_id, exc)
+                await asyncio.sleep(self._backoff(attempt))
 
     def _check_committed(self, partition: TopicPartition, committed: int | None) -> None:
         """The broker keeps our commits; none, or one below what we committed, means it

@@ -44,6 +44,8 @@ effects = Table(
     Column("loan_id", String(64), nullable=False),
 )
 TOPIC = "repayment-posted"
+# The embedded broker completes a group join in about half the session timeout.
+SESSION_TIMEOUT_MS, HEARTBEAT_MS = 3000, 1000
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,8 @@ async def test_after_a_broker_restart_new_events_are_applied_and_the_loss_report
             health=WorkerHealth(sessions, health, roles[0]),
             tick_seconds=0.5,
             broker_timeout_seconds=2.0,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
         )
         relay = OutboxRelay(
             sessions,
@@ -252,6 +256,8 @@ async def test_a_commit_the_broker_keeps_refusing_does_not_wedge_the_consumer(
             inbox_table=inbox,
             producer=producer,
             tick_seconds=0.5,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
         )
         task = asyncio.create_task(consumer.run())
         try:

@@ -49,6 +49,8 @@ effects = Table(
 )
 
 Handler = Callable[[AsyncSession, RepaymentPosted], Awaitable[None]]
+# The embedded broker completes a group join in about half the session timeout.
+SESSION_TIMEOUT_MS, HEARTBEAT_MS = 3000, 1000
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,8 @@ async def consuming(
         inbox_table=inbox,
         producer=dead_letters,
         retry_seconds=0.05,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_MS,
     )
     task = asyncio.create_task(consumer.run())
     try:
