@@ -44,7 +44,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     delete,
     func,
     select,
@@ -106,9 +105,16 @@ def health_tables(metadata: MetaData) -> HealthTables:
         Column("detected_at", DateTime(timezone=True), nullable=False),
         Column("remedy", Text, nullable=False),
         Column("acknowledged_at", DateTime(timezone=True), nullable=True),
-        # Two replicas noticing the same loss report it once.
-        UniqueConstraint("role", "topic", "partition", "expected_offset", name="uq_broker_losses"),
-        Index("ix_broker_losses_open", "id", postgresql_where=text("acknowledged_at IS NULL")),
+        # Two replicas noticing the same loss report it once (while it is open).
+        Index(
+            "uq_broker_losses_open",
+            "role",
+            "topic",
+            "partition",
+            "expected_offset",
+            unique=True,
+            postgresql_where=text("acknowledged_at IS NULL"),
+        ),
     )
     return HealthTables(heartbeats, positions, losses)
 
@@ -228,7 +234,10 @@ class WorkerHealth:
                         for loss in losses
                     ]
                 )
-                .on_conflict_do_nothing(constraint="uq_broker_losses")
+                .on_conflict_do_nothing(
+                    index_elements=["role", "topic", "partition", "expected_offset"],
+                    index_where=t.losses.c.acknowledged_at.is_(None),
+                )
             )
         await self._save_marks(session, advanced, keep_highest=True)
         await self._save_marks(session, reset, keep_highest=False)

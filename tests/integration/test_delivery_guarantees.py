@@ -357,7 +357,7 @@ async def test_a_full_database_is_waited_out_not_dead_lettered(
 
                 async def refused_many_times() -> bool:
                     # More than the five attempts a handler bug gets.
-                    return retries_logged(caplog, "sqlstate 53300") > 6
+                    return retries_logged(caplog, "sqlstate 53300") > 5
 
                 await eventually(refused_many_times, within=60)
                 await hog.close()  # a slot frees up

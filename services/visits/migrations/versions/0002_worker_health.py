@@ -32,16 +32,13 @@ def upgrade() -> None:
         sa.Column("remedy", sa.Text(), nullable=False),
         sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_broker_losses")),
-        sa.UniqueConstraint(
-            "role", "topic", "partition", "expected_offset", name="uq_broker_losses"
-        ),
         schema="visits",
     )
     op.create_index(
-        "ix_broker_losses_open",
+        "uq_broker_losses_open",
         "broker_losses",
-        ["id"],
-        unique=False,
+        ["role", "topic", "partition", "expected_offset"],
+        unique=True,
         schema="visits",
         postgresql_where=sa.text("acknowledged_at IS NULL"),
     )
@@ -86,7 +83,7 @@ def downgrade() -> None:
     op.drop_table("worker_heartbeats", schema="visits")
     op.drop_table("broker_positions", schema="visits")
     op.drop_index(
-        "ix_broker_losses_open",
+        "uq_broker_losses_open",
         table_name="broker_losses",
         schema="visits",
         postgresql_where=sa.text("acknowledged_at IS NULL"),
