@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -287,6 +288,33 @@ async def test_a_commit_the_broker_keeps_refusing_does_not_wedge_the_consumer(
     assert "UnknownTopicOrPartitionError" in failed[0].getMessage() or "Timeout" in (
         failed[0].getMessage()
     )
+
+
+async def test_readiness_fails_when_a_worker_stops_reporting(
+    infra: Infra, engine: AsyncEngine
+) -> None:
+    hb = health.heartbeats
+    stopped, silent = new_id("consumer:stopped"), new_id("consumer:never-started")
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(hb).values(
+                member=f"{stopped}@host:1",
+                role=stopped,
+                started_at=func.now() - text("interval '1 hour'"),
+                heartbeat_at=func.now() - text("interval '31 seconds'"),
+                detail={"kind": "consumer", "broker": "ok"},
+            )
+        )
+    response = await readiness_response(
+        engine, infra.bootstrap, WorkerReadiness(health, [stopped, silent], 30)
+    )
+    assert response.status_code == 503
+    assert response.media_type == "application/problem+json"
+    body = json.loads(bytes(response.body))
+    assert body["status"] == 503 and stopped in body["detail"] and silent in body["detail"]
+    assert body["checks"][stopped] == {"ok": False, "detail": "no report for 31s"}
+    assert body["checks"][silent] == {"ok": False, "detail": "never reported"}
+    assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
 
 
 async def ready_response(
