@@ -10,11 +10,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import make_engine, make_session_factory, unit_of_work
+from shared.db import engine_for, make_session_factory, unit_of_work
 from shared.errors import install_problem_handlers
+from shared.health import ReadinessCheck, readiness_response
 from shared.middleware import RequestContextMiddleware
 from shared.openapi import install_openapi
 from shared.settings import ServiceSettings
@@ -30,13 +30,14 @@ def create_app(
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
     body_limits: Mapping[str, int] | None = None,
+    readiness: ReadinessCheck | None = None,
 ) -> FastAPI:
     """`body_limits`: request body limits of particular routes (`"POST /v1/loans/import"`)
     other than `settings.max_body_bytes`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        engine = engine_for(settings)
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         if on_startup is not None:
@@ -59,16 +60,10 @@ def create_app(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
-        try:
-            async with request.app.state.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001 - readiness reports any failure
-            return JSONResponse(
-                {"status": "unavailable", "detail": type(exc).__name__},
-                status_code=503,
-                media_type="application/problem+json",
-            )
-        return JSONResponse({"status": "ready"})
+        # Database, broker and, through `readiness`, the service's workers (shared/health.py).
+        return await readiness_response(
+            request.app.state.engine, settings.kafka_bootstrap_servers, readiness
+        )
 
     for router in routers:
         app.include_router(router)

@@ -17,13 +17,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
@@ -36,12 +34,12 @@ from shared.supervisor import (
     Supervisor,
     announce_on_stderr,
 )
+from shared.topics_admin import TOPIC_PARTITIONS, wait_and_ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("scheduler", "visits", "alerts")
 DEFAULT_PORTS = {"scheduler": 8001, "visits": 8002, "alerts": 8003}
 DATABASE = "huifang"
-TOPIC_PARTITIONS = 3
 
 
 def free_port() -> int:
@@ -191,25 +189,8 @@ def stop_broker(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def create_topics(bootstrap: str, partitions: int = TOPIC_PARTITIONS) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    for attempt in range(30):
-        try:
-            await admin.start()
-            break
-        except Exception:
-            if attempt == 29:
-                raise
-            await asyncio.sleep(0.3)
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in ALL_TOPICS if t not in existing]
-        if missing:
-            with suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
-                )
-    finally:
-        await admin.close()
+    """Every topic and its dead-letter twin, as the workers also ensure them."""
+    await wait_and_ensure_topics(bootstrap, partitions=partitions)
 
 
 # --- Service processes ------------------------------------------------------------------

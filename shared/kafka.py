@@ -4,35 +4,79 @@ The loop validates each record against its topic's model, applies it in one data
 transaction together with the inbox row, and commits the Kafka offset only after that
 transaction has committed. What cannot be parsed or validated goes to `<topic>.dlq` with
 the reason; transient failures (database, broker, another service down) are retried and
-never skipped.
+never skipped. No single record stops the loop: its dead letter always fits
+(`shared.dead_letters`), and a failed offset commit is logged and passed over (the records
+come again and the inbox ignores them).
+
+On a health tick (every few seconds) the consumer makes sure its topics exist as designed
+(`shared.topics_admin`: after a broker restart they may be missing or auto-created with
+another partition count), notices whether the broker lost records (`shared.broker_ledger`:
+a record or a committed offset below what the group committed) and reports its heartbeat
+(`shared.health`). Metadata is refreshed every few seconds, so a
+partition added to a topic is consumed within seconds rather than after five minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from sqlalchemy import Table
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import inbox
+from shared import dead_letters, inbox
+from shared.broker_ledger import BrokerLedger, Loss, consumer_role
 from shared.db import unit_of_work
 from shared.events import EventEnvelope, dlq_topic, parse_event
+from shared.failures import backoff_seconds, transient_cause
+from shared.health import WorkerHealth
 from shared.logging import bind_event
-from shared.service_client import OwnerUnavailable
+from shared.topics_admin import TopicKeeper
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AsyncSession, Any], Awaitable[None]]
+
+# Clients refresh topic metadata this often: a partition added by a broker that restarted
+# and auto-created a topic is assigned within seconds (aiokafka's default is 5 minutes).
+METADATA_MAX_AGE_MS = 5_000
+
+
+class _OncePerMinute(logging.Filter):
+    """Lets aiokafka's retry messages through once a minute each: it logs every retry of a
+    failing commit at ERROR, ten a second (2,877 lines in one broker restart), while the
+    consumer's own warning already says what happens."""
+
+    def __init__(self, prefixes: tuple[str, ...], every_seconds: float = 60.0) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._every = every_seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        template = str(record.msg)
+        if not template.startswith(self._prefixes):
+            return True
+        now = time.monotonic()
+        if now - self._last.get(template, -self._every) < self._every:
+            return False
+        self._last[template] = now
+        return True
+
+
+def _quiet_commit_retries() -> None:
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    if not any(isinstance(f, _OncePerMinute) for f in coordinator.filters):
+        coordinator.addFilter(_OncePerMinute(("OffsetCommit failed",)))
 
 
 class InvalidEvent(Exception):
@@ -47,6 +91,7 @@ def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=False,
         linger_ms=5,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
     )
 
 
@@ -64,6 +109,13 @@ class EventConsumer:
         producer: AIOKafkaProducer,
         max_attempts: int = 5,
         retry_seconds: float = 0.5,
+        max_retry_seconds: float = 10.0,
+        health: WorkerHealth | None = None,
+        tick_seconds: float = 5.0,
+        broker_timeout_seconds: float = 5.0,
+        commit_timeout_seconds: float = 2.0,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
     ) -> None:
         self._group_id = group_id
         self._handlers = dict(handlers)
@@ -72,30 +124,219 @@ class EventConsumer:
         self._producer = producer
         self._max_attempts = max_attempts
         self._retry_seconds = retry_seconds
-        self.consumer = AIOKafkaConsumer(
+        self._max_retry_seconds = max_retry_seconds
+        self._health = health
+        self._tick_seconds = tick_seconds
+        # No single broker call (a commit, a health check) may hold the loop longer.
+        self._broker_timeout = broker_timeout_seconds
+        # A commit takes milliseconds; one that does not is given up (the records come again).
+        self._commit_timeout = commit_timeout_seconds
+        _quiet_commit_retries()
+        self.role = consumer_role(group_id)
+        self.ledger = BrokerLedger(self.role, "consumer")
+        topics = list(self._handlers)
+        self._topics = TopicKeeper(bootstrap_servers, [*topics, *map(dlq_topic, topics)])
+        self._commit_failing: str | None = None
+        self._last_poll_at: datetime | None = None
+        self._last_commit_at: datetime | None = None
+        self._bootstrap = bootstrap_servers
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        # Partition counts of the consumed topics when the client joined; see _tick.
+        self._joined_counts: dict[str, int] = {}
+        self.consumer = self._new_client()
+
+    def _new_client(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             *self._handlers,
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            # How long a silent member keeps its partitions; the embedded broker also takes
+            # about half of it to complete a join.
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=self._heartbeat_interval_ms,
         )
 
     async def run(self) -> None:
+        await self._prepare()
         await self.consumer.start()
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
         try:
             while True:
                 batch = await self.consumer.getmany(timeout_ms=500, max_records=200)
+                self._last_poll_at = datetime.now(UTC)
                 for partition, records in batch.items():
+                    self._check_log(partition, records[0].offset)
                     await self._process_batch(records)
                     # The offset moves only once every record's effect is committed.
-                    try:
-                        await self.consumer.commit({partition: records[-1].offset + 1})
-                    except (CommitFailedError, IllegalStateError, RebalanceInProgressError):
-                        # The partition moved to another member during a rebalance; it will
-                        # redeliver these records and the inbox makes that harmless.
-                        log.warning("offset commit lost to a rebalance of %s", partition)
+                    await self._commit(partition, records[-1])
+                if loop.time() >= next_tick:
+                    if await self._tick():
+                        await self._rejoin()
+                    next_tick = loop.time() + self._tick_seconds
         finally:
             await self.consumer.stop()
+
+    async def _prepare(self) -> None:
+        """Before joining the group: the topics as designed (waiting for the broker), and
+        the broker positions saved by earlier runs (waiting for the database)."""
+        failures: Counter[str] = Counter()
+        while True:
+            try:
+                counts = await self._topics.ensure()
+                if self._health is not None:
+                    self.ledger.merge(await self._health.load_marks())
+                self._joined_counts = self._consumed_counts(counts)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - at start, every failure is waited out
+                cause = transient_cause(exc) or f"starting: {type(exc).__name__}"
+                failures[cause] += 1
+                if failures[cause] == 1:
+                    log.warning("%s not ready (%s); waiting", self.role, exc)
+                await asyncio.sleep(self._backoff(failures[cause]))
+
+    def _check_log(self, partition: TopicPartition, first_offset: int) -> None:
+        """A record below what this group committed means the broker's log was lost and
+        started again (auto_offset_reset brought us to its start)."""
+        loss = self.ledger.check(partition.topic, partition.partition, first_offset)
+        if loss is not None:
+            self._report(loss)
+
+    async def _commit(self, partition: TopicPartition, last: ConsumerRecord[bytes, bytes]) -> None:
+        """Commit after `last`, bounded in time. aiokafka retries a retriable commit error
+        forever (an unknown topic after a broker restart spun it for minutes); a failed or
+        timed-out commit only means these records come again, which the inbox ignores."""
+        try:
+            async with asyncio.timeout(self._commit_timeout):
+                await self.consumer.commit({partition: last.offset + 1})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no commit failure may stop the consumer
+            if self._commit_failing is None:
+                log.warning(
+                    "offset commit of %s failed (%s: %s); carrying on, the records will be "
+                    "redelivered and the inbox ignores them (logged once until commits work)",
+                    partition,
+                    type(exc).__name__,
+                    exc,
+                )
+            self._commit_failing = type(exc).__name__
+            return
+        if self._commit_failing is not None:
+            log.info("offset commits work again")
+            self._commit_failing = None
+        self._last_commit_at = datetime.now(UTC)
+        self.ledger.advance(
+            partition.topic, partition.partition, last.offset + 1, _record_time(last)
+        )
+
+    async def _tick(self) -> bool:
+        """Topics as designed, lost logs of the assigned partitions, heartbeat. True when
+        the client must join the group afresh."""
+        broker = "ok"
+        rejoin = False
+        assigned = sorted(self.consumer.assignment())
+        try:
+            async with asyncio.timeout(self._broker_timeout):
+                counts = self._consumed_counts(await self._topics.ensure())
+                rejoin = self._partitions_changed(counts)
+                for partition in assigned:
+                    self._check_committed(partition, await self.consumer.committed(partition))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in the heartbeat
+            broker = f"unreachable: {type(exc).__name__}"
+        if self._health is not None:
+            await self._beat(broker, assigned)
+        return rejoin
+
+    async def _beat(self, broker: str, assigned: list[TopicPartition]) -> None:
+        assert self._health is not None
+        detail = {
+            "kind": "consumer",
+            "group": self._group_id,
+            "broker": broker,
+            "assignment": [f"{tp.topic}/{tp.partition}" for tp in assigned],
+            # From the high watermarks of the last fetches: records not yet applied.
+            "lag": {
+                f"{tp.topic}/{tp.partition}": max(highwater - self._committed(tp), 0)
+                for tp in assigned
+                if (highwater := self.consumer.highwater(tp)) is not None
+            },
+            "last_poll_at": _iso(self._last_poll_at),
+            "last_commit_at": _iso(self._last_commit_at),
+            "commits_failing": self._commit_failing,
+        }
+        try:
+            await self._health.beat(detail, self.ledger)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again
+            log.warning("could not save the %s heartbeat: %s", self.role, type(exc).__name__)
+
+    def _consumed_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
+        return {topic: counts[topic] for topic in self._handlers if topic in counts}
+
+    def _partitions_changed(self, counts: dict[str, int]) -> bool:
+        """A consumed topic now has another partition count than when we joined (after a
+        broker restart a producer auto-created it with four). aiokafka asks for a
+        rebalance then, but drops the request when a rebalance is already under way, and
+        the embedded broker hands a member that rejoins its old assignment: partition 3
+        went unread for seven minutes. Joining afresh is what works on both."""
+        changed = {
+            topic: (self._joined_counts[topic], count)
+            for topic, count in counts.items()
+            if topic in self._joined_counts and self._joined_counts[topic] != count
+        }
+        self._joined_counts = {**self._joined_counts, **counts}
+        if changed:
+            log.warning(
+                "partitions changed (%s); joining the group afresh so every partition is read",
+                ", ".join(f"{t}: {old} -> {new}" for t, (old, new) in sorted(changed.items())),
+            )
+        return bool(changed)
+
+    async def _rejoin(self) -> None:
+        """Leave the group and join it with a new client. Offsets of applied batches are
+        committed already; anything else is redelivered, which the inbox ignores."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._broker_timeout):
+                await self.consumer.stop()
+        attempt = 0
+        while True:
+            self.consumer = self._new_client()
+            try:
+                await self.consumer.start()
+                return
+            except KafkaError as exc:
+                attempt += 1
+                log.warning("could not join %s again (%s); retrying", self._group_id, exc)
+                await asyncio.sleep(self._backoff(attempt))
+
+    def _check_committed(self, partition: TopicPartition, committed: int | None) -> None:
+        """The broker keeps our commits; none, or one below what we committed, means it
+        lost its state (and with it the records we had not read yet), even if no record
+        has arrived since to show it. The log's end offset is no help: the embedded broker
+        reports the first offset of the last batch there."""
+        loss = self.ledger.check(partition.topic, partition.partition, committed or 0)
+        if loss is not None:
+            self._report(loss)
+
+    def _committed(self, partition: TopicPartition) -> int:
+        mark = self.ledger.marks.get((partition.topic, partition.partition))
+        return mark.next_offset if mark else 0
+
+    def _report(self, loss: Loss) -> None:
+        if self._health is not None:
+            self._health.report(loss)
+        else:
+            log.error("%s. To repair: %s", loss.describe(), loss.remedy(None))
 
     async def _process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Apply a partition's batch in one transaction, so the commit (an fsync) is paid
@@ -125,10 +366,12 @@ class EventConsumer:
     async def _process_one(
         self, record: ConsumerRecord[bytes, bytes], event: EventEnvelope
     ) -> None:
+        """Apply one event: transient failures are retried for as long as they last, each
+        cause counted on its own, so an outage never spends the attempts a bug gets."""
         with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
-            attempt = 0
+            transient: Counter[str] = Counter()
+            bugs = 0
             while True:
-                attempt += 1
                 try:
                     async with unit_of_work(self._sessions) as session:
                         await self._apply(session, record.topic, event)
@@ -139,17 +382,27 @@ class EventConsumer:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if _is_transient(exc):
-                        # Owner service or database down: retry for as long as it takes.
-                        log.warning("transient failure applying event, retrying: %s", exc)
-                        await asyncio.sleep(min(self._retry_seconds * attempt, 10.0))
+                    cause = transient_cause(exc)
+                    if cause is not None:
+                        transient[cause] += 1
+                        delay = self._backoff(transient[cause])
+                        log.warning(
+                            "transient failure applying event (%s, attempt %d), retrying in "
+                            "%.1fs: %s",
+                            cause,
+                            transient[cause],
+                            delay,
+                            type(exc).__name__,
+                        )
+                        await asyncio.sleep(delay)
                         continue
-                    if attempt >= self._max_attempts:
-                        log.exception("giving up on event after %d attempts", attempt)
+                    bugs += 1
+                    if bugs >= self._max_attempts:
+                        log.exception("giving up on event after %d failed attempts", bugs)
                         await self._dead_letter(record, f"handler failed: {exc!r}")
                         return
-                    log.exception("event handler failed (attempt %d)", attempt)
-                    await asyncio.sleep(self._retry_seconds * attempt)
+                    log.exception("event handler failed (attempt %d)", bugs)
+                    await asyncio.sleep(self._backoff(bugs))
 
     async def _apply(self, session: AsyncSession, topic: str, event: EventEnvelope) -> None:
         """The effect and the inbox row, in the caller's transaction."""
@@ -159,24 +412,70 @@ class EventConsumer:
         await self._handlers[topic](session, event)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        raw = (record.value or b"").decode("utf-8", errors="replace")
-        dead = {
-            "reason": reason,
-            "source_topic": record.topic,
-            # Several groups consume one topic; each dead-letters its own copy.
-            "consumer_group": self._group_id,
-            "partition": record.partition,
-            "offset": record.offset,
-            "failed_at": datetime.now(UTC).isoformat(),
-            "payload": raw,
-        }
-        log.warning("event sent to dead-letter topic: %s", reason)
-        await self._producer.send_and_wait(
-            dlq_topic(record.topic),
-            value=json.dumps(dead, ensure_ascii=False).encode(),
-            key=record.key,
-            headers=[("reason", reason[:1000].encode())],
+        """Send the record's dead letter; a broker outage is waited out, and a record the
+        broker refuses for good is sent again without its payload. If even that is refused
+        the consumer logs where the record is and goes on: one record never stops it."""
+        source = dead_letters.Source(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
         )
+        where = f"{record.topic}/{record.partition}@{record.offset}"
+        log.warning("event %s sent to dead-letter topic: %s", where, reason[:500])
+        for keep_payload in (True, False):
+            dead = dead_letters.build(
+                source, group=self._group_id, reason=reason, keep_payload=keep_payload
+            )
+            try:
+                await self._send_dead_letter(record, dead)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never lets one record stop the loop
+                log.error(
+                    "dead letter of %s refused by the broker (%s: %s)%s",
+                    where,
+                    type(exc).__name__,
+                    exc,
+                    "; sending it without its payload" if keep_payload else "",
+                )
+        log.error(
+            "could not dead-letter %s (group %s, %d bytes); skipped, it stays readable at "
+            "that offset until the broker's retention removes it",
+            where,
+            self._group_id,
+            len(record.value or b""),
+        )
+
+    async def _send_dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], dead: dict[str, Any]
+    ) -> None:
+        """Retries while the broker is unreachable; raises what retrying cannot fix."""
+        attempt = 0
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    dlq_topic(record.topic),
+                    value=dead_letters.encode(dead),
+                    key=dead_letters.dlq_key(record.key),
+                    headers=[("reason", str(dead["reason"])[:1000].encode())],
+                )
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if transient_cause(exc) is None:
+                    raise
+                attempt += 1
+                delay = self._backoff(attempt)
+                log.warning("dead-letter topic unreachable (%s), retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_seconds(attempt, base=self._retry_seconds, cap=self._max_retry_seconds)
 
 
 def _describe(exc: Exception) -> str:
@@ -191,10 +490,11 @@ def _describe(exc: Exception) -> str:
     return f"unparseable event: {exc}"
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | OwnerUnavailable | httpx.TransportError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    # OSError covers ConnectionError and TimeoutError (sockets to the broker or an owner).
-    return isinstance(exc, OSError)
+def _record_time(record: ConsumerRecord[bytes, bytes]) -> datetime | None:
+    if record.timestamp is None or record.timestamp < 0:
+        return None
+    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -37,6 +37,13 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # A JSON request body larger than this is refused with a 413 as it streams in.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Per-connection PostgreSQL limits (milliseconds; shared/db.py SessionLimits says why).
+    db_lock_timeout_ms: int = Field(default=5_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=30_000, ge=0)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # Workers report on a health tick; readiness calls a worker stale after this long.
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    worker_stale_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Self:

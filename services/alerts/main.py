@@ -5,14 +5,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.alerts.api import router
+from services.alerts.models import health, outbox
 from services.alerts.settings import AlertsSettings
 from shared.app import create_app
+from shared.broker_ledger import consumer_role, relay_role
+from shared.health import WorkerReadiness
 from shared.logging import configure_logging
 
 
 def build_app(settings: AlertsSettings | None = None) -> FastAPI:
     settings = settings or AlertsSettings()
-    return create_app(settings, title="Huifang alerts", routers=[router])
+    roles = [consumer_role(settings.consumer_group), relay_role(outbox.fullname)]
+    workers = WorkerReadiness(health, roles, settings.worker_stale_seconds)
+    return create_app(settings, title="Huifang alerts", routers=[router], readiness=workers)
 
 
 _settings = AlertsSettings()

@@ -10,6 +10,7 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from shared.db import schema_metadata, utcnow
+from shared.health import health_tables
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -69,3 +70,5 @@ class Alert(AlertsTable, table=True):
 
 inbox = inbox_table(metadata)
 outbox = outbox_table(metadata)
+# Worker heartbeats, broker positions and losses, read by /readyz (shared/health.py).
+health = health_tables(metadata)

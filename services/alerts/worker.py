@@ -12,10 +12,9 @@ import httpx
 
 from services.alerts import service
 from services.alerts.loans import SchedulerLoans
-from services.alerts.models import inbox, outbox
+from services.alerts.models import health, inbox, outbox
 from services.alerts.settings import AlertsSettings
 from shared.events import REPAYMENT_POSTED, VISIT_COMPLETED
-from shared.outbox import OutboxRelay
 from shared.service_client import ServiceClient
 from shared.worker import worker_main, worker_resources
 
@@ -25,7 +24,7 @@ async def run_worker(
 ) -> None:
     scheduler = ServiceClient.scheduler(settings, caller="alerts", transport=scheduler_transport)
     try:
-        async with worker_resources(settings) as resources:
+        async with worker_resources(settings, health=health) as resources:
             loan_of = SchedulerLoans(scheduler).facts
             consumer = resources.consumer(
                 group_id=settings.consumer_group,
@@ -37,7 +36,7 @@ async def run_worker(
                 },
                 inbox_table=inbox,
             )
-            relay = OutboxRelay(resources.sessions, outbox, resources.producer)
+            relay = resources.relay(outbox)
             # A TaskGroup: if either loop dies, the other is cancelled and the worker exits
             # (and is restarted) instead of limping on half-working.
             async with asyncio.TaskGroup() as group:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from shared.db import schema_metadata, utcnow
+from shared.health import health_tables
 from shared.inbox import inbox_table
 
 SCHEMA = "scheduler"
@@ -110,3 +111,5 @@ class VisitTask(SchedulerTable, table=True):
 
 
 inbox = inbox_table(metadata)
+# Worker heartbeats, broker positions and losses, read by /readyz (shared/health.py).
+health = health_tables(metadata)

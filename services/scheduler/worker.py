@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 from services.scheduler import service
-from services.scheduler.models import inbox
+from services.scheduler.models import health, inbox
 from services.scheduler.settings import SchedulerSettings
 from shared.events import ALERT_RAISED, REPAYMENT_POSTED, VISIT_COMPLETED
 from shared.worker import worker_main, worker_resources
 
 
 async def run_worker(settings: SchedulerSettings) -> None:
-    async with worker_resources(settings) as resources:
+    async with worker_resources(settings, health=health) as resources:
         consumer = resources.consumer(
             group_id=settings.consumer_group,
             handlers={

@@ -6,8 +6,11 @@ import httpx
 from fastapi import FastAPI
 
 from services.visits.api import router
+from services.visits.models import health, outbox
 from services.visits.settings import VisitsSettings
 from shared.app import create_app
+from shared.broker_ledger import relay_role
+from shared.health import WorkerReadiness
 from shared.logging import configure_logging
 from shared.service_client import ServiceClient
 
@@ -36,6 +39,9 @@ def build_app(
         routers=[router],
         on_startup=open_scheduler,
         on_shutdown=close_scheduler,
+        readiness=WorkerReadiness(
+            health, [relay_role(outbox.fullname)], settings.worker_stale_seconds
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from shared.db import schema_metadata, utcnow
+from shared.health import health_tables
 from shared.outbox import outbox_table
 
 SCHEMA = "visits"
@@ -66,3 +67,5 @@ class Visit(VisitsTable, table=True):
 
 
 outbox = outbox_table(metadata)
+# Worker heartbeats, broker positions and losses, read by /readyz (shared/health.py).
+health = health_tables(metadata)

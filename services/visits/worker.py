@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
-from services.visits.models import outbox
+from services.visits.models import health, outbox
 from services.visits.settings import VisitsSettings
-from shared.outbox import OutboxRelay
 from shared.worker import worker_main, worker_resources
 
 
 async def run_worker(settings: VisitsSettings) -> None:
-    async with worker_resources(settings) as resources:
-        await OutboxRelay(resources.sessions, outbox, resources.producer).run()
+    async with worker_resources(settings, health=health) as resources:
+        await resources.relay(outbox).run()
 
 
 if __name__ == "__main__":

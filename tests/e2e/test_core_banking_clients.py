@@ -14,7 +14,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from shared.devstack import TOPIC_PARTITIONS
+from shared.topics_admin import TOPIC_PARTITIONS
 from tests.e2e.conftest import Running
 from tests.support import auth, eventually, new_id, register_loan, repayment_event
 

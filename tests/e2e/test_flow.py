@@ -53,7 +53,11 @@ async def test_repayment_visit_and_alert_lifecycle(
 ) -> None:
     scheduler, visits, alerts = http["scheduler"], http["visits"], http["alerts"]
     for name in ("scheduler", "visits", "alerts"):
-        assert (await http[name].get("/readyz")).json() == {"status": "ready"}
+        # Ready once the service's workers have reported (shared/health.py).
+        async def ready(client: httpx.AsyncClient = http[name]) -> bool:
+            return bool((await client.get("/readyz")).json()["status"] == "ready")
+
+        await eventually(ready)
 
     # Origination registers an agent and a high-risk loan disbursed today.
     region = new_id("SH")

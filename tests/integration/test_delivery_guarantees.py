@@ -1,26 +1,40 @@
 """The delivery guarantees of the shared plumbing, on the real database and broker:
 a worker that dies mid-event loses nothing and applies nothing twice, offsets follow the
-database commit, transient failures are retried, and the outbox survives a broker outage."""
+database commit, transient failures are retried (a full or restarting database, a hung
+replica's locks) and never dead-lettered, a dead letter always fits, dead letters can be
+replayed, and the outbox survives a broker outage."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import Column, MetaData, String, Table, Uuid, func, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import devstack
-from shared.db import make_engine, make_session_factory, schema_metadata, unit_of_work
+from shared.db import (
+    SessionLimits,
+    make_engine,
+    make_session_factory,
+    schema_metadata,
+    unit_of_work,
+)
 from shared.events import RepaymentPosted
 from shared.inbox import inbox_table
 from shared.kafka import EventConsumer, make_producer
 from shared.outbox import OutboxRelay, enqueue, outbox_table
 from tests.conftest import Infra
+from tests.ops_support import dead_letters_of, run_ops
 from tests.support import eventually, new_id, read_topic
 
 SCHEMA = "delivery_test"
@@ -35,6 +49,8 @@ effects = Table(
 )
 
 Handler = Callable[[AsyncSession, RepaymentPosted], Awaitable[None]]
+# The embedded broker completes a group join in about half the session timeout.
+SESSION_TIMEOUT_MS, HEARTBEAT_MS = 3000, 1000
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +100,11 @@ async def consuming(
     sessions: async_sessionmaker[AsyncSession],
     group_id: str,
     handler: Handler,
+    *,
+    dead_letters: AIOKafkaProducer | None = None,
 ) -> AsyncIterator[asyncio.Task[None]]:
     """Run an EventConsumer of repayment-posted in `group_id` for the block's duration."""
-    dead_letters = make_producer(infra.bootstrap)
+    dead_letters = dead_letters or make_producer(infra.bootstrap)
     await dead_letters.start()
     consumer = EventConsumer(
         bootstrap_servers=infra.bootstrap,
@@ -96,6 +114,8 @@ async def consuming(
         inbox_table=inbox,
         producer=dead_letters,
         retry_seconds=0.05,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_MS,
     )
     task = asyncio.create_task(consumer.run())
     try:
@@ -159,6 +179,26 @@ async def test_transient_failure_is_retried_not_dropped(
         await publish(producer, posting(loan_id))
         await eventually(lambda: effect_count(sessions, loan_id))
     assert attempts == 3
+    assert await effect_count(sessions, loan_id) == 1
+
+
+async def test_an_outage_does_not_spend_the_attempts_a_bug_gets(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
+) -> None:
+    """Seven connection failures, then two failures of another kind, then success: the
+    outage is waited out on its own count, so the event still has attempts left."""
+    loan_id = new_id("L")
+    failures = [ConnectionRefusedError(111, "refused")] * 7 + [KeyError("flaky bug")] * 2
+
+    async def outage_then_bug(session: AsyncSession, e: RepaymentPosted) -> None:
+        if e.loan_id == loan_id and failures:
+            raise failures.pop(0)
+        await record_effect(session, e)
+
+    async with consuming(infra, sessions, new_id("group"), outage_then_bug):
+        await publish(producer, posting(loan_id))
+        await eventually(lambda: effect_count(sessions, loan_id))
+    assert failures == []
     assert await effect_count(sessions, loan_id) == 1
 
 
@@ -278,3 +318,188 @@ async def test_published_rows_are_purged_after_the_retention(
         left = set((await session.execute(select(outbox.c.event_id))).scalars().all())
     assert old.event_id not in left
     assert {recent.event_id, pending.event_id} <= left
+
+
+# --- transient or bug ----------------------------------------------------------------------
+
+
+def retries_logged(caplog: pytest.LogCaptureFixture, cause: str) -> int:
+    return sum(f"({cause}," in record.getMessage() for record in caplog.records)
+
+
+def plain(database_url: str) -> str:
+    return database_url.replace("+asyncpg", "")
+
+
+async def test_a_full_database_is_waited_out_not_dead_lettered(
+    infra: Infra,
+    sessions: async_sessionmaker[AsyncSession],
+    producer: AIOKafkaProducer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL answering `too many clients` (53300) is a busy database, not a bug: the
+    event waits through more failures than a bug is allowed, then lands."""
+    caplog.set_level(logging.WARNING, logger="shared.kafka")
+    role, loan_id, group = f"busy_{uuid.uuid4().hex[:8]}", new_id("L"), new_id("group")
+    admin = await asyncpg.connect(plain(infra.database_url))
+    try:
+        # A role with one connection slot, held by someone else: every connection the
+        # consumer opens is refused with SQLSTATE 53300, as when the server's slots are full.
+        await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+        await admin.execute(f'GRANT USAGE ON SCHEMA "{SCHEMA}" TO {role}')
+        await admin.execute(f'GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA "{SCHEMA}" TO {role}')
+        url = make_url(infra.database_url).set(username=role)
+        hog = await asyncpg.connect(plain(url.render_as_string(hide_password=False)))
+        busy = make_engine(url.render_as_string(hide_password=False))
+        try:
+            async with consuming(infra, make_session_factory(busy), group, record_effect):
+                await publish(producer, posting(loan_id))
+
+                async def refused_many_times() -> bool:
+                    # More than the five attempts a handler bug gets.
+                    return retries_logged(caplog, "sqlstate 53300") > 5
+
+                await eventually(refused_many_times, within=60)
+                await hog.close()  # a slot frees up
+                await eventually(lambda: effect_count(sessions, loan_id), within=30)
+        finally:
+            await busy.dispose()
+            if not hog.is_closed():
+                await hog.close()
+    finally:
+        await admin.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{SCHEMA}" FROM {role}')
+        await admin.execute(f'REVOKE ALL ON SCHEMA "{SCHEMA}" FROM {role}')
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+    assert await effect_count(sessions, loan_id) == 1
+    dead = await dead_letters_of(infra.bootstrap, "repayment-posted", group)
+    assert [d for d in dead if d.get("key") == loan_id] == []
+
+
+async def test_a_hung_member_holding_row_locks_does_not_stall_the_group(
+    infra: Infra,
+    sessions: async_sessionmaker[AsyncSession],
+    producer: AIOKafkaProducer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A replica stopped mid-batch keeps its transaction and the inbox row it claimed. With
+    the session limits the one that took over gives up waiting on the lock (55P03, retried)
+    and the server ends the idle transaction, so the event is applied within seconds."""
+    caplog.set_level(logging.WARNING, logger="shared.kafka")
+    limits = SessionLimits(lock_timeout_ms=300, idle_in_transaction_ms=2000)
+    engine = make_engine(infra.database_url, limits=limits)
+    group, warm_up, event = new_id("group"), posting(new_id("L")), posting(new_id("L"))
+    try:
+        async with consuming(infra, make_session_factory(engine), group, record_effect):
+            await publish(producer, warm_up)  # the group has joined and applies events
+            await eventually(lambda: effect_count(sessions, warm_up.loan_id))
+
+            # The stopped replica: same limits, mid-transaction, holding the event's claim.
+            hung = await asyncpg.connect(
+                plain(infra.database_url), server_settings=limits.server_settings()
+            )
+            stopped = hung.transaction()
+            await stopped.start()
+            await hung.execute(
+                f'INSERT INTO "{SCHEMA}".inbox (event_id, topic) VALUES ($1, $2)',
+                event.event_id,
+                event.event_type,
+            )
+            await publish(producer, event)
+            await eventually(lambda: effect_count(sessions, event.loan_id), within=30)
+    finally:
+        await engine.dispose()
+    assert await effect_count(sessions, event.loan_id) == 1
+    assert retries_logged(caplog, "sqlstate 55P03") >= 1  # it waited, then retried
+    # The server ended the stopped replica's transaction, releasing its locks.
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+        await hung.fetchval("SELECT 1")
+    if not hung.is_closed():
+        hung.terminate()
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+
+async def test_a_dead_letter_the_broker_refuses_falls_back_to_a_minimal_record(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
+) -> None:
+    # A dead-letter producer whose limit the full record exceeds but the minimal one fits.
+    small = AIOKafkaProducer(
+        bootstrap_servers=infra.bootstrap, enable_idempotence=False, max_request_size=4096
+    )
+    group, loan_id = new_id("group"), new_id("L")
+    poison = b"\x02" * 20_000
+    async with consuming(infra, sessions, group, record_effect, dead_letters=small):
+        await producer.send_and_wait("repayment-posted", poison, key=loan_id.encode())
+        await publish(producer, posting(loan_id))  # same loan, same partition, after it
+        await eventually(lambda: effect_count(sessions, loan_id))
+    # (A new group reads the topic from its start: other tests' garbage is dead-lettered too.)
+    [dead] = [
+        d
+        for d in await dead_letters_of(infra.bootstrap, "repayment-posted", group)
+        if d.get("key") == loan_id
+    ]
+    assert dead["payload"] == "" and dead["payload_truncated"] is True
+    assert dead["payload_size"] == len(poison)
+    assert dead["payload_sha256"] == hashlib.sha256(poison).hexdigest()
+    assert dead["key"] == loan_id and dead["reason"].startswith("unparseable event")
+
+
+async def test_replay_dlq_sends_whole_dead_letters_back_once_their_cause_is_fixed(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # A broker of its own: the session's topics hold other tests' garbage, which this new
+    # group would dead-letter too, and replay.
+    port = devstack.free_port()
+    with devstack.embedded_broker(port) as bootstrap:
+        await devstack.create_topics(bootstrap)
+        producer = make_producer(bootstrap)
+        await producer.start()
+        try:
+            await replay_on(
+                Infra(infra.database_url, bootstrap, infra.pg_data_dir), sessions, producer
+            )
+        finally:
+            await producer.stop()
+
+
+async def replay_on(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
+) -> None:
+    group, loan_id = new_id("group"), new_id("L")
+    fixed = False
+
+    async def buggy_until_fixed(session: AsyncSession, e: RepaymentPosted) -> None:
+        if e.loan_id == loan_id and not fixed:
+            raise KeyError("bug in the handler")
+        await record_effect(session, e)
+
+    replay = ("replay-dlq", "--topic", "repayment-posted", "--group", group)
+    async with consuming(infra, sessions, group, buggy_until_fixed):
+        # Evidence only: too large to be kept whole.
+        await producer.send_and_wait("repayment-posted", b"\x01" * 100_000, key=b"poison")
+        await publish(producer, posting(loan_id))
+
+        async def both_dead() -> bool:
+            return len(await dead_letters_of(infra.bootstrap, "repayment-posted", group)) == 2
+
+        await eventually(both_dead)
+        assert await effect_count(sessions, loan_id) == 0
+
+        fixed = True  # the handler bug is fixed and deployed
+        out = await run_ops(infra.database_url, infra.bootstrap, *replay)
+        assert f"replayed 1 dead letters of group {group}" in out
+        assert "left 1 not kept whole" in out
+        await eventually(lambda: effect_count(sessions, loan_id))
+
+        # Replaying again is harmless: the inbox ignores the copy (a later posting of the
+        # same loan, on the same partition, is applied after it).
+        await run_ops(infra.database_url, infra.bootstrap, *replay)
+        await publish(producer, posting(loan_id, installment_no=2))
+
+        async def later_applied() -> bool:
+            return await effect_count(sessions, loan_id) >= 2
+
+        await eventually(later_applied)
+    assert await effect_count(sessions, loan_id) == 2
