@@ -9,7 +9,6 @@ import logging
 import logging.config
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,7 +27,7 @@ from services.visits.main import build_app as visits_app
 from services.visits.settings import VisitsSettings
 from shared.auth import Principal, decode_token, issue_token
 from shared.errors import Problem, is_unavailable
-from shared.logging import SERVER_LOGGERS, configure_logging, scrub
+from shared.logging import configure_logging, scrub
 from shared.pii import mask_pii
 from shared.validation import (
     BusinessDate,
@@ -216,19 +215,6 @@ def test_money_is_a_decimal_string_in_responses() -> None:
 
 
 # --- defect 8: uvicorn's loggers go through the JSON formatter ---------------------------
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in SERVER_LOGGERS)]
-    saved = [(lg, lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
-    try:
-        yield
-    finally:
-        for lg, handlers, propagate, level in saved:
-            lg.handlers[:] = handlers
-            lg.propagate = propagate
-            lg.setLevel(level)
 
 
 def test_uvicorns_traceback_is_a_scrubbed_json_line(

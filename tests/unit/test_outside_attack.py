@@ -10,7 +10,6 @@ import logging
 import logging.config
 import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import jwt
@@ -24,7 +23,7 @@ from services.visits.main import build_app as visits_app
 from services.visits.settings import VisitsSettings
 from shared.auth import decode_token, issue_token
 from shared.errors import MAX_ERRORS, Problem, problem_body
-from shared.logging import SERVER_LOGGERS, JsonFormatter, configure_logging, request_id_var
+from shared.logging import JsonFormatter, configure_logging, request_id_var
 from shared.middleware import request_id
 from shared.pii import mask_pii
 from shared.service_client import OwnerUnavailable, ServiceClient
@@ -175,19 +174,6 @@ def test_a_problem_lists_at_most_fifty_errors() -> None:
 
 
 # --- finding 11: uvicorn's `--no-access-log` is respected ---------------------------------
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in SERVER_LOGGERS)]
-    saved = [(lg, lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
-    try:
-        yield
-    finally:
-        for lg, handlers, propagate, level in saved:
-            lg.handlers[:] = handlers
-            lg.propagate = propagate
-            lg.setLevel(level)
 
 
 def test_no_access_log_stays_off(restored_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
