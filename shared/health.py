@@ -49,7 +49,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.broker_ledger import BrokerLedger, Loss, Mark, Partition
@@ -309,15 +309,27 @@ class WorkerReadiness:
     async def __call__(self, conn: AsyncConnection) -> Checks:
         hb, losses = self.tables.heartbeats, self.tables.losses
         age = func.extract("epoch", func.now() - hb.c.heartbeat_at)
-        latest = (
+        members = (
             await conn.execute(
                 select(hb.c.role, hb.c.member, age.label("age"), hb.c.detail)
                 .where(hb.c.role.in_(list(self.roles)))
-                .ext(distinct_on(hb.c.role))
                 .order_by(hb.c.role, hb.c.heartbeat_at.desc())
             )
         ).all()
-        fresh = {row.role: row for row in latest if float(row.age) <= self.stale_after_seconds}
+        latest = list({row.role: row for row in reversed(members)}.values())
+        # A role is served while any of its replicas reports in time and reaches the broker:
+        # a replica that was paused, or missed the broker on one tick, does not make the
+        # service unready while another one carries its partitions.
+        fresh: dict[str, Any] = {}
+        for member in members:
+            if float(member.age) > self.stale_after_seconds:
+                continue
+            best = fresh.get(member.role)
+            if best is None or (
+                best.detail.get("broker", "ok") != "ok"
+                and member.detail.get("broker", "ok") == "ok"
+            ):
+                fresh[member.role] = member
         checks: Checks = {}
         for role in self.roles:
             row = fresh.get(role)

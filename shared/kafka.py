@@ -137,6 +137,8 @@ class EventConsumer:
         topics = list(self._handlers)
         self._topics = TopicKeeper(bootstrap_servers, [*topics, *map(dlq_topic, topics)])
         self._commit_failing: str | None = None
+        # Set when the broker is found to have lost its log; see _reread_new_logs.
+        self._log_lost = False
         self._last_poll_at: datetime | None = None
         self._last_commit_at: datetime | None = None
         self._bootstrap = bootstrap_servers
@@ -178,6 +180,8 @@ class EventConsumer:
                     if await self._tick():
                         await self._rejoin()
                     next_tick = loop.time() + self._tick_seconds
+                if self._log_lost:
+                    await self._reread_new_logs()
         finally:
             await self.consumer.stop()
 
@@ -332,7 +336,34 @@ class EventConsumer:
         mark = self.ledger.marks.get((partition.topic, partition.partition))
         return mark.next_offset if mark else 0
 
+    async def _reread_new_logs(self) -> None:
+        """The broker lost its log (a restart of the embedded one): read every assigned
+        partition again from the start of the new log. Our fetch positions survived the
+        restart, and where the new log had grown past them before we fetched, the records
+        below them would otherwise be skipped for good: postings produced after the restart,
+        never applied. A loss on one partition means the whole broker's was lost, so every
+        partition is re-read, and each one's loss is reported now (its mark restarts at 0,
+        so the re-reading is not taken for another loss). The inbox makes it harmless."""
+        self._log_lost = False
+        assigned = sorted(self.consumer.assignment())
+        for partition in assigned:
+            loss = self.ledger.check(partition.topic, partition.partition, 0)
+            if loss is not None:
+                self._report(loss)
+        self._log_lost = False
+        if not assigned:
+            return
+        log.warning(
+            "reading %d partitions again from the start of the broker's new log", len(assigned)
+        )
+        try:
+            await self.consumer.seek_to_beginning(*assigned)
+        except KafkaError as exc:
+            # The assignment moved meanwhile; the new one starts from the broker's commits.
+            log.warning("could not re-read from the start (%s); the rebalance will", exc)
+
     def _report(self, loss: Loss) -> None:
+        self._log_lost = True
         if self._health is not None:
             self._health.report(loss)
         else:

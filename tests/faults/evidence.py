@@ -19,14 +19,12 @@ from shared.events import ALL_TOPICS, dlq_topic
 
 CONSUMERS = ("scheduler", "alerts")
 
-# How a worker says it lost records (a broker restart empties the embedded broker). Loose on
-# purpose until loss detection lands: an ERROR of our own code (not the Kafka client's
-# "connection lost") that speaks of lost records, events, postings, messages or offsets.
-_WHAT = r"(records?|events?|postings?|messages?|offsets?|data)"
-LOSS_IN_LOG = re.compile(rf"\blost\b.*\b{_WHAT}\b|\b{_WHAT}\b.*\b(lost|loss)\b", re.IGNORECASE)
+# How a worker says it lost records (a broker restart empties the embedded broker): the ERROR
+# of shared.health naming the topic and partition (not the Kafka client's "connection lost").
+LOSS_IN_LOG = re.compile(r"the broker lost records of \S+ partition \d+")
 CLIENT_LOGGERS = ("aiokafka", "asyncio", "sqlalchemy", "uvicorn")
-# How /readyz says it: any answer that is not plain "ready" and speaks of a loss.
-LOSS_IN_READINESS = re.compile(r"los[st]|loss", re.IGNORECASE)
+# How /readyz says it: its broker_loss check failing (shared/health.py WorkerReadiness).
+LOSS_IN_READINESS = re.compile(r'"broker_loss":\{"ok":false')
 DEAD_LETTER_IN_LOG = re.compile(r"dead-letter", re.IGNORECASE)
 
 
@@ -231,7 +229,11 @@ def loss_in_logs(lines: list[LogLine]) -> list[LogLine]:
 
 
 def loss_in_readiness(answers: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
-    return [(status, body) for status, body in answers if LOSS_IN_READINESS.search(body)]
+    return [
+        (status, body)
+        for status, body in answers
+        if status == 503 and LOSS_IN_READINESS.search(body)
+    ]
 
 
 def commonest_problems(lines: list[LogLine], top: int = 6) -> list[tuple[int, str]]:

@@ -359,3 +359,84 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def test_postings_below_the_old_position_on_the_new_log_are_not_skipped(
+    engine: AsyncEngine,
+) -> None:
+    """The consumer's fetch positions survive a broker restart. Core banking fills the new
+    log past them before the consumer fetches again (here: it is paused meanwhile): the
+    records below the old position must still be applied, not skipped."""
+    sessions = make_session_factory(engine)
+    port = devstack.free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    loan_id = new_id("L")  # one key: one partition
+    async with contextlib.AsyncExitStack() as stack:
+        broker = contextlib.ExitStack()
+        stack.callback(broker.close)
+        broker.enter_context(devstack.embedded_broker(port))
+        await devstack.create_topics(bootstrap)
+        producer = make_producer(bootstrap)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        consumer = EventConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=new_id("group"),
+            handlers={TOPIC: record_effect},
+            sessions=sessions,
+            inbox_table=inbox,
+            producer=producer,
+            tick_seconds=0.5,
+            broker_timeout_seconds=2.0,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
+        )
+        stack.push_async_callback(_cancel, asyncio.create_task(consumer.run()))
+
+        async def post(events: Sequence[RepaymentPosted]) -> None:
+            for event in events:
+                await producer.send_and_wait(
+                    TOPIC, event.model_dump_json().encode(), key=loan_id.encode()
+                )
+
+        before = [posting(loan_id) for _ in range(20)]
+        await post(before)
+        await eventually(lambda: applied(sessions, before), within=60)
+
+        consumer.consumer.pause(*consumer.consumer.assignment())
+        broker.close()
+        await port_released(port)
+        broker.enter_context(devstack.embedded_broker(port))
+        await devstack.create_topics(bootstrap)
+        after = [posting(loan_id) for _ in range(30)]  # offsets 0..29 of the new log
+        await post(after)
+        consumer.consumer.resume(*consumer.consumer.assignment())
+
+        await eventually(lambda: applied(sessions, after), within=60)
+
+
+async def test_a_role_is_ready_while_any_replica_reports_and_reaches_the_broker(
+    infra: Infra, engine: AsyncEngine
+) -> None:
+    hb = health.heartbeats
+    role = new_id("consumer:replicated")
+    beats = [("paused-one", "unreachable: TimeoutError", "1 second"), ("other", "ok", "3 seconds")]
+    async with engine.begin() as conn:
+        for member, broker, ago in beats:
+            await conn.execute(
+                insert(hb).values(
+                    member=f"{role}@{member}",
+                    role=role,
+                    started_at=func.now() - text("interval '1 hour'"),
+                    heartbeat_at=func.now() - text(f"interval '{ago}'"),
+                    detail={"kind": "consumer", "broker": broker},
+                )
+            )
+    ready = await readiness_response(engine, infra.bootstrap, WorkerReadiness(health, [role], 30))
+    assert ready.status_code == 200, bytes(ready.body)
+    assert json.loads(bytes(ready.body))["checks"][role]["detail"]["member"] == f"{role}@other"
+
+    async with engine.begin() as conn:
+        await conn.execute(hb.delete().where(hb.c.member == f"{role}@other"))
+    alone = await readiness_response(engine, infra.bootstrap, WorkerReadiness(health, [role], 30))
+    assert alone.status_code == 503

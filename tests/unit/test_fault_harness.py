@@ -38,8 +38,15 @@ def test_acknowledgements_split_at_the_restart() -> None:
 
 def test_a_reported_loss_is_recognised_in_our_errors_only() -> None:
     lines = [
-        evidence.LogLine("scheduler-worker", "ERROR", "1200 records lost on repayment-posted/0"),
-        evidence.LogLine("alerts-worker", "ERROR", "offsets went back: data loss suspected"),
+        evidence.LogLine(
+            "scheduler-worker",
+            "ERROR",
+            "the broker lost records of repayment-posted partition 0: consumer:scheduler had "
+            "seen it up to offset 902, it now stands at 0",
+        ),
+        evidence.LogLine(
+            "alerts-worker", "ERROR", "the broker lost records of alert-raised partition 2: x"
+        ),
         evidence.LogLine("alerts-worker", "WARNING", "offset commit lost to a rebalance"),
         evidence.LogLine(
             "alerts-worker", "ERROR", "Connection lost to node 1 (events pending)", "aiokafka.conn"
@@ -47,8 +54,12 @@ def test_a_reported_loss_is_recognised_in_our_errors_only() -> None:
         evidence.LogLine("alerts-worker", "ERROR", "outbox publish failed; retrying"),
     ]
     assert evidence.loss_in_logs(lines) == lines[:2]
-    answers = [(200, '{"status":"ready"}'), (503, '{"detail":"records lost on broker"}')]
-    assert evidence.loss_in_readiness(answers) == answers[1:]
+    answers = [
+        (200, '{"status":"ready","checks":{"broker_loss":{"ok":true,"detail":"none"}}}'),
+        (503, '{"checks":{"broker_loss":{"ok":false,"detail":[{"topic":"alert-raised"}]}}}'),
+        (503, '{"checks":{"consumer:alerts":{"ok":false},"broker_loss":{"ok":true}}}'),
+    ]
+    assert evidence.loss_in_readiness(answers) == answers[1:2]
 
 
 def test_log_lines_keep_what_is_not_json_as_raw(tmp_path: Path) -> None:
