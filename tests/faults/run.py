@@ -402,23 +402,34 @@ async def _loss_checks(
     }
 
 
+# How long the APIs have, once the faults are over and the postings drained, to be ready.
+READY_WITHIN = 30.0
+
+
 async def _recovery_checks(run: Run, scenario: Scenario) -> dict[str, tuple[bool, str]]:
-    """Every process runs again and every API answers ready (or names the loss)."""
+    """Every process runs again and every API answers ready (or names the loss) within
+    `READY_WITHIN` seconds: a resumed replica reports again on its next tick."""
     assert run.stack.supervisor is not None
     down = [name for name, p in run.stack.supervisor.processes.items() if p.pid is None]
     not_ready: list[str] = []
+    deadline = time.monotonic() + READY_WITHIN
     async with httpx.AsyncClient(timeout=5) as client:
         for service, url in run.api_urls.items():
-            try:
-                response = await client.get(f"{url}/readyz")
-            except httpx.HTTPError as exc:
-                not_ready.append(f"{service}: {type(exc).__name__}")
-                continue
-            reports_loss = scenario.loses_broker_state and evidence.loss_in_readiness(
-                [(response.status_code, response.text)]
-            )
-            if response.status_code != 200 and not reports_loss:
-                not_ready.append(f"{service}: {response.status_code} {response.text[:80]}")
+            while True:
+                try:
+                    response = await client.get(f"{url}/readyz")
+                    status, text = response.status_code, response.text
+                except httpx.HTTPError as exc:
+                    status, text = 0, type(exc).__name__
+                reports_loss = scenario.loses_broker_state and evidence.loss_in_readiness(
+                    [(status, text)]
+                )
+                if status == 200 or reports_loss:
+                    break
+                if time.monotonic() >= deadline:
+                    not_ready.append(f"{service}: {status} {text[:400]}")
+                    break
+                await asyncio.sleep(1.0)
     return {
         "every process up at the end": (not down, ", ".join(down) or "all up"),
         "every API ready at the end": (not not_ready, "; ".join(not_ready) or "all ready"),
