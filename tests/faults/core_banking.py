@@ -98,14 +98,17 @@ def _loan(n: int, disbursed: date) -> dict[str, Any]:
 
 @dataclass
 class Stream:
-    """Postings sent so far: when the broker acknowledged each (monotonic seconds)."""
+    """Postings sent so far: when each was last handed to the producer, and when the broker
+    acknowledged it (monotonic seconds)."""
 
     acked_at: dict[str, float] = field(default_factory=dict)
+    sent_at: dict[str, float] = field(default_factory=dict)
     resent: int = 0
     finished_at: float | None = None
 
     def acked_after(self, moment: float) -> set[str]:
-        return {event_id for event_id, at in self.acked_at.items() if at >= moment}
+        """Sent after `moment` and acknowledged: produced to whatever broker was up then."""
+        return {e for e in self.acked_at if self.sent_at.get(e, self.acked_at[e]) >= moment}
 
     def acked_before(self, moment: float) -> set[str]:
         return {event_id for event_id, at in self.acked_at.items() if at < moment}
@@ -153,6 +156,7 @@ async def _send_all(
             )
         for _ in range(min(len(to_send), max(1, round(rate * tick)))):
             posting = to_send.popleft()
+            stream.sent_at[posting.event_id] = time.monotonic()
             try:
                 delivery = await producer.send(
                     "repayment-posted", posting.value, key=posting.loan_id.encode()
