@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import repository, service
 from services.visits.models import Visit
-from services.visits.schemas import VisitIn, VisitOut
+from services.visits.schemas import ChainProof, ChainVerification, VisitIn, VisitOut
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
@@ -24,6 +24,8 @@ router = APIRouter(prefix="/v1")
 # Agents record their own visits; supervisors may record one on their region's loans.
 Capturer = Annotated[Principal, Depends(require_roles("agent", "supervisor"))]
 Reader = Annotated[Principal, Depends(require_roles("agent", "supervisor", "ops", "admin"))]
+# Verifying the record is oversight, not capture.
+Auditor = Annotated[Principal, Depends(require_roles("supervisor", "ops", "admin"))]
 # Visible ASCII only: the key is stored and compared byte for byte, and control or
 # non-ASCII bytes in a header are someone probing, not an app.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
@@ -70,6 +72,30 @@ async def record_visit(
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return service.visit_view(visit)
+
+
+# Declared before `/visits/{visit_id}`, which would otherwise read `verify` as a visit id.
+@router.get("/visits/verify", response_model=ChainVerification)
+async def verify_visits(
+    session: SessionDep,
+    _: Auditor,
+    loan_id: Annotated[Identifier | None, Query()] = None,
+) -> ChainVerification:
+    """Recompute the tamper-evident chain of the loan's visits (all loans without
+    `loan_id`) from the stored rows and report the first entry that does not hold: a visit
+    altered, removed or inserted in the database behind the service's back. A broken chain
+    is a finding (`intact: false`), not an error. The same check as
+    `python -m services.visits.verify`."""
+    return await service.verify_chains(session, loan_id)
+
+
+@router.get("/visits/{visit_id}/proof", response_model=ChainProof, responses=problems(404))
+async def visit_proof(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> ChainProof:
+    """The visit's entry in its loan's tamper-evident chain."""
+    visit = service.visible_to(
+        await repository.get_visit(session, visit_id), who.sub if who.is_agent else None
+    )
+    return await service.proof_of(session, visit)
 
 
 @router.get("/visits/{visit_id}", response_model=VisitOut, responses=problems(404))

@@ -105,3 +105,36 @@ class VisitOut(BaseModel):
     geo: GeoPoint | None
     # Masked on the way out too: notes stored before masking began are shown masked.
     notes: MaskedText | None
+
+
+class ChainProof(BaseModel):
+    """A visit's entry in its loan's tamper-evident chain. `payload_hash` is SHA-256 over the
+    canonical JSON (sorted keys, no whitespace, UTF-8, times in UTC with microseconds) of the
+    visit's recorded fields; `entry_hash` is SHA-256 over the canonical JSON of
+    `{seq, prev_hash, payload_hash}`; a loan's first entry has a `prev_hash` of 64 zeros."""
+
+    visit_id: uuid.UUID
+    loan_id: str
+    seq: int
+    prev_hash: str
+    payload_hash: str
+    entry_hash: str
+    chained_at: datetime
+
+
+class ChainBreak(BaseModel):
+    loan_id: str
+    # None for a visit that has no entry at all.
+    seq: int | None
+    visit_id: uuid.UUID
+    reason: str
+
+
+class ChainVerification(BaseModel):
+    """The chains recomputed from the stored visits; `first_break` is the earliest entry
+    (by loan, then seq) that does not hold, or a visit that was never chained."""
+
+    loan_id: str | None
+    entries_checked: int
+    intact: bool
+    first_break: ChainBreak | None

@@ -10,9 +10,16 @@ from urllib.parse import quote, urlencode
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.visits import repository
-from services.visits.models import Visit, outbox
-from services.visits.schemas import GeoPoint, VisitIn, VisitOut
+from services.visits import chain, repository
+from services.visits.models import Visit, VisitChainEntry, outbox
+from services.visits.schemas import (
+    ChainBreak,
+    ChainProof,
+    ChainVerification,
+    GeoPoint,
+    VisitIn,
+    VisitOut,
+)
 from shared.auth import Principal
 from shared.errors import Problem, not_found
 from shared.events import EventEnvelope, VisitCompleted, VisitFindings
@@ -112,6 +119,7 @@ async def record_visit(
         # A savepoint, so that losing a race leaves the request's transaction usable.
         async with session.begin_nested():
             await repository.add_visit(session, visit)
+            await _chain(session, visit)
             await enqueue(session, outbox, _completed_event(visit))
     except IntegrityError as exc:
         winner = await _concurrent_winner(session, agent_id, idempotency_key, body.task_id)
@@ -124,6 +132,66 @@ async def record_visit(
         "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
     )
     return visit, True
+
+
+async def _chain(session: AsyncSession, visit: Visit) -> None:
+    """Append the visit to its loan's chain. The lock is taken after the visit's own insert,
+    so a losing retry fails on its unique key before it waits for anyone's lock."""
+    await repository.lock_chain_of(session, visit.loan_id)
+    head = await repository.chain_head(session, visit.loan_id)
+    link = chain.next_link(head, visit.model_dump(include=set(chain.CHAINED_FIELDS)))
+    await repository.add_chain_entry(
+        session,
+        VisitChainEntry(
+            visit_id=visit.visit_id,
+            loan_id=visit.loan_id,
+            seq=link.seq,
+            prev_hash=link.prev_hash,
+            payload_hash=link.payload_hash,
+            entry_hash=link.entry_hash,
+        ),
+    )
+
+
+async def proof_of(session: AsyncSession, visit: Visit) -> ChainProof:
+    entry = await repository.get_chain_entry(session, visit.visit_id)
+    if entry is None:
+        # Every visit is chained in its own transaction (and older ones by migration 0003).
+        raise not_found("chain entry")
+    return ChainProof.model_validate(entry, from_attributes=True)
+
+
+async def verify_chains(session: AsyncSession, loan_id: str | None) -> ChainVerification:
+    """Recompute the chains (of one loan, or all) from the stored rows; report the first
+    entry that does not hold. Read-only, one streamed query plus one for unchained rows."""
+    walk = chain.Verification()
+    async for entry in repository.stored_chain(session, loan_id):
+        walk.feed([entry])
+        if walk.first_break is not None:
+            break
+    broken: ChainBreak | None = None
+    if walk.first_break is not None:
+        b = walk.first_break
+        broken = ChainBreak(loan_id=b.loan_id, seq=b.seq, visit_id=b.visit_id, reason=b.reason)
+    else:
+        stray = await repository.first_unchained_visit(session, loan_id)
+        if stray is not None:
+            broken = ChainBreak(
+                loan_id=stray.loan_id,
+                seq=None,
+                visit_id=stray.visit_id,
+                reason="the visit has no chain entry (written outside the service)",
+            )
+    if broken is not None:
+        log.warning(
+            "visit chain broken at loan %s seq %s: %s", broken.loan_id, broken.seq, broken.reason
+        )
+    return ChainVerification(
+        loan_id=loan_id,
+        entries_checked=walk.checked,
+        intact=broken is None,
+        first_break=broken,
+    )
 
 
 async def _concurrent_winner(
