@@ -56,12 +56,21 @@ async def record_visit(
     who: Capturer,
 ) -> VisitOut:
     """Record a visit. A retry with the same key and body answers 201 with the first visit
-    again (and `Idempotent-Replayed: true`), so the app sees one stable result."""
+    again (and `Idempotent-Replayed: true`), so the app sees one stable result.
+
+    Rules per method and outcome (a 422 names every field at fault): a field visit needs
+    `geo` and `findings.vehicle_sighted` (true or false); a phone visit cannot claim
+    `vehicle_sighted: true`; a `borrower_unreachable` visit claims nothing the borrower
+    would have to show or tell (identity, employment, income, documents, repayment
+    difficulty), nor, on a phone call, anything about the car; `third_party` visits come
+    only through `/v1/third-party-reports`."""
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
     async with unit_of_work(sessions) as session:
         visit = await service.earlier_capture(session, who.sub, idempotency_key, body)
     created = False
     if visit is None:
+        # After the replay lookup: a capture recorded under earlier rules still replays.
+        service.check_capture_rules(body)
         # The scheduler is asked while no transaction is open: a slow owner must not hold
         # a database connection and its locks.
         await service.authorize_capture(_scheduler(request), who, body)

@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.visits import chain, repository
+from services.visits import capture_rules, chain, repository
 from services.visits.models import Visit, VisitChainEntry, outbox
 from services.visits.schemas import (
     ChainBreak,
@@ -40,6 +40,18 @@ async def earlier_capture(
     """
     earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
     return _replay(earlier, body.request_hash()) if earlier is not None else None
+
+
+def check_capture_rules(body: VisitIn) -> None:
+    """A 422 naming every field that breaks the rules of the visit's method and outcome."""
+    errors = capture_rules.violations(body)
+    if errors:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "the visit breaks the capture rules of its method and outcome",
+            errors=errors,
+        )
 
 
 async def authorize_capture(scheduler: ServiceClient, who: Principal, body: VisitIn) -> None:
