@@ -10,7 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import repository, service
 from services.visits.models import Visit
-from services.visits.schemas import ChainProof, ChainVerification, VisitIn, VisitOut
+from services.visits.schemas import (
+    ChainProof,
+    ChainVerification,
+    ThirdPartyReportIn,
+    ThirdPartyReportOut,
+    VisitIn,
+    VisitOut,
+)
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
@@ -24,6 +31,8 @@ router = APIRouter(prefix="/v1")
 # Agents record their own visits; supervisors may record one on their region's loans.
 Capturer = Annotated[Principal, Depends(require_roles("agent", "supervisor"))]
 Reader = Annotated[Principal, Depends(require_roles("agent", "supervisor", "ops", "admin"))]
+# GPS/telematics platforms, ride-hailing registries, credit bureaus.
+Partner = Annotated[Principal, Depends(require_roles("integration"))]
 # Verifying the record is oversight, not capture.
 Auditor = Annotated[Principal, Depends(require_roles("supervisor", "ops", "admin"))]
 # Visible ASCII only: the key is stored and compared byte for byte, and control or
@@ -134,3 +143,34 @@ async def list_visits(
         items=[service.visit_view(v) for v in visits],
         next_cursor=next_cursor(visits, limit, lambda v: (v.created_at, v.visit_id)),
     )
+
+
+@router.post(
+    "/third-party-reports",
+    response_model=ThirdPartyReportOut,
+    status_code=201,
+    responses=problems(403, 404, 409),
+)
+async def report_third_party(
+    body: ThirdPartyReportIn, request: Request, response: Response, who: Partner
+) -> ThirdPartyReportOut:
+    """A partner reports an observation on a loan's car or borrower. It becomes a visit of
+    method `third_party` (agent_id = the partner) whose findings say what the observation
+    shows: `device_offline` and `geofence_exit` the car not sighted, its condition unknown;
+    `dwell_at_pawn_lot` an encumbrance; `ride_hailing_registration` ride-hailing usage;
+    `court_judgment` repayment difficulty; `gps_position` nothing (kept as evidence). It is
+    published on `visit-completed` like any visit. Resending the same `report_id` answers
+    201 with the first result (and `Idempotent-Replayed: true`); another report under the
+    same id is a 409. `partner` must be the token's subject (else 403)."""
+    service.authorize_report(who, body)
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    async with unit_of_work(sessions) as session:
+        report = await service.earlier_report(session, body)
+    created = False
+    if report is None:
+        await service.confirm_loan(_scheduler(request), body.loan_id)
+        async with unit_of_work(sessions) as session:
+            report, created = await service.record_report(session, body)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return report

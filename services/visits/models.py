@@ -87,6 +87,32 @@ class VisitChainEntry(VisitsTable, table=True):
     )
 
 
+class ThirdPartyReport(VisitsTable, table=True):
+    """A partner's report as it arrived, beside the visit it became (same `visit_id`).
+
+    Unique per (partner, report_id): a partner resending a report records nothing new. The
+    visit row carries the same pair (agent_id, idempotency_key), which is what a concurrent
+    resend collides on first.
+    """
+
+    __tablename__ = "third_party_reports"
+    __table_args__ = (
+        UniqueConstraint("partner", "report_id", name="uq_third_party_reports_partner_report"),
+        Index("ix_third_party_reports_loan_observed", "loan_id", "observed_at"),
+    )
+
+    visit_id: uuid.UUID = Field(primary_key=True, foreign_key="visits.visits.visit_id")
+    partner: str = Field(max_length=64)
+    report_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    loan_id: str = Field(max_length=64)
+    observed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    details: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    received_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
 outbox = outbox_table(metadata)
 # Worker heartbeats, broker positions and losses, read by /readyz (shared/health.py).
 health = health_tables(metadata)

@@ -12,7 +12,7 @@ from sqlalchemy.sql.elements import Label
 from sqlmodel import col
 
 from services.visits import chain
-from services.visits.models import Visit, VisitChainEntry
+from services.visits.models import ThirdPartyReport, Visit, VisitChainEntry
 from shared.pagination import Cursor, after
 
 # The first key of the two-key advisory locks serialising each loan's chain: its own lock
@@ -149,3 +149,12 @@ async def first_unchained_visit(session: AsyncSession, loan_id: str | None) -> V
         stmt = stmt.where(col(Visit.loan_id) == loan_id)
     stmt = stmt.order_by(col(Visit.created_at), col(Visit.visit_id)).limit(1)
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def add_report(session: AsyncSession, report: ThirdPartyReport) -> None:
+    session.add(report)
+    await session.flush()
+
+
+async def get_report(session: AsyncSession, visit_id: uuid.UUID) -> ThirdPartyReport | None:
+    return await session.get(ThirdPartyReport, visit_id)
