@@ -6,10 +6,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import repository, service
 from services.visits.models import Visit
+from services.visits.repository import VisitFilter
 from services.visits.schemas import (
     ChainProof,
     ChainVerification,
@@ -21,6 +23,7 @@ from services.visits.schemas import (
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
+from shared.events import VisitMethod, VisitOutcome
 from shared.openapi import problems
 from shared.pagination import CursorText, Page, decode_cursor, next_cursor
 from shared.service_client import ServiceClient
@@ -128,14 +131,29 @@ async def list_visits(
     who: Reader,
     loan_id: Annotated[Identifier | None, Query()] = None,
     agent_id: Annotated[Identifier | None, Query()] = None,
+    method: Annotated[VisitMethod | None, Query()] = None,
+    outcome: Annotated[VisitOutcome | None, Query()] = None,
+    started_from: Annotated[
+        AwareDatetime | None, Query(description="Visits that started at or after this instant.")
+    ] = None,
+    started_before: Annotated[
+        AwareDatetime | None, Query(description="Visits that started before this instant.")
+    ] = None,
     cursor: Annotated[CursorText | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[VisitOut]:
-    """Visits oldest first, by loan and/or agent; an agent always gets its own."""
+    """Visits in the order recorded, filtered by loan, agent, method, outcome and when they
+    started; an agent always gets its own."""
     visits: list[Visit] = await repository.list_visits(
         session,
-        agent_id=who.sub if who.is_agent else agent_id,
-        loan_id=loan_id,
+        VisitFilter(
+            agent_id=who.sub if who.is_agent else agent_id,
+            loan_id=loan_id,
+            method=method,
+            outcome=outcome,
+            started_from=started_from,
+            started_before=started_before,
+        ),
         cursor=decode_cursor(cursor),
         limit=limit,
     )

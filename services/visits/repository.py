@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -46,19 +48,38 @@ async def add_visit(session: AsyncSession, visit: Visit) -> None:
     await session.flush()
 
 
+@dataclass(frozen=True)
+class VisitFilter:
+    """What a list of visits is narrowed to; None leaves a criterion out."""
+
+    agent_id: str | None = None
+    loan_id: str | None = None
+    method: str | None = None
+    outcome: str | None = None
+    started_from: datetime | None = None
+    started_before: datetime | None = None
+
+
 async def list_visits(
     session: AsyncSession,
+    where: VisitFilter,
     *,
-    agent_id: str | None,
-    loan_id: str | None,
     cursor: Cursor | None,
     limit: int,
 ) -> list[Visit]:
     stmt = select(Visit)
-    if agent_id is not None:
-        stmt = stmt.where(col(Visit.agent_id) == agent_id)
-    if loan_id is not None:
-        stmt = stmt.where(col(Visit.loan_id) == loan_id)
+    for column, value in (
+        (Visit.agent_id, where.agent_id),
+        (Visit.loan_id, where.loan_id),
+        (Visit.method, where.method),
+        (Visit.outcome, where.outcome),
+    ):
+        if value is not None:
+            stmt = stmt.where(col(column) == value)
+    if where.started_from is not None:
+        stmt = stmt.where(col(Visit.started_at) >= where.started_from)
+    if where.started_before is not None:
+        stmt = stmt.where(col(Visit.started_at) < where.started_before)
     if cursor is not None:
         stmt = stmt.where(after(col(Visit.created_at), col(Visit.visit_id), cursor))
     stmt = stmt.order_by(col(Visit.created_at), col(Visit.visit_id)).limit(limit)

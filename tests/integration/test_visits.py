@@ -453,3 +453,47 @@ async def test_captures_breaking_the_rules_of_their_method_name_each_field(
     )
     recorded = await post_visit(system, job.headers, nobody_home)
     assert recorded.status_code == 201, recorded.text
+
+
+async def test_visits_are_filtered_by_method_outcome_and_start(system: System) -> None:
+    job = await assign(system)
+    now = datetime.now(UTC)
+
+    def at(hours_ago: int, **overrides: Any) -> dict[str, Any]:
+        started = now - timedelta(hours=hours_ago)
+        times = {"started_at": started.isoformat(), "ended_at": started.isoformat()}
+        return visit_body(job.loan_id, **times, **overrides)
+
+    bodies = {
+        "call": at(30),
+        "no_answer": at(20, outcome="borrower_unreachable", findings={}),
+        "inspection": at(
+            10, method="field", geo={"lat": 31.2, "lon": 121.5}, findings=CLEAN_FINDINGS
+        ),
+    }
+    ids = {}
+    for name, body in bodies.items():
+        response = await post_visit(system, job.headers, body)
+        assert response.status_code == 201, response.text
+        ids[response.json()["visit_id"]] = name
+
+    async def names(**params: str) -> list[str]:
+        response = await system.visits.get(
+            "/v1/visits", params={"loan_id": job.loan_id, **params}, headers=SUPERVISOR
+        )
+        assert response.status_code == 200, response.text
+        return [ids[v["visit_id"]] for v in response.json()["items"]]
+
+    assert await names() == ["call", "no_answer", "inspection"]
+    assert await names(method="phone") == ["call", "no_answer"]
+    assert await names(outcome="borrower_unreachable") == ["no_answer"]
+    window = {
+        "started_from": (now - timedelta(hours=25)).isoformat(),
+        "started_before": (now - timedelta(hours=10)).isoformat(),
+    }
+    assert await names(**window) == ["no_answer"]
+    assert await names(method="field", outcome="completed") == ["inspection"]
+    naive = await system.visits.get(
+        "/v1/visits", params={"started_from": "2026-11-30T10:00:00"}, headers=SUPERVISOR
+    )
+    assert assert_problem(naive, 422)["errors"][0]["field"] == "query.started_from"
