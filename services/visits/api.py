@@ -48,7 +48,9 @@ IdempotencyKey = Annotated[
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description=(
             "Chosen by the app per capture (1 to 255 visible ASCII characters); scoped to "
-            "the agent. Resend it on retry."
+            "the agent. Resend it on retry. It does not expire: a queued capture sent days "
+            "later still replays the visit it recorded, and the key cannot be reused for "
+            "another visit."
         ),
     ),
 ]
