@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,10 +23,12 @@ from typing import Any
 # The `prev_hash` of a loan's first entry.
 GENESIS = "0" * 64
 
-# The visit columns an entry commits to: everything recorded about the visit, and nothing
-# operational (the idempotency key and request hash only serve retries).
+# The visit columns an entry commits to: everything recorded about the visit, and the hash
+# of what was sent, which for a partner's report covers the report as received (kept in
+# `third_party_reports`, checked against it on verification). Not the idempotency key.
 CHAINED_FIELDS = (
     "visit_id",
+    "request_hash",
     "loan_id",
     "agent_id",
     "task_id",
@@ -101,6 +103,8 @@ class StoredEntry:
     payload_hash: str
     entry_hash: str
     visit: Mapping[str, Any] | None
+    # The partner's report the visit came from, if it did.
+    report: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class Break:
 class Verification:
     """Walks entries ordered by (loan_id, seq) and keeps the first break."""
 
+    # The request hash a stored partner's report hashes to (schemas know its canonical form).
+    report_hash: Callable[[Mapping[str, Any]], str] | None = None
     checked: int = 0
     first_break: Break | None = None
     _loan: str | None = None
@@ -146,4 +152,10 @@ class Verification:
             return "the visit row was altered after it was recorded"
         if entry_hash(entry.seq, entry.prev_hash, entry.payload_hash) != entry.entry_hash:
             return "entry_hash does not match the entry"
+        if (
+            entry.report is not None
+            and self.report_hash is not None
+            and self.report_hash(entry.report) != entry.visit["request_hash"]
+        ):
+            return "the partner's report was altered after it was recorded"
         return None

@@ -115,6 +115,11 @@ async def get_chain_entry(session: AsyncSession, visit_id: uuid.UUID) -> VisitCh
     return await session.get(VisitChainEntry, visit_id)
 
 
+# A partner's report as it arrived: what its request hash is recomputed from.
+REPORTED_FIELDS = ("report_id", "partner", "kind", "loan_id", "observed_at", "details")
+_REPORT_COLUMNS: list[Label[Any]] = [
+    col(getattr(ThirdPartyReport, name)).label(f"r_{name}") for name in REPORTED_FIELDS
+]
 _VISIT_COLUMNS: list[Label[Any]] = [
     col(getattr(Visit, name)).label(f"v_{name}") for name in chain.CHAINED_FIELDS
 ]
@@ -135,8 +140,13 @@ async def stored_chain(
             col(VisitChainEntry.entry_hash),
             col(Visit.visit_id).label("found"),
             *_VISIT_COLUMNS,
+            col(ThirdPartyReport.visit_id).label("reported"),
+            *_REPORT_COLUMNS,
         )
         .outerjoin(Visit, col(Visit.visit_id) == col(VisitChainEntry.visit_id))
+        .outerjoin(
+            ThirdPartyReport, col(ThirdPartyReport.visit_id) == col(VisitChainEntry.visit_id)
+        )
         .order_by(col(VisitChainEntry.loan_id), col(VisitChainEntry.seq))
         .execution_options(yield_per=VERIFY_BATCH)
     )
@@ -149,6 +159,11 @@ async def stored_chain(
             if row["found"] is not None
             else None
         )
+        report = (
+            {name: row[f"r_{name}"] for name in REPORTED_FIELDS}
+            if row["reported"] is not None
+            else None
+        )
         yield chain.StoredEntry(
             loan_id=row["loan_id"],
             seq=row["seq"],
@@ -157,6 +172,7 @@ async def stored_chain(
             payload_hash=row["payload_hash"],
             entry_hash=row["entry_hash"],
             visit=visit,
+            report=report,
         )
 
 

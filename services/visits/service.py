@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -185,7 +187,7 @@ async def proof_of(session: AsyncSession, visit: Visit) -> ChainProof:
 async def verify_chains(session: AsyncSession, loan_id: str | None) -> ChainVerification:
     """Recompute the chains (of one loan, or all) from the stored rows; report the first
     entry that does not hold. Read-only, one streamed query plus one for unchained rows."""
-    walk = chain.Verification()
+    walk = chain.Verification(report_hash=_report_hash)
     async for entry in repository.stored_chain(session, loan_id):
         walk.feed([entry])
         if walk.first_break is not None:
@@ -213,6 +215,15 @@ async def verify_chains(session: AsyncSession, loan_id: str | None) -> ChainVeri
         intact=broken is None,
         first_break=broken,
     )
+
+
+def _report_hash(report: Mapping[str, Any]) -> str:
+    """The request hash of a stored partner's report, as it was computed on arrival."""
+    try:
+        return ThirdPartyReportIn.model_validate(dict(report)).request_hash()
+    except ValidationError:
+        # A row no valid report could produce matches no hash.
+        return ""
 
 
 async def _concurrent_winner(

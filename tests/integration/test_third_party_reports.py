@@ -11,6 +11,7 @@ from typing import Any
 from shared.events import VisitCompleted
 from tests.integration.conftest import System
 from tests.integration.test_alerts import alerts_of
+from tests.integration.test_visit_chain import verify_loan
 from tests.integration.test_visits import assert_problem
 from tests.support import (
     auth,
@@ -143,3 +144,24 @@ async def test_reports_are_refused_with_the_field_at_fault(system: System) -> No
 
     sql = "SELECT count(*) FROM visits.visits WHERE loan_id = $1"
     assert await fetchval(system.database_url, sql, loan_id) == 0
+
+
+async def test_a_report_altered_in_the_database_is_found(system: System) -> None:
+    loan_id = await registered_loan(system)
+    body = report(loan_id, details={**report(loan_id)["details"], "claim_amount": "12000.50"})
+    created = await send(system, body)
+    assert created.status_code == 201, created.text
+    verified = await verify_loan(system, loan_id)
+    assert (verified["intact"], verified["entries_checked"]) == (True, 1)
+
+    # The lot the car stood at is moved to a harmless car park.
+    await fetchval(
+        system.database_url,
+        "UPDATE visits.third_party_reports SET details = jsonb_set(details,"
+        " '{place_category}', '\"parking\"') WHERE loan_id = $1",
+        loan_id,
+    )
+    verified = await verify_loan(system, loan_id)
+    assert verified["intact"] is False
+    assert verified["first_break"]["visit_id"] == created.json()["visit"]["visit_id"]
+    assert "report" in verified["first_break"]["reason"]

@@ -15,6 +15,7 @@ def visit(loan_id: str = "L-1", **overrides: Any) -> dict[str, Any]:
         "visit_id": uuid.uuid4(),
         "loan_id": loan_id,
         "agent_id": "AG-1",
+        "request_hash": "a" * 64,
         "task_id": None,
         "method": "field",
         "outcome": "completed",
@@ -121,3 +122,14 @@ def test_a_tampered_entry_hash_is_found() -> None:
     tampered = chain.StoredEntry(**{**stored[0].__dict__, "entry_hash": "f" * 64})
     broken = first_break([tampered])
     assert broken is not None and "entry_hash" in broken.reason
+
+
+def test_a_report_that_no_longer_hashes_to_its_request_hash_is_found() -> None:
+    stored = entries([visit(request_hash="b" * 64)])
+    reported = chain.StoredEntry(**{**stored[0].__dict__, "report": {"kind": "gps_position"}})
+    walk = chain.Verification(report_hash=lambda report: "b" * 64)
+    walk.feed([reported])
+    assert walk.first_break is None
+    altered = chain.Verification(report_hash=lambda report: "c" * 64)
+    altered.feed([reported])
+    assert altered.first_break is not None and "report" in altered.first_break.reason
