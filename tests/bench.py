@@ -107,10 +107,10 @@ async def wait_for(probe: Callable[[], Awaitable[bool]], within: float = 300.0) 
 async def bench_system(database_url: str, bootstrap: str) -> None:
     async with in_process_system(database_url, bootstrap) as system:
         region = new_id("R")
-        await register_agent(system.scheduler, region)
+        agent_id = await register_agent(system.scheduler, region)
         loans = [await register_loan(system.scheduler, region) for _ in range(LOANS)]
         await bench_consumers(system, loans)
-        await bench_visit_capture(system, loans)
+        await bench_visit_capture(system, loans, agent_id)
 
 
 async def send_all(producer: AIOKafkaProducer, events: list[dict[str, Any]]) -> None:
@@ -167,9 +167,10 @@ async def bench_consumers(system: System, loans: list[str]) -> None:
     await producer.stop()
 
 
-async def bench_visit_capture(system: System, loans: list[str]) -> None:
+async def bench_visit_capture(system: System, loans: list[str], agent_id: str) -> None:
     latencies = []
-    agent = auth("agent", new_id("AG"))
+    # The region's only agent: it holds the loans' tasks, so it may record visits on them.
+    agent = auth("agent", agent_id)
     for i in range(VISITS):
         body = {
             "task_id": None,

@@ -132,6 +132,9 @@ CLEAN_FINDINGS: dict[str, Any] = {
     "repayment_difficulty": False,
 }
 
+# The same on a phone call, which cannot see the car (issue 7, capture rules).
+PHONE_FINDINGS: dict[str, Any] = {**CLEAN_FINDINGS, "vehicle_sighted": None}
+
 
 def _envelope(event_type: str, loan_id: str, occurred_at: datetime) -> dict[str, Any]:
     """The fields every event carries (shared/events: EventEnvelope), with a new event_id."""

@@ -66,6 +66,53 @@ class Visit(VisitsTable, table=True):
     )
 
 
+class VisitChainEntry(VisitsTable, table=True):
+    """A visit's entry in its loan's tamper-evident chain (services/visits/chain.py).
+
+    Written in the visit's own transaction and never updated; `(loan_id, seq)` is unique,
+    so even a writer that skipped the per-loan lock could not fork a chain.
+    """
+
+    __tablename__ = "visit_chain"
+    __table_args__ = (UniqueConstraint("loan_id", "seq", name="uq_visit_chain_loan_seq"),)
+
+    visit_id: uuid.UUID = Field(primary_key=True, foreign_key="visits.visits.visit_id")
+    loan_id: str = Field(max_length=64)
+    seq: int
+    prev_hash: str = Field(max_length=64)
+    payload_hash: str = Field(max_length=64)
+    entry_hash: str = Field(max_length=64)
+    chained_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ThirdPartyReport(VisitsTable, table=True):
+    """A partner's report as it arrived, beside the visit it became (same `visit_id`).
+
+    Unique per (partner, report_id): a partner resending a report records nothing new. The
+    visit row carries the same pair (agent_id, idempotency_key), which is what a concurrent
+    resend collides on first.
+    """
+
+    __tablename__ = "third_party_reports"
+    __table_args__ = (
+        UniqueConstraint("partner", "report_id", name="uq_third_party_reports_partner_report"),
+        Index("ix_third_party_reports_loan_observed", "loan_id", "observed_at"),
+    )
+
+    visit_id: uuid.UUID = Field(primary_key=True, foreign_key="visits.visits.visit_id")
+    partner: str = Field(max_length=64)
+    report_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    loan_id: str = Field(max_length=64)
+    observed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    details: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    received_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
 outbox = outbox_table(metadata)
 # Worker heartbeats, broker positions and losses, read by /readyz (shared/health.py).
 health = health_tables(metadata)

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import Label
 from sqlmodel import col
 
-from services.visits.models import Visit
+from services.visits import chain
+from services.visits.models import ThirdPartyReport, Visit, VisitChainEntry
 from shared.pagination import Cursor, after
+
+# The first key of the two-key advisory locks serialising each loan's chain: its own lock
+# space, apart from the one-key locks of the outbox relay.
+CHAIN_LOCK_CLASS = 7301
+# Rows fetched per round trip while verifying a whole chain.
+VERIFY_BATCH = 1000
 
 
 async def get_visit(session: AsyncSession, visit_id: uuid.UUID) -> Visit | None:
@@ -36,20 +48,150 @@ async def add_visit(session: AsyncSession, visit: Visit) -> None:
     await session.flush()
 
 
+@dataclass(frozen=True)
+class VisitFilter:
+    """What a list of visits is narrowed to; None leaves a criterion out."""
+
+    agent_id: str | None = None
+    loan_id: str | None = None
+    method: str | None = None
+    outcome: str | None = None
+    started_from: datetime | None = None
+    started_before: datetime | None = None
+
+
 async def list_visits(
     session: AsyncSession,
+    where: VisitFilter,
     *,
-    agent_id: str | None,
-    loan_id: str | None,
     cursor: Cursor | None,
     limit: int,
 ) -> list[Visit]:
     stmt = select(Visit)
-    if agent_id is not None:
-        stmt = stmt.where(col(Visit.agent_id) == agent_id)
-    if loan_id is not None:
-        stmt = stmt.where(col(Visit.loan_id) == loan_id)
+    for column, value in (
+        (Visit.agent_id, where.agent_id),
+        (Visit.loan_id, where.loan_id),
+        (Visit.method, where.method),
+        (Visit.outcome, where.outcome),
+    ):
+        if value is not None:
+            stmt = stmt.where(col(column) == value)
+    if where.started_from is not None:
+        stmt = stmt.where(col(Visit.started_at) >= where.started_from)
+    if where.started_before is not None:
+        stmt = stmt.where(col(Visit.started_at) < where.started_before)
     if cursor is not None:
         stmt = stmt.where(after(col(Visit.created_at), col(Visit.visit_id), cursor))
     stmt = stmt.order_by(col(Visit.created_at), col(Visit.visit_id)).limit(limit)
     return list((await session.execute(stmt)).scalars())
+
+
+async def lock_chain_of(session: AsyncSession, loan_id: str) -> None:
+    """Serialise appends to one loan's chain until the transaction ends: two visits of a
+    loan recorded at once still make one chain (the unique (loan_id, seq) is the backstop)."""
+    await session.execute(
+        select(func.pg_advisory_xact_lock(CHAIN_LOCK_CLASS, func.hashtext(loan_id)))
+    )
+
+
+async def chain_head(session: AsyncSession, loan_id: str) -> tuple[int, str] | None:
+    """The seq and entry hash of the loan's last entry, or None before its first visit."""
+    stmt = (
+        select(col(VisitChainEntry.seq), col(VisitChainEntry.entry_hash))
+        .where(col(VisitChainEntry.loan_id) == loan_id)
+        .order_by(col(VisitChainEntry.seq).desc())
+        .limit(1)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def add_chain_entry(session: AsyncSession, entry: VisitChainEntry) -> None:
+    session.add(entry)
+    await session.flush()
+
+
+async def get_chain_entry(session: AsyncSession, visit_id: uuid.UUID) -> VisitChainEntry | None:
+    return await session.get(VisitChainEntry, visit_id)
+
+
+# A partner's report as it arrived: what its request hash is recomputed from.
+REPORTED_FIELDS = ("report_id", "partner", "kind", "loan_id", "observed_at", "details")
+_REPORT_COLUMNS: list[Label[Any]] = [
+    col(getattr(ThirdPartyReport, name)).label(f"r_{name}") for name in REPORTED_FIELDS
+]
+_VISIT_COLUMNS: list[Label[Any]] = [
+    col(getattr(Visit, name)).label(f"v_{name}") for name in chain.CHAINED_FIELDS
+]
+
+
+async def stored_chain(
+    session: AsyncSession, loan_id: str | None
+) -> AsyncIterator[chain.StoredEntry]:
+    """Every chain entry (of one loan, or all) with its visit, ordered by loan and seq:
+    one streamed query, however long the chain."""
+    stmt = (
+        select(
+            col(VisitChainEntry.loan_id),
+            col(VisitChainEntry.seq),
+            col(VisitChainEntry.visit_id),
+            col(VisitChainEntry.prev_hash),
+            col(VisitChainEntry.payload_hash),
+            col(VisitChainEntry.entry_hash),
+            col(Visit.visit_id).label("found"),
+            *_VISIT_COLUMNS,
+            col(ThirdPartyReport.visit_id).label("reported"),
+            *_REPORT_COLUMNS,
+        )
+        .outerjoin(Visit, col(Visit.visit_id) == col(VisitChainEntry.visit_id))
+        .outerjoin(
+            ThirdPartyReport, col(ThirdPartyReport.visit_id) == col(VisitChainEntry.visit_id)
+        )
+        .order_by(col(VisitChainEntry.loan_id), col(VisitChainEntry.seq))
+        .execution_options(yield_per=VERIFY_BATCH)
+    )
+    if loan_id is not None:
+        stmt = stmt.where(col(VisitChainEntry.loan_id) == loan_id)
+    result = await session.stream(stmt)
+    async for row in result.mappings():
+        visit = (
+            {name: row[f"v_{name}"] for name in chain.CHAINED_FIELDS}
+            if row["found"] is not None
+            else None
+        )
+        report = (
+            {name: row[f"r_{name}"] for name in REPORTED_FIELDS}
+            if row["reported"] is not None
+            else None
+        )
+        yield chain.StoredEntry(
+            loan_id=row["loan_id"],
+            seq=row["seq"],
+            visit_id=row["visit_id"],
+            prev_hash=row["prev_hash"],
+            payload_hash=row["payload_hash"],
+            entry_hash=row["entry_hash"],
+            visit=visit,
+            report=report,
+        )
+
+
+async def first_unchained_visit(session: AsyncSession, loan_id: str | None) -> Visit | None:
+    """The earliest visit without a chain entry: a row written behind the service's back."""
+    chained = select(col(VisitChainEntry.visit_id)).where(
+        col(VisitChainEntry.visit_id) == col(Visit.visit_id)
+    )
+    stmt = select(Visit).where(~chained.exists())
+    if loan_id is not None:
+        stmt = stmt.where(col(Visit.loan_id) == loan_id)
+    stmt = stmt.order_by(col(Visit.created_at), col(Visit.visit_id)).limit(1)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def add_report(session: AsyncSession, report: ThirdPartyReport) -> None:
+    session.add(report)
+    await session.flush()
+
+
+async def get_report(session: AsyncSession, visit_id: uuid.UUID) -> ThirdPartyReport | None:
+    return await session.get(ThirdPartyReport, visit_id)

@@ -6,11 +6,20 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.events import VisitFindings, VisitMethod, VisitOutcome
-from shared.validation import LoanId, MaskedText, Note, ObservedAt
+from shared.validation import (
+    Identifier,
+    LoanId,
+    MaskedText,
+    Money,
+    Note,
+    ObservedAt,
+    SingleLineText,
+)
 
 
 class Strict(BaseModel):
@@ -57,7 +66,8 @@ class VisitIn(Strict):
     started_at: ObservedAt
     ended_at: ObservedAt
     findings: FindingsIn
-    geo: GeoPoint | None = Field(default=None, validate_default=True)
+    # Required on a field visit: capture_rules names it with the method's other rules.
+    geo: GeoPoint | None = None
     # National ids and phone numbers typed in are masked before the visit is stored.
     notes: Note | None = None
 
@@ -67,16 +77,6 @@ class VisitIn(Strict):
         started_at = info.data.get("started_at")
         if started_at is not None and value < started_at:
             raise ValueError("must not be before started_at")
-        return value
-
-    @field_validator("geo")
-    @classmethod
-    def _required_in_the_field(
-        cls, value: GeoPoint | None, info: ValidationInfo
-    ) -> GeoPoint | None:
-        # A field inspection without a position cannot show the car was actually seen.
-        if value is None and info.data.get("method") == "field":
-            raise ValueError("required for a field visit")
         return value
 
     def request_hash(self) -> str:
@@ -105,3 +105,114 @@ class VisitOut(BaseModel):
     geo: GeoPoint | None
     # Masked on the way out too: notes stored before masking began are shown masked.
     notes: MaskedText | None
+
+
+class ChainProof(BaseModel):
+    """A visit's entry in its loan's tamper-evident chain. `payload_hash` is SHA-256 over the
+    canonical JSON (sorted keys, no whitespace, UTF-8, times in UTC with microseconds) of the
+    visit's recorded fields; `entry_hash` is SHA-256 over the canonical JSON of
+    `{seq, prev_hash, payload_hash}`; a loan's first entry has a `prev_hash` of 64 zeros."""
+
+    visit_id: uuid.UUID
+    loan_id: str
+    seq: int
+    prev_hash: str
+    payload_hash: str
+    entry_hash: str
+    chained_at: datetime
+
+
+class ChainBreak(BaseModel):
+    loan_id: str
+    # None for a visit that has no entry at all.
+    seq: int | None
+    visit_id: uuid.UUID
+    reason: str
+
+
+class ChainVerification(BaseModel):
+    """The chains recomputed from the stored visits; `first_break` is the earliest entry
+    (by loan, then seq) that does not hold, or a visit that was never chained."""
+
+    loan_id: str | None
+    entries_checked: int
+    intact: bool
+    first_break: ChainBreak | None
+
+
+# --- third-party reports -------------------------------------------------------------------
+
+ReportKind = Literal[
+    "gps_position",
+    "device_offline",
+    "geofence_exit",
+    "dwell_at_pawn_lot",
+    "ride_hailing_registration",
+    "court_judgment",
+]
+PlaceCategory = Literal["pawn_shop", "used_car_lot", "parking", "depot", "other"]
+ShortText = Annotated[SingleLineText, Field(min_length=1, max_length=200)]
+
+
+class ReportDetails(Strict):
+    """What the partner observed, each item optional and bounded: kept with the report for
+    whoever follows up; only `position` also becomes the visit's `geo`."""
+
+    position: GeoPoint | None = None
+    dwell_minutes: int | None = Field(default=None, ge=0, le=525_600)
+    place_name: ShortText | None = None
+    place_category: PlaceCategory | None = None
+    # The ride-hailing platform, or the court.
+    platform: ShortText | None = None
+    court: ShortText | None = None
+    case_number: ShortText | None = None
+    claim_amount: Money | None = None
+
+
+class ThirdPartyReportIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "report_id": "GPS-20261130-0001",
+                    "partner": "gps-partner",
+                    "kind": "dwell_at_pawn_lot",
+                    "loan_id": "L-1",
+                    "observed_at": "2026-11-30T09:00:00+08:00",
+                    "details": {
+                        "position": {"lat": 31.2304, "lon": 121.4737},
+                        "dwell_minutes": 240,
+                        "place_category": "pawn_shop",
+                    },
+                }
+            ]
+        }
+    )
+
+    # The partner's own id for the report: a resend with the same id records nothing new.
+    report_id: Identifier
+    # Who reports: the partner's token subject, which it must equal.
+    partner: Identifier
+    kind: ReportKind
+    loan_id: LoanId
+    observed_at: ObservedAt
+    details: ReportDetails = Field(default_factory=ReportDetails)
+
+    def request_hash(self) -> str:
+        """SHA-256 of the canonical report: what a resend under the same id must repeat."""
+        canonical = json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ThirdPartyReportOut(BaseModel):
+    report_id: str
+    partner: str
+    kind: ReportKind
+    loan_id: str
+    observed_at: datetime
+    details: ReportDetails
+    received_at: datetime
+    # The visit the report became (method `third_party`, agent_id = the partner).
+    visit: VisitOut

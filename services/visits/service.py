@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.visits import repository
-from services.visits.models import Visit, outbox
-from services.visits.schemas import GeoPoint, VisitIn, VisitOut
+from services.visits import capture_rules, chain, repository, third_party
+from services.visits.models import ThirdPartyReport, Visit, VisitChainEntry, outbox
+from services.visits.schemas import (
+    ChainBreak,
+    ChainProof,
+    ChainVerification,
+    GeoPoint,
+    ReportDetails,
+    ThirdPartyReportIn,
+    ThirdPartyReportOut,
+    VisitIn,
+    VisitOut,
+)
 from shared.auth import Principal
 from shared.errors import Problem, not_found
 from shared.events import EventEnvelope, VisitCompleted, VisitFindings
@@ -33,6 +45,18 @@ async def earlier_capture(
     """
     earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
     return _replay(earlier, body.request_hash()) if earlier is not None else None
+
+
+def check_capture_rules(body: VisitIn) -> None:
+    """A 422 naming every field that breaks the rules of the visit's method and outcome."""
+    errors = capture_rules.violations(body)
+    if errors:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "the visit breaks the capture rules of its method and outcome",
+            errors=errors,
+        )
 
 
 async def authorize_capture(scheduler: ServiceClient, who: Principal, body: VisitIn) -> None:
@@ -87,12 +111,18 @@ def _check_task(task: dict[str, Any] | None, who: Principal, loan_id: str) -> No
 
 
 async def record_visit(
-    session: AsyncSession, *, agent_id: str, idempotency_key: str, body: VisitIn
+    session: AsyncSession,
+    *,
+    agent_id: str,
+    idempotency_key: str,
+    body: VisitIn,
+    request_hash: str | None = None,
 ) -> tuple[Visit, bool]:
     """Record a visit (already authorised) and stage its `visit-completed` event in the same
     transaction. Returns the visit and whether this call created it: a concurrent retry
-    under the same key that committed first wins, and its visit is returned."""
-    request_hash = body.request_hash()
+    under the same key that committed first wins, and its visit is returned. `request_hash`
+    is what a retry must repeat (the body's own hash unless given)."""
+    request_hash = request_hash or body.request_hash()
     visit = Visit(
         agent_id=agent_id,
         idempotency_key=idempotency_key,
@@ -112,6 +142,7 @@ async def record_visit(
         # A savepoint, so that losing a race leaves the request's transaction usable.
         async with session.begin_nested():
             await repository.add_visit(session, visit)
+            await _chain(session, visit)
             await enqueue(session, outbox, _completed_event(visit))
     except IntegrityError as exc:
         winner = await _concurrent_winner(session, agent_id, idempotency_key, body.task_id)
@@ -124,6 +155,75 @@ async def record_visit(
         "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
     )
     return visit, True
+
+
+async def _chain(session: AsyncSession, visit: Visit) -> None:
+    """Append the visit to its loan's chain. The lock is taken after the visit's own insert,
+    so a losing retry fails on its unique key before it waits for anyone's lock."""
+    await repository.lock_chain_of(session, visit.loan_id)
+    head = await repository.chain_head(session, visit.loan_id)
+    link = chain.next_link(head, visit.model_dump(include=set(chain.CHAINED_FIELDS)))
+    await repository.add_chain_entry(
+        session,
+        VisitChainEntry(
+            visit_id=visit.visit_id,
+            loan_id=visit.loan_id,
+            seq=link.seq,
+            prev_hash=link.prev_hash,
+            payload_hash=link.payload_hash,
+            entry_hash=link.entry_hash,
+        ),
+    )
+
+
+async def proof_of(session: AsyncSession, visit: Visit) -> ChainProof:
+    entry = await repository.get_chain_entry(session, visit.visit_id)
+    if entry is None:
+        # Every visit is chained in its own transaction (and older ones by migration 0003).
+        raise not_found("chain entry")
+    return ChainProof.model_validate(entry, from_attributes=True)
+
+
+async def verify_chains(session: AsyncSession, loan_id: str | None) -> ChainVerification:
+    """Recompute the chains (of one loan, or all) from the stored rows; report the first
+    entry that does not hold. Read-only, one streamed query plus one for unchained rows."""
+    walk = chain.Verification(report_hash=_report_hash)
+    async for entry in repository.stored_chain(session, loan_id):
+        walk.feed([entry])
+        if walk.first_break is not None:
+            break
+    broken: ChainBreak | None = None
+    if walk.first_break is not None:
+        b = walk.first_break
+        broken = ChainBreak(loan_id=b.loan_id, seq=b.seq, visit_id=b.visit_id, reason=b.reason)
+    else:
+        stray = await repository.first_unchained_visit(session, loan_id)
+        if stray is not None:
+            broken = ChainBreak(
+                loan_id=stray.loan_id,
+                seq=None,
+                visit_id=stray.visit_id,
+                reason="the visit has no chain entry (written outside the service)",
+            )
+    if broken is not None:
+        log.warning(
+            "visit chain broken at loan %s seq %s: %s", broken.loan_id, broken.seq, broken.reason
+        )
+    return ChainVerification(
+        loan_id=loan_id,
+        entries_checked=walk.checked,
+        intact=broken is None,
+        first_break=broken,
+    )
+
+
+def _report_hash(report: Mapping[str, Any]) -> str:
+    """The request hash of a stored partner's report, as it was computed on arrival."""
+    try:
+        return ThirdPartyReportIn.model_validate(dict(report)).request_hash()
+    except ValidationError:
+        # A row no valid report could produce matches no hash.
+        return ""
 
 
 async def _concurrent_winner(
@@ -140,13 +240,13 @@ async def _concurrent_winner(
     return None
 
 
-def _replay(earlier: Visit, request_hash: str) -> Visit:
+def _replay(
+    earlier: Visit,
+    request_hash: str,
+    conflict: str = "this Idempotency-Key was already used for a different visit",
+) -> Visit:
     if earlier.request_hash != request_hash:
-        raise Problem(
-            409,
-            "Conflict",
-            "this Idempotency-Key was already used for a different visit",
-        )
+        raise Problem(409, "Conflict", conflict)
     log.info("idempotent replay of visit %s", earlier.visit_id)
     return earlier
 
@@ -189,4 +289,120 @@ def visit_view(visit: Visit) -> VisitOut:
         findings=VisitFindings.model_validate(visit.findings),
         geo=geo,
         notes=visit.notes,
+    )
+
+
+# --- third-party reports -------------------------------------------------------------------
+
+_REPORT_REUSED = "this report_id was already used for a different report"
+
+
+def authorize_report(who: Principal, body: ThirdPartyReportIn) -> None:
+    """A partner reports under its own name only: one partner cannot speak for another."""
+    if body.partner != who.sub:
+        raise Problem(
+            403,
+            "Forbidden",
+            "partner must be the reporting token's subject",
+            errors=[{"field": "body.partner", "message": "must equal the token's subject"}],
+        )
+
+
+async def earlier_report(
+    session: AsyncSession, body: ThirdPartyReportIn
+) -> ThirdPartyReportOut | None:
+    """The report this (partner, report_id) already recorded, or None; another body under
+    the same id is a 409."""
+    earlier = await repository.get_by_idempotency_key(session, body.partner, body.report_id)
+    if earlier is None:
+        return None
+    return await _report_of(session, _replay(earlier, body.request_hash(), _REPORT_REUSED))
+
+
+async def confirm_loan(scheduler: ServiceClient, loan_id: str) -> None:
+    """A report on a loan the scheduler does not know is a 404 (asked with no transaction
+    open); the scheduler down is a 503 the partner retries."""
+    try:
+        loan = await scheduler.get_json(f"/v1/loans/{quote(loan_id, safe='')}")
+    except OwnerUnavailable as exc:
+        log.warning("scheduler unavailable confirming loan %s for a report: %s", loan_id, exc)
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "the scheduler cannot confirm the loan right now; retry later",
+            headers={"Retry-After": "5"},
+        ) from exc
+    if loan is None:
+        raise not_found("loan")
+
+
+def report_as_visit(body: ThirdPartyReportIn) -> VisitIn:
+    """The visit a report becomes: method `third_party`, at the moment observed."""
+    position = body.details.position
+    return VisitIn.model_validate(
+        {
+            "task_id": None,
+            "loan_id": body.loan_id,
+            "method": "third_party",
+            "outcome": "completed",
+            "started_at": body.observed_at,
+            "ended_at": body.observed_at,
+            "findings": third_party.findings_of(body.kind).model_dump(),
+            "geo": position.model_dump() if position else None,
+        }
+    )
+
+
+async def record_report(
+    session: AsyncSession, body: ThirdPartyReportIn
+) -> tuple[ThirdPartyReportOut, bool]:
+    """Record the report and its visit (chained, `visit-completed` staged) in the caller's
+    transaction; a concurrent resend that committed first is returned instead."""
+    visit, created = await record_visit(
+        session,
+        agent_id=body.partner,
+        idempotency_key=body.report_id,
+        body=report_as_visit(body),
+        request_hash=body.request_hash(),
+    )
+    if not created:
+        return await _report_of(session, visit), False
+    report = ThirdPartyReport(
+        visit_id=visit.visit_id,
+        partner=body.partner,
+        report_id=body.report_id,
+        kind=body.kind,
+        loan_id=body.loan_id,
+        observed_at=body.observed_at,
+        details=body.details.model_dump(mode="json", exclude_none=True),
+    )
+    await repository.add_report(session, report)
+    log.info(
+        "report %s of kind %s on loan %s became visit %s",
+        report.report_id,
+        report.kind,
+        report.loan_id,
+        visit.visit_id,
+    )
+    return report_view(report, visit), True
+
+
+async def _report_of(session: AsyncSession, visit: Visit) -> ThirdPartyReportOut:
+    report = await repository.get_report(session, visit.visit_id)
+    if report is None:
+        # The (agent_id, idempotency_key) pair is an agent's capture, not a report.
+        raise Problem(409, "Conflict", _REPORT_REUSED)
+    return report_view(report, visit)
+
+
+def report_view(report: ThirdPartyReport, visit: Visit) -> ThirdPartyReportOut:
+    return ThirdPartyReportOut(
+        report_id=report.report_id,
+        partner=report.partner,
+        kind=report.kind,
+        loan_id=report.loan_id,
+        observed_at=report.observed_at,
+        details=ReportDetails.model_validate(report.details),
+        received_at=report.received_at,
+        visit=visit_view(visit),
     )

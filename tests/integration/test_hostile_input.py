@@ -22,8 +22,8 @@ from sqlalchemy.engine import Engine
 from tests.integration.conftest import System
 from tests.support import (
     ADMIN,
-    CLEAN_FINDINGS,
     CORE_BANKING,
+    PHONE_FINDINGS,
     auth,
     eventually,
     fetchval,
@@ -100,7 +100,7 @@ def visit(loan_id: str, task_id: str | None, **overrides: Any) -> dict[str, Any]
         "outcome": "completed",
         "started_at": started.isoformat(),
         "ended_at": (started + timedelta(minutes=10)).isoformat(),
-        "findings": dict(CLEAN_FINDINGS),
+        "findings": dict(PHONE_FINDINGS),
     }
     return body | overrides
 

@@ -23,6 +23,7 @@ from tests.integration.conftest import System
 from tests.support import (
     CLEAN_FINDINGS,
     CORE_BANKING,
+    PHONE_FINDINGS,
     auth,
     eventually,
     fetchval,
@@ -75,7 +76,7 @@ def visit_body(loan_id: str, task_id: str | None = None, **overrides: Any) -> di
         "outcome": "completed",
         "started_at": started.isoformat(),
         "ended_at": (started + timedelta(minutes=12)).isoformat(),
-        "findings": dict(CLEAN_FINDINGS),
+        "findings": dict(PHONE_FINDINGS),
         "notes": "借款人在家，车辆停在小区",
     }
     return body | overrides
@@ -221,7 +222,9 @@ async def test_the_same_key_with_another_body_is_a_conflict(system: System) -> N
 async def test_invalid_captures_name_the_field_and_write_nothing(system: System) -> None:
     job = await assign(system)
 
-    no_geo = await post_visit(system, job.headers, visit_body(job.loan_id, method="field"))
+    no_geo = await post_visit(
+        system, job.headers, visit_body(job.loan_id, method="field", findings=CLEAN_FINDINGS)
+    )
     assert [e["field"] for e in assert_problem(no_geo, 422)["errors"]] == ["body.geo"]
 
     body = visit_body(job.loan_id)
@@ -233,7 +236,9 @@ async def test_invalid_captures_name_the_field_and_write_nothing(system: System)
     fields = [e["field"] for e in assert_problem(no_key, 422)["errors"]]
     assert fields == ["header.Idempotency-Key"]
 
-    field_visit = visit_body(job.loan_id, method="field", geo={"lat": 39.91, "lon": 116.39})
+    field_visit = visit_body(
+        job.loan_id, method="field", geo={"lat": 39.91, "lon": 116.39}, findings=CLEAN_FINDINGS
+    )
     ok = await post_visit(system, job.headers, field_visit)
     assert ok.status_code == 201, ok.text
     assert ok.json()["geo"] == {"lat": 39.91, "lon": 116.39}
@@ -323,9 +328,9 @@ async def test_visits_of_a_loan_are_listed_page_by_page(system: System) -> None:
     job = await assign(system)
     first = await post_visit(system, job.headers, visit_body(job.loan_id, job.task_id))
     second = await post_visit(
-        system, job.headers, visit_body(job.loan_id, outcome="borrower_unreachable")
+        system, job.headers, visit_body(job.loan_id, outcome="borrower_unreachable", findings={})
     )
-    assert first.status_code == second.status_code == 201
+    assert first.status_code == second.status_code == 201, second.text
 
     page = await system.visits.get(
         "/v1/visits", params={"loan_id": job.loan_id, "limit": 1}, headers=SUPERVISOR
@@ -403,3 +408,92 @@ async def test_a_supervisor_records_visits_only_in_its_region(system: System) ->
 
     assert_problem(await post_visit(system, other_region, visit_body(job.loan_id)), 404)
     assert_problem(await post_visit(system, SUPERVISOR, visit_body(job.loan_id)), 403)
+
+
+# --- capture rules per method and outcome (issue 7) ------------------------------------------
+
+
+async def test_captures_breaking_the_rules_of_their_method_name_each_field(
+    system: System,
+) -> None:
+    job = await assign(system)
+    blind_field_visit = visit_body(
+        job.loan_id, method="field", findings={**CLEAN_FINDINGS, "vehicle_sighted": None}
+    )
+    phone_sighting = visit_body(job.loan_id, findings=CLEAN_FINDINGS)
+    unreachable_but_verified = visit_body(
+        job.loan_id,
+        outcome="borrower_unreachable",
+        findings={"identity_verified": True, "vehicle_condition": "missing"},
+    )
+    posing_as_partner = visit_body(job.loan_id, method="third_party", findings={})
+    cases = [
+        (blind_field_visit, ["body.geo", "body.findings.vehicle_sighted"]),
+        (phone_sighting, ["body.findings.vehicle_sighted"]),
+        (
+            unreachable_but_verified,
+            ["body.findings.identity_verified", "body.findings.vehicle_condition"],
+        ),
+        (posing_as_partner, ["body.method"]),
+    ]
+    for body, expected in cases:
+        response = await post_visit(system, job.headers, body)
+        assert [e["field"] for e in assert_problem(response, 422)["errors"]] == expected
+
+    sql = "SELECT count(*) FROM visits.visits WHERE loan_id = $1"
+    assert await fetchval(system.database_url, sql, job.loan_id) == 0
+
+    # A field visit that found the car gone while nobody was home is a valid record.
+    nobody_home = visit_body(
+        job.loan_id,
+        method="field",
+        outcome="borrower_unreachable",
+        geo={"lat": 31.2, "lon": 121.5},
+        findings={"vehicle_sighted": False, "vehicle_condition": "missing"},
+    )
+    recorded = await post_visit(system, job.headers, nobody_home)
+    assert recorded.status_code == 201, recorded.text
+
+
+async def test_visits_are_filtered_by_method_outcome_and_start(system: System) -> None:
+    job = await assign(system)
+    now = datetime.now(UTC)
+
+    def at(hours_ago: int, **overrides: Any) -> dict[str, Any]:
+        started = now - timedelta(hours=hours_ago)
+        times = {"started_at": started.isoformat(), "ended_at": started.isoformat()}
+        return visit_body(job.loan_id, **times, **overrides)
+
+    bodies = {
+        "call": at(30),
+        "no_answer": at(20, outcome="borrower_unreachable", findings={}),
+        "inspection": at(
+            10, method="field", geo={"lat": 31.2, "lon": 121.5}, findings=CLEAN_FINDINGS
+        ),
+    }
+    ids = {}
+    for name, body in bodies.items():
+        response = await post_visit(system, job.headers, body)
+        assert response.status_code == 201, response.text
+        ids[response.json()["visit_id"]] = name
+
+    async def names(**params: str) -> list[str]:
+        response = await system.visits.get(
+            "/v1/visits", params={"loan_id": job.loan_id, **params}, headers=SUPERVISOR
+        )
+        assert response.status_code == 200, response.text
+        return [ids[v["visit_id"]] for v in response.json()["items"]]
+
+    assert await names() == ["call", "no_answer", "inspection"]
+    assert await names(method="phone") == ["call", "no_answer"]
+    assert await names(outcome="borrower_unreachable") == ["no_answer"]
+    window = {
+        "started_from": (now - timedelta(hours=25)).isoformat(),
+        "started_before": (now - timedelta(hours=10)).isoformat(),
+    }
+    assert await names(**window) == ["no_answer"]
+    assert await names(method="field", outcome="completed") == ["inspection"]
+    naive = await system.visits.get(
+        "/v1/visits", params={"started_from": "2026-11-30T10:00:00"}, headers=SUPERVISOR
+    )
+    assert assert_problem(naive, 422)["errors"][0]["field"] == "query.started_from"

@@ -33,11 +33,8 @@ def test_a_phone_visit_needs_no_position() -> None:
     assert VisitIn.model_validate(body()).geo is None
 
 
-def test_a_field_visit_without_position_names_geo() -> None:
-    assert error_locs(body(method="field")) == [("geo",)]
-
-
 def test_a_field_visit_with_position_is_valid() -> None:
+    # Whether a field visit needs one is a capture rule (tests/unit/test_capture_rules.py).
     visit = VisitIn.model_validate(body(method="field", geo={"lat": 39.9, "lon": 116.4}))
     assert visit.geo is not None
     assert (visit.geo.lat, visit.geo.lon) == (39.9, 116.4)

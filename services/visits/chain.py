@@ -1,0 +1,161 @@
+"""The tamper-evident record of visits: pure hashing and verification, no I/O.
+
+Every recorded visit gets the next entry of its loan's chain. The entry commits to the
+visit's immutable fields (`payload_hash`, SHA-256 over their canonical JSON) and to the
+loan's previous entry (`prev_hash`); `entry_hash` is SHA-256 over the canonical JSON of
+`{seq, prev_hash, payload_hash}`. Changing any recorded field, or removing, inserting or
+reordering an entry, breaks the hashes of that entry or of the one after it.
+
+The canonical form is part of the record: changing it invalidates every stored chain, so
+it may only change together with a migration that re-chains (and an auditor's consent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# The `prev_hash` of a loan's first entry.
+GENESIS = "0" * 64
+
+# The visit columns an entry commits to: everything recorded about the visit, and the hash
+# of what was sent, which for a partner's report covers the report as received (kept in
+# `third_party_reports`, checked against it on verification). Not the idempotency key.
+CHAINED_FIELDS = (
+    "visit_id",
+    "request_hash",
+    "loan_id",
+    "agent_id",
+    "task_id",
+    "method",
+    "outcome",
+    "started_at",
+    "ended_at",
+    "findings",
+    "geo_lat",
+    "geo_lon",
+    "notes",
+    "created_at",
+)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        # One spelling per instant, whatever offset or precision the driver hands back.
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def canonical(document: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: one byte string per document."""
+    return json.dumps(
+        {key: _jsonable(value) for key, value in document.items()},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode()
+
+
+def payload_hash(visit: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of the visit's chained fields."""
+    return hashlib.sha256(canonical({name: visit[name] for name in CHAINED_FIELDS})).hexdigest()
+
+
+def entry_hash(seq: int, prev_hash: str, payload: str) -> str:
+    return hashlib.sha256(
+        canonical({"seq": seq, "prev_hash": prev_hash, "payload_hash": payload})
+    ).hexdigest()
+
+
+@dataclass(frozen=True)
+class Link:
+    """A new entry: what is stored beside the visit."""
+
+    seq: int
+    prev_hash: str
+    payload_hash: str
+    entry_hash: str
+
+
+def next_link(previous: tuple[int, str] | None, visit: Mapping[str, Any]) -> Link:
+    """The entry following `previous` (its seq and entry hash; None for a loan's first)."""
+    seq, prev_hash = (previous[0] + 1, previous[1]) if previous else (1, GENESIS)
+    payload = payload_hash(visit)
+    return Link(seq, prev_hash, payload, entry_hash(seq, prev_hash, payload))
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An entry as read back, with the visit it points to (None if the row is gone)."""
+
+    loan_id: str
+    seq: int
+    visit_id: uuid.UUID
+    prev_hash: str
+    payload_hash: str
+    entry_hash: str
+    visit: Mapping[str, Any] | None
+    # The partner's report the visit came from, if it did.
+    report: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Break:
+    loan_id: str
+    seq: int | None
+    visit_id: uuid.UUID
+    reason: str
+
+
+@dataclass
+class Verification:
+    """Walks entries ordered by (loan_id, seq) and keeps the first break."""
+
+    # The request hash a stored partner's report hashes to (schemas know its canonical form).
+    report_hash: Callable[[Mapping[str, Any]], str] | None = None
+    checked: int = 0
+    first_break: Break | None = None
+    _loan: str | None = None
+    _previous: tuple[int, str] | None = None
+
+    def feed(self, entries: Iterable[StoredEntry]) -> None:
+        for entry in entries:
+            if self.first_break is not None:
+                return
+            self.checked += 1
+            reason = self._check(entry)
+            if reason is not None:
+                self.first_break = Break(entry.loan_id, entry.seq, entry.visit_id, reason)
+
+    def _check(self, entry: StoredEntry) -> str | None:
+        if entry.loan_id != self._loan:
+            self._loan, self._previous = entry.loan_id, None
+        expected_seq, expected_prev = (
+            (self._previous[0] + 1, self._previous[1]) if self._previous else (1, GENESIS)
+        )
+        self._previous = (entry.seq, entry.entry_hash)
+        if entry.seq != expected_seq:
+            return f"sequence {entry.seq} where {expected_seq} was expected"
+        if entry.prev_hash != expected_prev:
+            return "prev_hash is not the previous entry's hash"
+        if entry.visit is None:
+            return "the visit row is missing"
+        if payload_hash(entry.visit) != entry.payload_hash:
+            return "the visit row was altered after it was recorded"
+        if entry_hash(entry.seq, entry.prev_hash, entry.payload_hash) != entry.entry_hash:
+            return "entry_hash does not match the entry"
+        if (
+            entry.report is not None
+            and self.report_hash is not None
+            and self.report_hash(entry.report) != entry.visit["request_hash"]
+        ):
+            return "the partner's report was altered after it was recorded"
+        return None
