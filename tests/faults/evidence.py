@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -166,6 +167,44 @@ async def dead_letters_on_broker(bootstrap: str) -> int:
         return sum(last[tp] - first[tp] for tp in partitions)
     finally:
         await consumer.stop()
+
+
+async def where_on_broker(
+    bootstrap: str, topic: str, event_ids: set[str], *, within: float = 20.0
+) -> dict[str, tuple[int, int]]:
+    """Where each of `event_ids` stands on `topic` (partition, offset), reading the whole
+    topic from its start; absent ids were never in the broker's log. Tells a posting the
+    broker dropped from one a consumer skipped."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return found
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and len(found) < len(event_ids):
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if not batch:
+                break
+            for records in batch.values():
+                for record in records:
+                    event_id = _event_id(record.value)
+                    if event_id in event_ids:
+                        found[event_id] = (record.partition, record.offset)
+    finally:
+        await consumer.stop()
+    return found
+
+
+def _event_id(value: bytes | None) -> str | None:
+    try:
+        event = json.loads(value or b"null")
+    except ValueError:
+        return None
+    return str(event.get("event_id")) if isinstance(event, dict) else None
 
 
 @dataclass(frozen=True)
