@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.visits import repository, service
+from services.visits import reports, repository, service
 from services.visits.models import Visit
 from services.visits.repository import VisitFilter
 from services.visits.schemas import (
@@ -182,15 +182,15 @@ async def report_third_party(
     published on `visit-completed` like any visit. Resending the same `report_id` answers
     201 with the first result (and `Idempotent-Replayed: true`); another report under the
     same id is a 409. `partner` must be the token's subject (else 403)."""
-    service.authorize_report(who, body)
+    reports.authorize_report(who, body)
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
     async with unit_of_work(sessions) as session:
-        report = await service.earlier_report(session, body)
+        report = await reports.earlier_report(session, body)
     created = False
     if report is None:
-        await service.confirm_loan(_scheduler(request), body.loan_id)
+        await reports.confirm_loan(_scheduler(request), body.loan_id)
         async with unit_of_work(sessions) as session:
-            report, created = await service.record_report(session, body)
+            report, created = await reports.record_report(session, body)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return report

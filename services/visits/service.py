@@ -12,16 +12,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.visits import capture_rules, chain, repository, third_party
-from services.visits.models import ThirdPartyReport, Visit, VisitChainEntry, outbox
+from services.visits import capture_rules, chain, repository
+from services.visits.models import Visit, VisitChainEntry, outbox
 from services.visits.schemas import (
     ChainBreak,
     ChainProof,
     ChainVerification,
     GeoPoint,
-    ReportDetails,
     ThirdPartyReportIn,
-    ThirdPartyReportOut,
     VisitIn,
     VisitOut,
 )
@@ -44,7 +42,7 @@ async def earlier_capture(
     The same key with another body is a 409.
     """
     earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
-    return _replay(earlier, body.request_hash()) if earlier is not None else None
+    return replay(earlier, body.request_hash()) if earlier is not None else None
 
 
 def check_capture_rules(body: VisitIn) -> None:
@@ -74,17 +72,27 @@ async def authorize_capture(scheduler: ServiceClient, who: Principal, body: Visi
             if body.task_id is None and not await _has_task_on(scheduler, who.sub, body.loan_id):
                 raise not_found("loan")
         else:
-            loan = await scheduler.get_json(f"/v1/loans/{quote(body.loan_id, safe='')}")
+            loan = await registered_loan(scheduler, body.loan_id)
             if loan is None or loan.get("region") != who.region:
                 raise not_found("loan")
     except OwnerUnavailable as exc:
-        log.warning("scheduler unavailable authorising a visit on loan %s: %s", body.loan_id, exc)
-        raise Problem(
-            503,
-            "Service Unavailable",
-            "the scheduler cannot confirm the loan or task right now; retry later",
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise scheduler_unavailable(body.loan_id, exc) from exc
+
+
+async def registered_loan(scheduler: ServiceClient, loan_id: str) -> dict[str, Any] | None:
+    """The loan as the scheduler registered it; None when it does not know it."""
+    return await scheduler.get_json(f"/v1/loans/{quote(loan_id, safe='')}")
+
+
+def scheduler_unavailable(loan_id: str, exc: OwnerUnavailable) -> Problem:
+    """The 503 a caller retries when the scheduler cannot confirm a loan or task."""
+    log.warning("scheduler unavailable confirming loan %s: %s", loan_id, exc)
+    return Problem(
+        503,
+        "Service Unavailable",
+        "the scheduler cannot confirm the loan or task right now; retry later",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _has_task_on(scheduler: ServiceClient, agent_id: str, loan_id: str) -> bool:
@@ -150,7 +158,7 @@ async def record_visit(
             # Not the error itself: its message carries the bound values, notes included.
             raise RuntimeError(f"unexpected conflict recording a visit: {exc.orig}") from None
         log.info("visit capture lost a race to visit %s", winner.visit_id)
-        return _replay(winner, request_hash), False
+        return replay(winner, request_hash), False
     log.info(
         "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
     )
@@ -240,11 +248,13 @@ async def _concurrent_winner(
     return None
 
 
-def _replay(
+def replay(
     earlier: Visit,
     request_hash: str,
     conflict: str = "this Idempotency-Key was already used for a different visit",
 ) -> Visit:
+    """The visit recorded earlier under the same key, if this is a true retry of it (the
+    same request hash); a 409 otherwise."""
     if earlier.request_hash != request_hash:
         raise Problem(409, "Conflict", conflict)
     log.info("idempotent replay of visit %s", earlier.visit_id)
@@ -289,120 +299,4 @@ def visit_view(visit: Visit) -> VisitOut:
         findings=VisitFindings.model_validate(visit.findings),
         geo=geo,
         notes=visit.notes,
-    )
-
-
-# --- third-party reports -------------------------------------------------------------------
-
-_REPORT_REUSED = "this report_id was already used for a different report"
-
-
-def authorize_report(who: Principal, body: ThirdPartyReportIn) -> None:
-    """A partner reports under its own name only: one partner cannot speak for another."""
-    if body.partner != who.sub:
-        raise Problem(
-            403,
-            "Forbidden",
-            "partner must be the reporting token's subject",
-            errors=[{"field": "body.partner", "message": "must equal the token's subject"}],
-        )
-
-
-async def earlier_report(
-    session: AsyncSession, body: ThirdPartyReportIn
-) -> ThirdPartyReportOut | None:
-    """The report this (partner, report_id) already recorded, or None; another body under
-    the same id is a 409."""
-    earlier = await repository.get_by_idempotency_key(session, body.partner, body.report_id)
-    if earlier is None:
-        return None
-    return await _report_of(session, _replay(earlier, body.request_hash(), _REPORT_REUSED))
-
-
-async def confirm_loan(scheduler: ServiceClient, loan_id: str) -> None:
-    """A report on a loan the scheduler does not know is a 404 (asked with no transaction
-    open); the scheduler down is a 503 the partner retries."""
-    try:
-        loan = await scheduler.get_json(f"/v1/loans/{quote(loan_id, safe='')}")
-    except OwnerUnavailable as exc:
-        log.warning("scheduler unavailable confirming loan %s for a report: %s", loan_id, exc)
-        raise Problem(
-            503,
-            "Service Unavailable",
-            "the scheduler cannot confirm the loan right now; retry later",
-            headers={"Retry-After": "5"},
-        ) from exc
-    if loan is None:
-        raise not_found("loan")
-
-
-def report_as_visit(body: ThirdPartyReportIn) -> VisitIn:
-    """The visit a report becomes: method `third_party`, at the moment observed."""
-    position = body.details.position
-    return VisitIn.model_validate(
-        {
-            "task_id": None,
-            "loan_id": body.loan_id,
-            "method": "third_party",
-            "outcome": "completed",
-            "started_at": body.observed_at,
-            "ended_at": body.observed_at,
-            "findings": third_party.findings_of(body.kind).model_dump(),
-            "geo": position.model_dump() if position else None,
-        }
-    )
-
-
-async def record_report(
-    session: AsyncSession, body: ThirdPartyReportIn
-) -> tuple[ThirdPartyReportOut, bool]:
-    """Record the report and its visit (chained, `visit-completed` staged) in the caller's
-    transaction; a concurrent resend that committed first is returned instead."""
-    visit, created = await record_visit(
-        session,
-        agent_id=body.partner,
-        idempotency_key=body.report_id,
-        body=report_as_visit(body),
-        request_hash=body.request_hash(),
-    )
-    if not created:
-        return await _report_of(session, visit), False
-    report = ThirdPartyReport(
-        visit_id=visit.visit_id,
-        partner=body.partner,
-        report_id=body.report_id,
-        kind=body.kind,
-        loan_id=body.loan_id,
-        observed_at=body.observed_at,
-        details=body.details.model_dump(mode="json", exclude_none=True),
-    )
-    await repository.add_report(session, report)
-    log.info(
-        "report %s of kind %s on loan %s became visit %s",
-        report.report_id,
-        report.kind,
-        report.loan_id,
-        visit.visit_id,
-    )
-    return report_view(report, visit), True
-
-
-async def _report_of(session: AsyncSession, visit: Visit) -> ThirdPartyReportOut:
-    report = await repository.get_report(session, visit.visit_id)
-    if report is None:
-        # The (agent_id, idempotency_key) pair is an agent's capture, not a report.
-        raise Problem(409, "Conflict", _REPORT_REUSED)
-    return report_view(report, visit)
-
-
-def report_view(report: ThirdPartyReport, visit: Visit) -> ThirdPartyReportOut:
-    return ThirdPartyReportOut(
-        report_id=report.report_id,
-        partner=report.partner,
-        kind=report.kind,
-        loan_id=report.loan_id,
-        observed_at=report.observed_at,
-        details=ReportDetails.model_validate(report.details),
-        received_at=report.received_at,
-        visit=visit_view(visit),
     )

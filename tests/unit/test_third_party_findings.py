@@ -8,8 +8,8 @@ from typing import Any, get_args
 import pytest
 
 from services.visits import third_party
+from services.visits.reports import report_as_visit
 from services.visits.schemas import FindingsIn, ReportKind, ThirdPartyReportIn
-from services.visits.service import report_as_visit
 
 UNSET = FindingsIn().model_dump()
 
