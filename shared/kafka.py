@@ -33,9 +33,10 @@ from pydantic import ValidationError
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import dead_letters, inbox
+from shared import inbox
 from shared.broker_ledger import BrokerLedger, Loss, consumer_role
 from shared.db import unit_of_work
+from shared.dead_letter_sender import DeadLetterSender
 from shared.events import EventEnvelope, dlq_topic, parse_event
 from shared.failures import backoff_seconds, transient_cause
 from shared.health import WorkerHealth
@@ -121,7 +122,7 @@ class EventConsumer:
         self._handlers = dict(handlers)
         self._sessions = sessions
         self._inbox = inbox_table
-        self._producer = producer
+        self._dead_letters = DeadLetterSender(producer, group_id, self._backoff)
         self._max_attempts = max_attempts
         self._retry_seconds = retry_seconds
         self._max_retry_seconds = max_retry_seconds
@@ -379,7 +380,7 @@ class EventConsumer:
             try:
                 valid.append((record, parse_event(record.topic, record.value or b"")))
             except (ValidationError, ValueError) as exc:
-                await self._dead_letter(record, _describe(exc))
+                await self._dead_letters.send(record, _describe(exc))
         if not valid:
             return
         try:
@@ -408,7 +409,7 @@ class EventConsumer:
                         await self._apply(session, record.topic, event)
                     return
                 except InvalidEvent as exc:
-                    await self._dead_letter(record, str(exc))
+                    await self._dead_letters.send(record, str(exc))
                     return
                 except asyncio.CancelledError:
                     raise
@@ -430,7 +431,7 @@ class EventConsumer:
                     bugs += 1
                     if bugs >= self._max_attempts:
                         log.exception("giving up on event after %d failed attempts", bugs)
-                        await self._dead_letter(record, f"handler failed: {exc!r}")
+                        await self._dead_letters.send(record, f"handler failed: {exc!r}")
                         return
                     log.exception("event handler failed (attempt %d)", bugs)
                     await asyncio.sleep(self._backoff(bugs))
@@ -441,69 +442,6 @@ class EventConsumer:
             log.info("duplicate event ignored")
             return
         await self._handlers[topic](session, event)
-
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        """Send the record's dead letter; a broker outage is waited out, and a record the
-        broker refuses for good is sent again without its payload. If even that is refused
-        the consumer logs where the record is and goes on: one record never stops it."""
-        source = dead_letters.Source(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.timestamp,
-            record.key,
-            record.value,
-        )
-        where = f"{record.topic}/{record.partition}@{record.offset}"
-        log.warning("event %s sent to dead-letter topic: %s", where, reason[:500])
-        for keep_payload in (True, False):
-            dead = dead_letters.build(
-                source, group=self._group_id, reason=reason, keep_payload=keep_payload
-            )
-            try:
-                await self._send_dead_letter(record, dead)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - never lets one record stop the loop
-                log.error(
-                    "dead letter of %s refused by the broker (%s: %s)%s",
-                    where,
-                    type(exc).__name__,
-                    exc,
-                    "; sending it without its payload" if keep_payload else "",
-                )
-        log.error(
-            "could not dead-letter %s (group %s, %d bytes); skipped, it stays readable at "
-            "that offset until the broker's retention removes it",
-            where,
-            self._group_id,
-            len(record.value or b""),
-        )
-
-    async def _send_dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], dead: dict[str, Any]
-    ) -> None:
-        """Retries while the broker is unreachable; raises what retrying cannot fix."""
-        attempt = 0
-        while True:
-            try:
-                await self._producer.send_and_wait(
-                    dlq_topic(record.topic),
-                    value=dead_letters.encode(dead),
-                    key=dead_letters.dlq_key(record.key),
-                    headers=[("reason", str(dead["reason"])[:1000].encode())],
-                )
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if transient_cause(exc) is None:
-                    raise
-                attempt += 1
-                delay = self._backoff(attempt)
-                log.warning("dead-letter topic unreachable (%s), retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
         return backoff_seconds(attempt, base=self._retry_seconds, cap=self._max_retry_seconds)
