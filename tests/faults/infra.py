@@ -163,11 +163,11 @@ class Broker:
 
     def restart(self) -> None:
         """A new broker on the same port, with nothing in it, brought up as `make run`
-        brings one up: with the designed topics. The embedded broker acknowledges records
-        produced to a partition of a topic it does not have yet and may drop them when the
-        topic is then created (seen here: a few hundred postings acknowledged in the second
-        before the workers re-created the topics never appeared in the log), so a broker
-        counts as up, and `restarted_at` is taken, once its topics exist. That the workers
+        brings one up: with the designed topics. Without them, a few hundred postings the
+        embedded broker acknowledged in the second before the workers re-created the topics
+        never appeared in its log (why is the broker's business: a plain produce to a missing
+        topic is refused), so a broker counts as up, and `restarted_at` is taken, once its
+        topics exist. That the workers
         re-create lost topics themselves, and re-read a topic auto-created with four
         partitions, is tested in tests/integration/test_broker_restart.py."""
         self.kill()
