@@ -4,6 +4,7 @@ as the effect, so a redelivered event is recognised and changes nothing."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid, func
 from sqlalchemy.dialects.postgresql import insert
@@ -33,3 +34,21 @@ async def claim(session: AsyncSession, inbox: Table, event_id: uuid.UUID, topic:
         .returning(inbox.c.event_id)
     )
     return result.first() is not None
+
+
+async def claim_batch(
+    session: AsyncSession, inbox: Table, event_ids: Iterable[uuid.UUID], topic: str
+) -> set[uuid.UUID]:
+    """Record a batch of events as applied in one statement; returns the ids that were not
+    applied before (the fresh ones). Ids are inserted in sorted order, so two transactions
+    claiming overlapping batches wait on each other instead of deadlocking."""
+    ids = sorted(set(event_ids))
+    if not ids:
+        return set()
+    result = await session.execute(
+        insert(inbox)
+        .values([{"event_id": event_id, "topic": topic} for event_id in ids])
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(inbox.c.event_id)
+    )
+    return set(result.scalars())

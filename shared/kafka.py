@@ -22,10 +22,12 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -37,7 +39,7 @@ from shared import inbox
 from shared.broker_ledger import BrokerLedger, Loss, consumer_role
 from shared.db import unit_of_work
 from shared.dead_letter_sender import DeadLetterSender
-from shared.events import EventEnvelope, dlq_topic, parse_event
+from shared.events import EventEnvelope, dlq_topic
 from shared.failures import backoff_seconds, transient_cause
 from shared.health import WorkerHealth
 from shared.logging import bind_event
@@ -45,7 +47,23 @@ from shared.topics_admin import TopicKeeper
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[AsyncSession, Any], Awaitable[None]]
+E = TypeVar("E", bound=EventEnvelope)
+
+
+@dataclass(frozen=True)
+class TopicHandler(Generic[E]):
+    """How a consumer applies one topic: the event model its records are validated against,
+    and a batch handler. The handler gets only events not applied before (the inbox is
+    claimed for the batch first), a partition's events in their order, and runs inside the
+    batch's transaction: it reads what it needs in one query per table and writes with
+    multi-row statements. Events it cannot apply it names in `InvalidEvents`."""
+
+    model: type[E]
+    apply: Callable[[AsyncSession, Sequence[E]], Awaitable[None]]
+
+
+# What the consumer is given per topic.
+Handler = TopicHandler[Any]
 
 # Clients refresh topic metadata this often: a partition added by a broker that restarted
 # and auto-created a topic is assigned within seconds (aiokafka's default is 5 minutes).
@@ -80,9 +98,15 @@ def _quiet_commit_retries() -> None:
         coordinator.addFilter(_OncePerMinute(("OffsetCommit failed",)))
 
 
-class InvalidEvent(Exception):
-    """The event is well-formed but cannot be applied (e.g. refers to nothing we know).
-    It goes to the dead-letter topic instead of blocking the partition."""
+class InvalidEvents(Exception):
+    """Events of a batch that are well-formed but cannot be applied (e.g. they refer to a
+    loan nobody registered), by event id, with the reason. The batch's transaction is
+    rolled back; these go to the dead-letter topic and the rest of the batch is applied
+    without them, so one bad event never blocks a partition."""
+
+    def __init__(self, reasons: Mapping[uuid.UUID, str]) -> None:
+        super().__init__("; ".join(f"{event_id}: {why}" for event_id, why in reasons.items()))
+        self.reasons = dict(reasons)
 
 
 def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
@@ -371,29 +395,43 @@ class EventConsumer:
             log.error("%s. To repair: %s", loss.describe(), loss.remedy(None))
 
     async def _process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Apply a partition's batch in one transaction, so the commit (an fsync) is paid
-        per batch rather than per event. If any event fails, nothing of the batch is kept
-        and its events are applied again one transaction each, where a bad event is
-        dead-lettered alone and transient failures are retried."""
+        """Apply a batch of one topic in one transaction, so the inbox claim, the reads,
+        the writes and the commit (an fsync) are paid per batch rather than per event.
+        Events the handler refuses are dead-lettered and the rest applied without them; if
+        the batch fails otherwise, its events are applied again one transaction each, where
+        a bad event is dead-lettered alone and transient failures are retried."""
         valid: list[tuple[ConsumerRecord[bytes, bytes], EventEnvelope]] = []
+        seen: set[uuid.UUID] = set()
         for record in records:
             try:
-                valid.append((record, parse_event(record.topic, record.value or b"")))
+                event = self._handlers[record.topic].model.model_validate_json(record.value or b"")
             except (ValidationError, ValueError) as exc:
                 await self._dead_letters.send(record, _describe(exc))
-        if not valid:
-            return
-        try:
-            async with unit_of_work(self._sessions) as session:
-                for record, event in valid:
+                continue
+            if event.event_id in seen:
+                continue  # the same event twice in one batch: applied once, like a redelivery
+            seen.add(event.event_id)
+            valid.append((record, event))
+        while valid:
+            try:
+                async with unit_of_work(self._sessions) as session:
+                    await self._apply(session, valid)
+                return
+            except asyncio.CancelledError:
+                raise
+            except InvalidEvents as exc:
+                refused = [(r, e) for r, e in valid if e.event_id in exc.reasons]
+                if not refused:
+                    break  # names no event of this batch: a handler bug, take the careful path
+                for record, event in refused:
                     with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
-                        await self._apply(session, record.topic, event)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure takes the careful path
-            log.info("batch of %d not applied (%s); applying one by one", len(valid), exc)
-            for record, event in valid:
-                await self._process_one(record, event)
+                        await self._dead_letters.send(record, exc.reasons[event.event_id])
+                valid = [(r, e) for r, e in valid if e.event_id not in exc.reasons]
+            except Exception as exc:  # noqa: BLE001 - every failure takes the careful path
+                log.info("batch of %d not applied (%s); applying one by one", len(valid), exc)
+                break
+        for record, event in valid:
+            await self._process_one(record, event)
 
     async def _process_one(
         self, record: ConsumerRecord[bytes, bytes], event: EventEnvelope
@@ -406,10 +444,11 @@ class EventConsumer:
             while True:
                 try:
                     async with unit_of_work(self._sessions) as session:
-                        await self._apply(session, record.topic, event)
+                        await self._apply(session, [(record, event)])
                     return
-                except InvalidEvent as exc:
-                    await self._dead_letters.send(record, str(exc))
+                except InvalidEvents as exc:
+                    reason = exc.reasons.get(event.event_id, str(exc))
+                    await self._dead_letters.send(record, reason)
                     return
                 except asyncio.CancelledError:
                     raise
@@ -436,12 +475,20 @@ class EventConsumer:
                     log.exception("event handler failed (attempt %d)", bugs)
                     await asyncio.sleep(self._backoff(bugs))
 
-    async def _apply(self, session: AsyncSession, topic: str, event: EventEnvelope) -> None:
-        """The effect and the inbox row, in the caller's transaction."""
-        if not await inbox.claim(session, self._inbox, event.event_id, topic):
-            log.info("duplicate event ignored")
-            return
-        await self._handlers[topic](session, event)
+    async def _apply(
+        self,
+        session: AsyncSession,
+        batch: Sequence[tuple[ConsumerRecord[bytes, bytes], EventEnvelope]],
+    ) -> None:
+        """The inbox claim and the effect of the fresh events, in the caller's transaction.
+        A batch holds one topic's records."""
+        topic = batch[0][0].topic
+        fresh = await inbox.claim_batch(session, self._inbox, (e.event_id for _, e in batch), topic)
+        if len(fresh) < len(batch):
+            log.info("%d duplicate events ignored", len(batch) - len(fresh))
+        events = [event for _, event in batch if event.event_id in fresh]
+        if events:
+            await self._handlers[topic].apply(session, events)
 
     def _backoff(self, attempt: int) -> float:
         return backoff_seconds(attempt, base=self._retry_seconds, cap=self._max_retry_seconds)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -15,11 +15,15 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Role, issue_token
+from shared.events import EventEnvelope
+from shared.kafka import TopicHandler
 from shared.settings import DEV_JWT_SECRET
 
 T = TypeVar("T")
+E = TypeVar("E", bound=EventEnvelope)
 
 
 def auth(role: Role, sub: str = "tester", secret: str = DEV_JWT_SECRET) -> dict[str, str]:
@@ -259,3 +263,16 @@ async def read_topic(
         raise AssertionError(f"no matching record on {topic} within {within}s")
     finally:
         await consumer.stop()
+
+
+def each_event(
+    model: type[E], handle: Callable[[AsyncSession, E], Awaitable[None]]
+) -> TopicHandler[E]:
+    """A topic handler applying a batch's events one after another with a per-event test
+    handler: the consumer tests are about delivery, not about set-based effects."""
+
+    async def apply(session: AsyncSession, events: Sequence[E]) -> None:
+        for event in events:
+            await handle(session, event)
+
+    return TopicHandler(model, apply)

@@ -18,10 +18,11 @@ from shared.events import (
     Severity,
     VisitCompleted,
 )
+from shared.vocabulary import DEFAULT_DPD, SERIOUS_ARREARS_DPD
 
-# Days past due at which an arrear is escalated (the usual M1 / M3 buckets).
-DPD_REPAYMENT_PLAN = 30
-DPD_LEGAL_REVIEW = 90
+# Days past due at which an arrear is escalated (the lender's M1 / M3 buckets).
+DPD_REPAYMENT_PLAN = SERIOUS_ARREARS_DPD
+DPD_LEGAL_REVIEW = DEFAULT_DPD
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,44 @@ def repayment_alerts(posting: RepaymentPosted) -> list[AlertDraft]:
     )
     dpd = posting.days_past_due
     if dpd >= DPD_LEGAL_REVIEW:
-        return [AlertDraft("dpd_90", "repayment", "critical", reason, "legal_review")]
+        return [
+            AlertDraft(
+                "dpd_90",
+                Category.REPAYMENT,
+                Severity.CRITICAL,
+                reason,
+                RecommendedAction.LEGAL_REVIEW,
+            )
+        ]
     if dpd >= DPD_REPAYMENT_PLAN:
-        return [AlertDraft("dpd_30", "repayment", "high", reason, "repayment_plan")]
+        return [
+            AlertDraft(
+                "dpd_30",
+                Category.REPAYMENT,
+                Severity.HIGH,
+                reason,
+                RecommendedAction.REPAYMENT_PLAN,
+            )
+        ]
     if posting.status == "missed":
-        return [AlertDraft("missed_installment", "repayment", "medium", reason, "phone_visit")]
-    return [AlertDraft("partial_payment", "repayment", "low", reason, "phone_visit")]
+        return [
+            AlertDraft(
+                "missed_installment",
+                Category.REPAYMENT,
+                Severity.MEDIUM,
+                reason,
+                RecommendedAction.PHONE_VISIT,
+            )
+        ]
+    return [
+        AlertDraft(
+            "partial_payment",
+            Category.REPAYMENT,
+            Severity.LOW,
+            reason,
+            RecommendedAction.PHONE_VISIT,
+        )
+    ]
 
 
 VisitCheck = Callable[[VisitCompleted], bool]
@@ -62,67 +95,81 @@ _VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
         lambda v: v.findings.encumbrance_detected,
         AlertDraft(
             "collateral_encumbered",
-            "collateral",
-            "critical",
+            Category.COLLATERAL,
+            Severity.CRITICAL,
             "vehicle is pledged, sold or transferred to a third party",
-            "legal_review",
+            RecommendedAction.LEGAL_REVIEW,
         ),
     ),
     (
         lambda v: v.findings.vehicle_condition == "missing",
         AlertDraft(
             "vehicle_missing",
-            "collateral",
-            "critical",
+            Category.COLLATERAL,
+            Severity.CRITICAL,
             "vehicle could not be found",
-            "repossession_review",
+            RecommendedAction.REPOSSESSION_REVIEW,
         ),
     ),
     (
         lambda v: v.findings.vehicle_condition == "damaged",
-        AlertDraft("vehicle_damaged", "vehicle", "medium", "vehicle is damaged", "field_visit"),
+        AlertDraft(
+            "vehicle_damaged",
+            Category.VEHICLE,
+            Severity.MEDIUM,
+            "vehicle is damaged",
+            RecommendedAction.FIELD_VISIT,
+        ),
     ),
     (
         # None means the documents were not checked; only a definite "no" is a breach.
         lambda v: v.findings.collateral_documents_intact is False,
         AlertDraft(
             "documents_not_intact",
-            "collateral",
-            "high",
+            Category.COLLATERAL,
+            Severity.HIGH,
             "vehicle registration or loan documents are not intact",
-            "legal_review",
+            RecommendedAction.LEGAL_REVIEW,
         ),
     ),
     (
         lambda v: v.findings.employment_status == "unemployed",
         AlertDraft(
-            "borrower_unemployed", "borrower", "high", "borrower is unemployed", "repayment_plan"
+            "borrower_unemployed",
+            Category.BORROWER,
+            Severity.HIGH,
+            "borrower is unemployed",
+            RecommendedAction.REPAYMENT_PLAN,
         ),
     ),
     (
         lambda v: v.findings.repayment_difficulty,
         AlertDraft(
             "repayment_difficulty",
-            "borrower",
-            "medium",
+            Category.BORROWER,
+            Severity.MEDIUM,
             "borrower reports difficulty repaying",
-            "repayment_plan",
+            RecommendedAction.REPAYMENT_PLAN,
         ),
     ),
     (
         lambda v: v.outcome == "borrower_unreachable",
         AlertDraft(
             "borrower_unreachable",
-            "contact",
-            "medium",
+            Category.CONTACT,
+            Severity.MEDIUM,
             "borrower could not be reached for the visit",
-            "field_visit",
+            RecommendedAction.FIELD_VISIT,
         ),
     ),
     (
         lambda v: v.outcome == "refused",
         AlertDraft(
-            "visit_refused", "contact", "medium", "borrower refused the visit", "field_visit"
+            "visit_refused",
+            Category.CONTACT,
+            Severity.MEDIUM,
+            "borrower refused the visit",
+            RecommendedAction.FIELD_VISIT,
         ),
     ),
 )
@@ -140,10 +187,10 @@ def visit_alerts(visit: VisitCompleted, agreed_usage: str | None) -> list[AlertD
         drafts.append(
             AlertDraft(
                 "vehicle_misuse",
-                "vehicle",
-                "high",
+                Category.VEHICLE,
+                Severity.HIGH,
                 f"vehicle used as {usage}; the loan agreed {agreed_usage} use",
-                "field_visit",
+                RecommendedAction.FIELD_VISIT,
             )
         )
     drafts += [draft for applies, draft in _VISIT_RULES if applies(visit)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -14,7 +15,7 @@ from services.alerts.models import Alert, outbox
 from services.alerts.schemas import ResolveIn
 from shared.errors import Problem, not_found
 from shared.events import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
-from shared.kafka import InvalidEvent
+from shared.kafka import InvalidEvents
 from shared.outbox import enqueue
 
 CLOSED = ("resolved", "dismissed")
@@ -81,13 +82,28 @@ async def on_visit_completed(
     await _raise(session, event, rules.visit_alerts(event, loan.agreed_usage))
 
 
+async def on_repayments(
+    session: AsyncSession, events: Sequence[RepaymentPosted], *, loan_of: LoanLookup
+) -> None:
+    for event in events:
+        await on_repayment_posted(session, event, loan_of=loan_of)
+
+
+async def on_visits(
+    session: AsyncSession, events: Sequence[VisitCompleted], *, loan_of: LoanLookup
+) -> None:
+    for event in events:
+        await on_visit_completed(session, event, loan_of=loan_of)
+
+
 async def _known_loan(event: EventEnvelope, loan_of: LoanLookup) -> LoanFacts:
     """The loan the event is about. An event about a loan nobody registered is refused,
     as the scheduler refuses it, so the two consumers of a topic agree; it waits in the
     dead-letter topic to be replayed once origination has registered the loan."""
     loan = await loan_of(event.loan_id)
     if loan is None:
-        raise InvalidEvent(f"loan {event.loan_id} is not registered with the scheduler")
+        reason = f"loan {event.loan_id} is not registered with the scheduler"
+        raise InvalidEvents({event.event_id: reason})
     return loan
 
 

@@ -14,7 +14,8 @@ from services.alerts import service
 from services.alerts.loans import SchedulerLoans
 from services.alerts.models import health, inbox, outbox
 from services.alerts.settings import AlertsSettings
-from shared.events import REPAYMENT_POSTED, VISIT_COMPLETED
+from shared.events import REPAYMENT_POSTED, VISIT_COMPLETED, RepaymentPosted, VisitCompleted
+from shared.kafka import TopicHandler
 from shared.service_client import ServiceClient
 from shared.worker import worker_main, worker_resources
 
@@ -29,10 +30,12 @@ async def run_worker(
             consumer = resources.consumer(
                 group_id=settings.consumer_group,
                 handlers={
-                    REPAYMENT_POSTED: functools.partial(
-                        service.on_repayment_posted, loan_of=loan_of
+                    REPAYMENT_POSTED: TopicHandler(
+                        RepaymentPosted, functools.partial(service.on_repayments, loan_of=loan_of)
                     ),
-                    VISIT_COMPLETED: functools.partial(service.on_visit_completed, loan_of=loan_of),
+                    VISIT_COMPLETED: TopicHandler(
+                        VisitCompleted, functools.partial(service.on_visits, loan_of=loan_of)
+                    ),
                 },
                 inbox_table=inbox,
             )

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from shared.vocabulary import SERIOUS_ARREARS_DPD
+
 # Days between routine visits by credit grade: A/B months apart, D/E every few weeks.
 ROUTINE_INTERVAL_DAYS: dict[str, int] = {"A": 180, "B": 120, "C": 60, "D": 30, "E": 14}
 OVERDUE_INTERVAL_DAYS = 7
 URGENT_CALL_DAYS = 2
 FIELD_INSPECTION_DAYS = 7
-FIELD_DPD_THRESHOLD = 30
+# From the M1 bucket on, the car is inspected in the field.
+FIELD_DPD_THRESHOLD = SERIOUS_ARREARS_DPD
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -21,8 +22,8 @@ from services.scheduler.schemas import (
 )
 from shared.auth import Principal
 from shared.errors import Problem, not_found
-from shared.events import AlertRaised, RepaymentPosted, VisitCompleted
-from shared.kafka import InvalidEvent
+from shared.events import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
+from shared.kafka import InvalidEvents
 from shared.pii import PiiCipher, mask_name, mask_tail
 
 
@@ -160,17 +161,33 @@ async def reschedule_task(
 # --- event handlers -----------------------------------------------------------------------
 
 
-async def _registered_loan(session: AsyncSession, loan_id: str) -> Loan:
-    loan = await repository.get_loan(session, loan_id, for_update=True)
+async def _registered_loan(session: AsyncSession, event: EventEnvelope) -> Loan:
+    loan = await repository.get_loan(session, event.loan_id, for_update=True)
     if loan is None:
         # Replayable from the DLQ once origination has registered the loan.
-        raise InvalidEvent(f"loan {loan_id} is not registered with the scheduler")
+        reason = f"loan {event.loan_id} is not registered with the scheduler"
+        raise InvalidEvents({event.event_id: reason})
     return loan
+
+
+async def on_repayments(session: AsyncSession, events: Sequence[RepaymentPosted]) -> None:
+    for event in events:
+        await on_repayment_posted(session, event)
+
+
+async def on_visits(session: AsyncSession, events: Sequence[VisitCompleted]) -> None:
+    for event in events:
+        await on_visit_completed(session, event)
+
+
+async def on_alerts(session: AsyncSession, events: Sequence[AlertRaised]) -> None:
+    for event in events:
+        await on_alert_raised(session, event)
 
 
 async def on_repayment_posted(session: AsyncSession, event: RepaymentPosted) -> None:
     """Record the repayment standing; a missed or partial installment gets urgent visits."""
-    loan = await _registered_loan(session, event.loan_id)
+    loan = await _registered_loan(session, event)
     loan.days_past_due = event.days_past_due
     loan.last_repayment_status = event.status
     loan.updated_at = datetime.now(UTC)
@@ -185,7 +202,7 @@ async def on_repayment_posted(session: AsyncSession, event: RepaymentPosted) -> 
 
 async def on_visit_completed(session: AsyncSession, event: VisitCompleted) -> None:
     """Complete the visited task and plan the next visit by risk."""
-    loan = await _registered_loan(session, event.loan_id)
+    loan = await _registered_loan(session, event)
     if event.task_id is not None:
         task = await repository.get_task(session, event.task_id, for_update=True)
         if task is not None and task.loan_id == loan.loan_id and task.status == "open":
@@ -212,7 +229,7 @@ async def on_alert_raised(session: AsyncSession, event: AlertRaised) -> None:
     )
     if planned is None:
         return
-    loan = await _registered_loan(session, event.loan_id)
+    loan = await _registered_loan(session, event)
     await plan_visit(session, loan, planned, event.event_id)
 
 

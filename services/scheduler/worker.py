@@ -8,7 +8,15 @@ from __future__ import annotations
 from services.scheduler import service
 from services.scheduler.models import health, inbox
 from services.scheduler.settings import SchedulerSettings
-from shared.events import ALERT_RAISED, REPAYMENT_POSTED, VISIT_COMPLETED
+from shared.events import (
+    ALERT_RAISED,
+    REPAYMENT_POSTED,
+    VISIT_COMPLETED,
+    AlertRaised,
+    RepaymentPosted,
+    VisitCompleted,
+)
+from shared.kafka import TopicHandler
 from shared.worker import worker_main, worker_resources
 
 
@@ -17,9 +25,9 @@ async def run_worker(settings: SchedulerSettings) -> None:
         consumer = resources.consumer(
             group_id=settings.consumer_group,
             handlers={
-                REPAYMENT_POSTED: service.on_repayment_posted,
-                VISIT_COMPLETED: service.on_visit_completed,
-                ALERT_RAISED: service.on_alert_raised,
+                REPAYMENT_POSTED: TopicHandler(RepaymentPosted, service.on_repayments),
+                VISIT_COMPLETED: TopicHandler(VisitCompleted, service.on_visits),
+                ALERT_RAISED: TopicHandler(AlertRaised, service.on_alerts),
             },
             inbox_table=inbox,
         )

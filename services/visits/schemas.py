@@ -20,6 +20,7 @@ from shared.validation import (
     ObservedAt,
     SingleLineText,
 )
+from shared.vocabulary import EmploymentStatus, IncomeChange, VehicleCondition, VehicleUsage
 
 
 class Strict(BaseModel):
@@ -37,6 +38,13 @@ class FindingsIn(VisitFindings):
     no is a JSON boolean (strict: `0` or `"no"` is refused, not read as false)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    # Strict is for the yes/no items; the vocabulary fields take their values as strings
+    # (as JSON carries them), and anything outside the vocabulary is still refused.
+    employment_status: EmploymentStatus = Field(EmploymentStatus.UNKNOWN, strict=False)
+    income_change: IncomeChange = Field(IncomeChange.UNKNOWN, strict=False)
+    vehicle_usage: VehicleUsage = Field(VehicleUsage.UNKNOWN, strict=False)
+    vehicle_condition: VehicleCondition = Field(VehicleCondition.UNKNOWN, strict=False)
 
 
 class VisitIn(Strict):

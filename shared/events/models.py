@@ -15,9 +15,29 @@ from pydantic import (
     model_validator,
 )
 
+from shared.vocabulary import (
+    AgreedUsage,
+    Category,
+    CreditGrade,
+    EmploymentStatus,
+    IncomeChange,
+    RecommendedAction,
+    RepaymentStatus,
+    Severity,
+    VehicleCondition,
+    VehicleUsage,
+    VisitMethod,
+    VisitOutcome,
+)
+
 # Money travels as a decimal string in CNY, never as a float.
 Money = Annotated[
     Decimal, Field(ge=0, max_digits=18, decimal_places=2), PlainSerializer(str, return_type=str)
+]
+
+# A ratio such as loan-to-value, as a decimal string to four places.
+Ratio = Annotated[
+    Decimal, Field(ge=0, max_digits=12, decimal_places=4), PlainSerializer(str, return_type=str)
 ]
 
 # Every number and date of the contract is bounded, so that both consumers of a topic
@@ -52,18 +72,7 @@ EventTime = Annotated[AwareDatetime, AfterValidator(_event_time)]
 EntityId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 RuleCode = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")]
 
-RepaymentStatus = Literal["paid", "partial", "missed", "reversed"]
-VisitMethod = Literal["phone", "field", "third_party"]
-VisitOutcome = Literal["completed", "borrower_unreachable", "refused"]
-EmploymentStatus = Literal["stable", "changed", "unemployed", "unknown"]
-IncomeChange = Literal["same", "increased", "decreased", "unknown"]
-VehicleUsage = Literal["private", "commercial", "ride_hailing", "lent_out", "unknown"]
-VehicleCondition = Literal["good", "damaged", "missing", "unknown"]
-Category = Literal["repayment", "vehicle", "collateral", "borrower", "contact"]
-Severity = Literal["low", "medium", "high", "critical"]
-RecommendedAction = Literal[
-    "phone_visit", "field_visit", "repayment_plan", "legal_review", "repossession_review"
-]
+# The vocabulary is shared with tables, REST schemas, policy and rules (shared.vocabulary).
 
 
 def _now() -> datetime:
@@ -98,11 +107,11 @@ class VisitFindings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     identity_verified: bool | None = None
-    employment_status: EmploymentStatus = "unknown"
-    income_change: IncomeChange = "unknown"
+    employment_status: EmploymentStatus = EmploymentStatus.UNKNOWN
+    income_change: IncomeChange = IncomeChange.UNKNOWN
     vehicle_sighted: bool | None = None
-    vehicle_usage: VehicleUsage = "unknown"
-    vehicle_condition: VehicleCondition = "unknown"
+    vehicle_usage: VehicleUsage = VehicleUsage.UNKNOWN
+    vehicle_condition: VehicleCondition = VehicleCondition.UNKNOWN
     collateral_documents_intact: bool | None = None
     encumbrance_detected: bool = False
     repayment_difficulty: bool = False
@@ -137,4 +146,21 @@ class AlertRaised(EventEnvelope):
     recommended_action: RecommendedAction
 
 
-Event = RepaymentPosted | VisitCompleted | AlertRaised
+class LoanRegistered(EventEnvelope):
+    """The facts of a loan that other services keep a projection of: published by the
+    scheduler when a loan is registered or its facts change; the latest `occurred_at` per
+    loan wins. Never PII: no name, national id or phone."""
+
+    event_type: Literal["loan-registered"] = "loan-registered"
+    region: EntityId
+    credit_grade: CreditGrade
+    agreed_usage: AgreedUsage
+    principal: Money
+    term_months: int = Field(ge=1, le=MAX_INSTALLMENTS)
+    disbursed_on: BusinessDate
+    valuation: Money
+    # principal / valuation, to four places; None when the car has no valuation.
+    ltv: Ratio | None = None
+
+
+Event = RepaymentPosted | VisitCompleted | AlertRaised | LoanRegistered

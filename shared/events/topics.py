@@ -2,16 +2,24 @@ from __future__ import annotations
 
 from typing import Final
 
-from shared.events.models import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
+from shared.events.models import (
+    AlertRaised,
+    EventEnvelope,
+    LoanRegistered,
+    RepaymentPosted,
+    VisitCompleted,
+)
 
 REPAYMENT_POSTED: Final = "repayment-posted"
 VISIT_COMPLETED: Final = "visit-completed"
 ALERT_RAISED: Final = "alert-raised"
+LOAN_REGISTERED: Final = "loan-registered"
 
 EVENT_MODELS: Final[dict[str, type[EventEnvelope]]] = {
     REPAYMENT_POSTED: RepaymentPosted,
     VISIT_COMPLETED: VisitCompleted,
     ALERT_RAISED: AlertRaised,
+    LOAN_REGISTERED: LoanRegistered,
 }
 
 

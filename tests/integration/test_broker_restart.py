@@ -31,7 +31,7 @@ from shared.kafka import EventConsumer, make_producer
 from shared.ops import acknowledge_losses
 from shared.outbox import OutboxRelay, enqueue, outbox_table
 from tests.conftest import Infra
-from tests.support import eventually, new_id, visit_event
+from tests.support import each_event, eventually, new_id, visit_event
 
 SCHEMA = "broker_restart_test"
 metadata: MetaData = schema_metadata(SCHEMA)
@@ -145,7 +145,7 @@ async def test_after_a_broker_restart_new_events_are_applied_and_the_loss_report
         consumer = EventConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
-            handlers={TOPIC: record_effect},
+            handlers={TOPIC: each_event(RepaymentPosted, record_effect)},
             sessions=sessions,
             inbox_table=inbox,
             producer=relay_producer,
@@ -252,7 +252,10 @@ async def test_a_commit_the_broker_keeps_refusing_does_not_wedge_the_consumer(
         consumer = EventConsumer(
             bootstrap_servers=bootstrap,
             group_id=new_id("group"),
-            handlers={TOPIC: held, VISIT_COMPLETED: record_effect},
+            handlers={
+                TOPIC: each_event(RepaymentPosted, held),
+                VISIT_COMPLETED: each_event(VisitCompleted, record_effect),
+            },
             sessions=sessions,
             inbox_table=inbox,
             producer=producer,
@@ -385,7 +388,7 @@ async def test_postings_below_the_old_position_on_the_new_log_are_not_skipped(
         consumer = EventConsumer(
             bootstrap_servers=bootstrap,
             group_id=new_id("group"),
-            handlers={TOPIC: record_effect},
+            handlers={TOPIC: each_event(RepaymentPosted, record_effect)},
             sessions=sessions,
             inbox_table=inbox,
             producer=producer,

@@ -35,7 +35,7 @@ from shared.kafka import EventConsumer, make_producer
 from shared.outbox import OutboxRelay, enqueue, outbox_table
 from tests.conftest import Infra
 from tests.ops_support import dead_letters_of, run_ops
-from tests.support import eventually, new_id, read_topic
+from tests.support import each_event, eventually, new_id, read_topic
 
 SCHEMA = "delivery_test"
 metadata: MetaData = schema_metadata(SCHEMA)
@@ -109,7 +109,7 @@ async def consuming(
     consumer = EventConsumer(
         bootstrap_servers=infra.bootstrap,
         group_id=group_id,
-        handlers={"repayment-posted": handler},
+        handlers={"repayment-posted": each_event(RepaymentPosted, handler)},
         sessions=sessions,
         inbox_table=inbox,
         producer=dead_letters,

@@ -16,6 +16,7 @@ from shared.events import (
     ALERT_RAISED,
     ALL_TOPICS,
     EVENT_MODELS,
+    LOAN_REGISTERED,
     REPAYMENT_POSTED,
     VISIT_COMPLETED,
     RepaymentPosted,
@@ -63,6 +64,17 @@ CONTRACT = {
         "reason",
         "source_event_id",
         "recommended_action",
+    },
+    LOAN_REGISTERED: ENVELOPE
+    | {
+        "region",
+        "credit_grade",
+        "agreed_usage",
+        "principal",
+        "term_months",
+        "disbursed_on",
+        "valuation",
+        "ltv",
     },
 }
 FINDINGS = {
@@ -182,6 +194,8 @@ def test_topics_and_their_dead_letter_twins() -> None:
         "visit-completed.dlq",
         "alert-raised",
         "alert-raised.dlq",
+        "loan-registered",
+        "loan-registered.dlq",
     }
 
 
