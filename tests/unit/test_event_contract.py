@@ -26,6 +26,7 @@ from shared.events.schema import (
     DOCS_DIR,
     REGENERATE,
     event_schema,
+    render,
     schema_file_name,
     stale_files,
     write,
@@ -144,15 +145,16 @@ def test_a_changed_enum_value_type_or_bound_is_caught(tmp_path: Path) -> None:
     name = schema_file_name(REPAYMENT_POSTED)
     original = (tmp_path / name).read_text("utf-8")
     changes: list[Callable[[dict[str, Any]], None]] = [
-        lambda s: s["properties"]["status"]["enum"].append("late"),
+        lambda s: s["$defs"]["RepaymentStatus"]["enum"].append("late"),
         lambda s: s["properties"]["installment_no"].update(type="string"),
         lambda s: s["properties"]["days_past_due"].update(maximum=10**6),
         lambda s: s["required"].remove("due_date"),
     ]
+    assert render(json.loads(original)) == original
     for change in changes:
         schema = json.loads(original)
         change(schema)
-        (tmp_path / name).write_text(json.dumps(schema), "utf-8")
+        (tmp_path / name).write_text(render(schema), "utf-8")
         assert stale_files(tmp_path) == [name]
     (tmp_path / name).write_text(original, "utf-8")
     (tmp_path / "loan-written-off.schema.json").write_text("{}", "utf-8")
@@ -161,10 +163,17 @@ def test_a_changed_enum_value_type_or_bound_is_caught(tmp_path: Path) -> None:
     assert stale_files(tmp_path) == []
 
 
+def enum_of(schema: dict[str, Any], field: str) -> list[str]:
+    """The values a field's schema allows, through its `$ref` to the shared vocabulary."""
+    ref: str = schema["properties"][field]["$ref"]
+    values: list[str] = schema["$defs"][ref.removeprefix("#/$defs/")]["enum"]
+    return values
+
+
 def test_the_schemas_carry_types_enums_and_bounds() -> None:
     """What a partner reads in docs/events/ is the real contract, not just field names."""
     posted = stored_schema(REPAYMENT_POSTED)
-    assert posted["properties"]["status"]["enum"] == ["paid", "partial", "missed", "reversed"]
+    assert enum_of(posted, "status") == ["paid", "partial", "missed", "reversed"]
     assert posted["properties"]["days_past_due"] == {
         "maximum": 10_000,
         "minimum": 0,
@@ -174,10 +183,14 @@ def test_the_schemas_carry_types_enums_and_bounds() -> None:
     assert posted["properties"]["event_id"]["format"] == "uuid"
     assert {"loan_id", "installment_no", "status"} <= set(posted["required"])
     visit = stored_schema(VISIT_COMPLETED)
-    assert visit["properties"]["method"]["enum"] == ["phone", "field", "third_party"]
+    assert enum_of(visit, "method") == ["phone", "field", "third_party"]
     raised = stored_schema(ALERT_RAISED)
-    assert raised["properties"]["severity"]["enum"] == ["low", "medium", "high", "critical"]
+    assert enum_of(raised, "severity") == ["low", "medium", "high", "critical"]
     assert raised["properties"]["reason"]["maxLength"] == 2000
+    registered = stored_schema(LOAN_REGISTERED)
+    assert enum_of(registered, "credit_grade") == ["A", "B", "C", "D", "E"]
+    assert registered["properties"]["term_months"]["maximum"] == 600
+    assert "ltv" not in registered["required"]
 
 
 def test_findings_carry_the_four_key_items() -> None:
