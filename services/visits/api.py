@@ -23,11 +23,11 @@ from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
 from shared.errors import not_found
-from shared.events import VisitMethod, VisitOutcome
 from shared.openapi import problems
 from shared.pagination import CursorText, Page
 from shared.service_client import ServiceClient
 from shared.validation import Identifier
+from shared.vocabulary import VisitMethod, VisitOutcome
 
 router = APIRouter(prefix="/v1")
 
