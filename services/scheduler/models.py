@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, Numeric, String, text
+from sqlalchemy import CheckConstraint, Column, DateTime, Index, Numeric, String, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -15,6 +15,15 @@ from sqlmodel import Field, SQLModel
 from shared.db import schema_metadata, utcnow
 from shared.health import health_tables
 from shared.inbox import inbox_table
+from shared.outbox import outbox_table
+from shared.vocabulary import (
+    AgreedUsage,
+    CreditGrade,
+    RepaymentStatus,
+    TaskStatus,
+    VisitMethod,
+    check_in,
+)
 
 SCHEMA = "scheduler"
 metadata = schema_metadata(SCHEMA)
@@ -31,6 +40,13 @@ class Loan(SchedulerTable, table=True):
     """
 
     __tablename__ = "loans"
+    __table_args__ = (
+        CheckConstraint(check_in("credit_grade", CreditGrade), name="credit_grade"),
+        CheckConstraint(check_in("agreed_usage", AgreedUsage), name="agreed_usage"),
+        CheckConstraint(
+            check_in("last_repayment_status", RepaymentStatus), name="last_repayment_status"
+        ),
+    )
 
     loan_id: str = Field(primary_key=True, max_length=64)
     borrower_id: str = Field(max_length=64)
@@ -53,6 +69,14 @@ class Loan(SchedulerTable, table=True):
     # Repayment standing as last posted by core banking.
     days_past_due: int = 0
     last_repayment_status: str | None = Field(default=None, max_length=16)
+    # The loan's follow-up standing, kept as tasks are planned and visits completed, so
+    # nothing has to be reconstructed from the task history: the soonest open task's due
+    # date, and the day of the last completed visit.
+    next_due_on: date | None = None
+    last_visit_on: date | None = None
+    # Keyed digest of the registration last applied: the same registration again changes
+    # nothing (services/scheduler/registration.py).
+    registration_digest: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -63,6 +87,14 @@ class Loan(SchedulerTable, table=True):
 
 class Agent(SchedulerTable, table=True):
     __tablename__ = "agents"
+    __table_args__ = (
+        CheckConstraint(
+            "methods <@ ARRAY["
+            + ", ".join(f"'{m.value}'" for m in VisitMethod)
+            + "]::varchar(16)[]",
+            name="methods",
+        ),
+    )
 
     agent_id: str = Field(primary_key=True, max_length=64)
     name: str = Field(max_length=128)
@@ -91,6 +123,15 @@ class VisitTask(SchedulerTable, table=True):
             unique=True,
             postgresql_where=text("status = 'open'"),
         ),
+        # What the dispatcher reads: open tasks without an agent, soonest first.
+        Index(
+            "ix_visit_tasks_awaiting_dispatch",
+            "due_on",
+            "task_id",
+            postgresql_where=text("status = 'open' AND agent_id IS NULL"),
+        ),
+        CheckConstraint(check_in("method", VisitMethod), name="method"),
+        CheckConstraint(check_in("status", TaskStatus), name="status"),
     )
 
     task_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -105,11 +146,17 @@ class VisitTask(SchedulerTable, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+    # When the dispatcher (or a supervisor) gave the task its agent.
+    assigned_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
     completed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
 
 
 inbox = inbox_table(metadata)
+# `loan-registered` events, published by the worker's relay (shared/outbox.py).
+outbox = outbox_table(metadata)
 # Worker heartbeats, broker positions and losses, read by /readyz (shared/health.py).
 health = health_tables(metadata)
