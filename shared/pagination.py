@@ -2,7 +2,9 @@
 
 Every list is ordered by (created_at, uuid id); the cursor is that pair of the last item,
 opaque to clients and validated on the way back in (a forged cursor is a 422, not a 500).
-An empty cursor asks for the first page, as an absent one does.
+An empty cursor asks for the first page, as an absent one does. `keyset_page` is the one
+place a list applies a cursor, orders, limits and builds its page: a page carries a
+`next_cursor` only when another row follows it, so the last page says so.
 """
 
 from __future__ import annotations
@@ -10,17 +12,20 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, tuple_
+from sqlalchemy import ColumnElement, Select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped
 
 from shared.errors import Problem
 
 T = TypeVar("T")
+Row = TypeVar("Row")
 
 # What `encode_cursor` produces is about 100 characters; the bound keeps a forged one (say,
 # JSON nested ten thousand deep) from costing more than a glance.
@@ -78,8 +83,35 @@ def after(created_at: Any, ident: Any, cursor: Cursor) -> ColumnElement[bool]:
     return tuple_(created_at, ident) > tuple_(cursor.created_at, cursor.ident)
 
 
-def next_cursor(
-    rows: Sequence[T], limit: int, key: Callable[[T], tuple[datetime, uuid.UUID]]
-) -> str | None:
-    """A cursor when the page is full (there may be more), else None."""
-    return encode_cursor(*key(rows[-1])) if rows and len(rows) == limit else None
+# The order of a list: when a row was created, then its uuid to break ties.
+SortKey = tuple[Mapped[datetime], Mapped[uuid.UUID]]
+
+
+async def keyset_page(
+    session: AsyncSession,
+    stmt: Select[Row],
+    *,
+    key: SortKey,
+    cursor: str | None,
+    limit: int,
+    to_item: Callable[[Row], T],
+) -> Page[T]:
+    """One page of `stmt` (a select of one entity, already narrowed to what the reader may
+    see and asked for) in `key` order after `cursor`.
+
+    One statement: `limit + 1` rows are read, so whether another page follows is known
+    without a second query, and a list that ends on a full page gives no cursor to an
+    empty one. The key's own values come back as extra columns, whatever `to_item` makes
+    of the row."""
+    created_at, ident = key
+    after_cursor = decode_cursor(cursor)
+    keyed = stmt.add_columns(created_at, ident)
+    if after_cursor is not None:
+        keyed = keyed.where(after(created_at, ident, after_cursor))
+    keyed = keyed.order_by(created_at, ident).limit(limit + 1)
+    rows = (await session.execute(keyed)).all()
+    following = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        following = encode_cursor(last[-2], last[-1])
+    return Page(items=[to_item(row[0]) for row in rows[:limit]], next_cursor=following)

@@ -10,7 +10,6 @@ from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import reports, repository, service
-from services.visits.models import Visit
 from services.visits.repository import VisitFilter
 from services.visits.schemas import (
     ChainProof,
@@ -23,21 +22,22 @@ from services.visits.schemas import (
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
-from shared.events import VisitMethod, VisitOutcome
+from shared.errors import not_found
 from shared.openapi import problems
-from shared.pagination import CursorText, Page, decode_cursor, next_cursor
+from shared.pagination import CursorText, Page
 from shared.service_client import ServiceClient
 from shared.validation import Identifier
+from shared.vocabulary import VisitMethod, VisitOutcome
 
 router = APIRouter(prefix="/v1")
 
 # Agents record their own visits; supervisors may record one on their region's loans.
 Capturer = Annotated[Principal, Depends(require_roles("agent", "supervisor"))]
-Reader = Annotated[Principal, Depends(require_roles("agent", "supervisor", "ops", "admin"))]
+# Who reads which visits is the repository's (`READERS`, `AUDITORS`, `visible_visits`).
+Reader = Annotated[Principal, Depends(require_roles(*repository.READERS))]
 # GPS/telematics platforms, ride-hailing registries, credit bureaus.
 Partner = Annotated[Principal, Depends(require_roles("integration"))]
-# Verifying the record is oversight, not capture.
-Auditor = Annotated[Principal, Depends(require_roles("supervisor", "ops", "admin"))]
+Auditor = Annotated[Principal, Depends(require_roles(*repository.AUDITORS))]
 # Visible ASCII only: the key is stored and compared byte for byte, and control or
 # non-ASCII bytes in a header are someone probing, not an app.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
@@ -115,16 +115,18 @@ async def verify_visits(
 @router.get("/visits/{visit_id}/proof", response_model=ChainProof, responses=problems(404))
 async def visit_proof(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> ChainProof:
     """The visit's entry in its loan's tamper-evident chain."""
-    visit = service.visible_to(
-        await repository.get_visit(session, visit_id), who.sub if who.is_agent else None
-    )
+    visit = await repository.get_visit_visible_to(session, visit_id, who)
+    if visit is None:
+        raise not_found("visit")
     return await service.proof_of(session, visit)
 
 
 @router.get("/visits/{visit_id}", response_model=VisitOut, responses=problems(404))
 async def get_visit(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> VisitOut:
-    visit = await repository.get_visit(session, visit_id)
-    return service.visit_view(service.visible_to(visit, who.sub if who.is_agent else None))
+    visit = await repository.get_visit_visible_to(session, visit_id, who)
+    if visit is None:
+        raise not_found("visit")
+    return service.visit_view(visit)
 
 
 @router.get("/visits", response_model=Page[VisitOut])
@@ -146,22 +148,20 @@ async def list_visits(
 ) -> Page[VisitOut]:
     """Visits in the order recorded, filtered by loan, agent, method, outcome and when they
     started; an agent always gets its own."""
-    visits: list[Visit] = await repository.list_visits(
+    return await repository.list_visits(
         session,
+        who,
         VisitFilter(
-            agent_id=who.sub if who.is_agent else agent_id,
+            agent_id=agent_id,
             loan_id=loan_id,
             method=method,
             outcome=outcome,
             started_from=started_from,
             started_before=started_before,
         ),
-        cursor=decode_cursor(cursor),
+        cursor=cursor,
         limit=limit,
-    )
-    return Page(
-        items=[service.visit_view(v) for v in visits],
-        next_cursor=next_cursor(visits, limit, lambda v: (v.created_at, v.visit_id)),
+        to_item=service.visit_view,
     )
 
 

@@ -18,6 +18,7 @@ and not in the future) is checked earlier, by `schemas.VisitIn`.
 from __future__ import annotations
 
 from services.visits.schemas import FindingsIn, VisitIn
+from shared.vocabulary import VisitMethod, VisitOutcome
 
 # The defaults of the four key items: what "nothing claimed" looks like, per item.
 _UNSET = FindingsIn()
@@ -47,17 +48,17 @@ def violations(body: VisitIn) -> list[dict[str, str]]:
         errors.append({"field": f"body.{field}", "message": message})
 
     findings = body.findings
-    if body.method == "third_party":
+    if body.method == VisitMethod.THIRD_PARTY:
         fault("method", "third-party visits are reported through /v1/third-party-reports")
-    if body.method == "field":
+    if body.method == VisitMethod.FIELD:
         if body.geo is None:
             fault("geo", "required for a field visit")
         if findings.vehicle_sighted is None:
             fault("findings.vehicle_sighted", "a field visit must say whether the car was seen")
-    if body.method == "phone" and findings.vehicle_sighted is True:
+    if body.method == VisitMethod.PHONE and findings.vehicle_sighted is True:
         fault("findings.vehicle_sighted", "a phone visit cannot sight the car")
-    if body.outcome == "borrower_unreachable":
-        unseen = _FROM_THE_BORROWER + (_FROM_THE_CAR if body.method != "field" else ())
+    if body.outcome == VisitOutcome.BORROWER_UNREACHABLE:
+        unseen = _FROM_THE_BORROWER + (_FROM_THE_CAR if body.method != VisitMethod.FIELD else ())
         for item in unseen:
             if _claimed(findings, item):
                 fault(f"findings.{item}", "cannot be claimed when the borrower was unreachable")

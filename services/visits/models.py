@@ -4,16 +4,38 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
-from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint, text
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from services.visits.schemas import ReportKind
 from shared.db import schema_metadata, utcnow
 from shared.health import health_tables
 from shared.outbox import outbox_table
+from shared.vocabulary import (
+    EmploymentStatus,
+    IncomeChange,
+    VehicleCondition,
+    VehicleUsage,
+    VisitMethod,
+    VisitOutcome,
+    check_in,
+)
 
 SCHEMA = "visits"
 metadata = schema_metadata(SCHEMA)
@@ -21,6 +43,47 @@ metadata = schema_metadata(SCHEMA)
 
 class VisitsTable(SQLModel, registry=registry(metadata=metadata)):
     pass
+
+
+Word = TypeVar("Word", bound=StrEnum)
+
+
+class Vocabulary(TypeDecorator[Word]):
+    """A column holding one word of a vocabulary: VARCHAR in PostgreSQL (guarded there by a
+    CHECK built from the same enum), the enum member in Python once read back."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, words: type[Word], length: int) -> None:
+        super().__init__(length)
+        self.words = words
+
+    def process_bind_param(self, value: Word | str | None, dialect: Dialect) -> str | None:
+        # A word outside the vocabulary fails here, before PostgreSQL's CHECK would.
+        return None if value is None else self.words(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Word | None:
+        return None if value is None else self.words(value)
+
+
+# The findings' vocabulary items, checked inside the JSONB document: an item that is absent
+# is NULL there and passes, a word outside the vocabulary does not.
+_FINDINGS_VOCABULARY: tuple[tuple[str, type[StrEnum]], ...] = (
+    ("employment_status", EmploymentStatus),
+    ("income_change", IncomeChange),
+    ("vehicle_usage", VehicleUsage),
+    ("vehicle_condition", VehicleCondition),
+)
+VISIT_CHECKS: dict[str, str] = {
+    "method": check_in("method", VisitMethod),
+    "outcome": check_in("outcome", VisitOutcome),
+    **{
+        f"findings_{item}": check_in(f"(findings ->> '{item}')", words)
+        for item, words in _FINDINGS_VOCABULARY
+    },
+}
+REPORT_CHECKS: dict[str, str] = {"kind": check_in("kind", ReportKind)}
 
 
 class Visit(VisitsTable, table=True):
@@ -44,6 +107,7 @@ class Visit(VisitsTable, table=True):
         Index("ix_visits_loan_created", "loan_id", "created_at", "visit_id"),
         Index("ix_visits_agent_created", "agent_id", "created_at", "visit_id"),
         Index("ix_visits_created", "created_at", "visit_id"),
+        *(CheckConstraint(sql, name=name) for name, sql in VISIT_CHECKS.items()),
     )
 
     visit_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -52,8 +116,8 @@ class Visit(VisitsTable, table=True):
     request_hash: str = Field(max_length=64)
     task_id: uuid.UUID | None = None
     loan_id: str = Field(max_length=64)
-    method: str = Field(max_length=16)
-    outcome: str = Field(max_length=32)
+    method: VisitMethod = Field(sa_column=Column(Vocabulary(VisitMethod, 16), nullable=False))
+    outcome: VisitOutcome = Field(sa_column=Column(Vocabulary(VisitOutcome, 32), nullable=False))
     started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     ended_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     findings: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
@@ -99,12 +163,13 @@ class ThirdPartyReport(VisitsTable, table=True):
     __table_args__ = (
         UniqueConstraint("partner", "report_id", name="uq_third_party_reports_partner_report"),
         Index("ix_third_party_reports_loan_observed", "loan_id", "observed_at"),
+        *(CheckConstraint(sql, name=name) for name, sql in REPORT_CHECKS.items()),
     )
 
     visit_id: uuid.UUID = Field(primary_key=True, foreign_key="visits.visits.visit_id")
     partner: str = Field(max_length=64)
     report_id: str = Field(max_length=64)
-    kind: str = Field(max_length=32)
+    kind: ReportKind = Field(sa_column=Column(Vocabulary(ReportKind, 32), nullable=False))
     loan_id: str = Field(max_length=64)
     observed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     details: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))

@@ -1,21 +1,46 @@
-"""All visits SQL."""
+"""All visits SQL, and who may read what.
+
+Reads are narrowed in SQL by `visible_visits`, so a visit the reader may not see is absent
+(a 404, or missing from a list), never fetched and then refused. Reading does not follow
+the capture rules: a supervisor records visits only on its region's loans, but reads every
+visit (a visit row does not carry the loan's region, and oversight spans regions).
+
+| route                                          | agent                  | supervisor, ops, admin |
+|------------------------------------------------|------------------------|------------------------|
+| `GET /v1/visits`                               | its own visits (an     | every visit, by the    |
+|                                                | `agent_id` it names is | filters                |
+|                                                | not a filter)          |                        |
+| `GET /v1/visits/{id}`, `/v1/visits/{id}/proof` | its own visit          | any visit              |
+| `GET /v1/visits/verify`                        | none (403)             | every chain            |
+
+Partners (`integration`) report observations but read nothing here (403). A partner's
+report becomes a visit whose agent is the partner, so no agent sees it as its own.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import Label
 from sqlmodel import col
 
 from services.visits import chain
 from services.visits.models import ThirdPartyReport, Visit, VisitChainEntry
-from shared.pagination import Cursor, after
+from shared.auth import Principal, Role
+from shared.pagination import Page, keyset_page
+
+T = TypeVar("T")
+
+READERS: tuple[Role, ...] = ("agent", "supervisor", "ops", "admin")
+# Verifying the record is oversight, not capture: no agent verifies its own visits.
+AUDITORS: tuple[Role, ...] = ("supervisor", "ops", "admin")
+VISIT_ORDER = (col(Visit.created_at), col(Visit.visit_id))
 
 # The first key of the two-key advisory locks serialising each loan's chain: its own lock
 # space, apart from the one-key locks of the outbox relay.
@@ -24,8 +49,17 @@ CHAIN_LOCK_CLASS = 7301
 VERIFY_BATCH = 1000
 
 
-async def get_visit(session: AsyncSession, visit_id: uuid.UUID) -> Visit | None:
-    return await session.get(Visit, visit_id)
+def visible_visits(who: Principal) -> ColumnElement[bool]:
+    """The visits `who` may read: an agent its own, every other reader all."""
+    return col(Visit.agent_id) == who.sub if who.is_agent else true()
+
+
+async def get_visit_visible_to(
+    session: AsyncSession, visit_id: uuid.UUID, who: Principal
+) -> Visit | None:
+    """The visit, if `who` may read it (`visible_visits`); None as if it did not exist."""
+    stmt = select(Visit).where(col(Visit.visit_id) == visit_id, visible_visits(who))
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def get_by_idempotency_key(
@@ -62,14 +96,19 @@ class VisitFilter:
 
 async def list_visits(
     session: AsyncSession,
+    who: Principal,
     where: VisitFilter,
     *,
-    cursor: Cursor | None,
+    cursor: str | None,
     limit: int,
-) -> list[Visit]:
-    stmt = select(Visit)
+    to_item: Callable[[Visit], T],
+) -> Page[T]:
+    """A page of the visits `who` may read, narrowed by `where`, in the order recorded."""
+    stmt = select(Visit).where(visible_visits(who))
+    # An agent's own visits are its list: the agent it names is not a filter on them.
+    agent_id = None if who.is_agent else where.agent_id
     for column, value in (
-        (Visit.agent_id, where.agent_id),
+        (Visit.agent_id, agent_id),
         (Visit.loan_id, where.loan_id),
         (Visit.method, where.method),
         (Visit.outcome, where.outcome),
@@ -80,10 +119,9 @@ async def list_visits(
         stmt = stmt.where(col(Visit.started_at) >= where.started_from)
     if where.started_before is not None:
         stmt = stmt.where(col(Visit.started_at) < where.started_before)
-    if cursor is not None:
-        stmt = stmt.where(after(col(Visit.created_at), col(Visit.visit_id), cursor))
-    stmt = stmt.order_by(col(Visit.created_at), col(Visit.visit_id)).limit(limit)
-    return list((await session.execute(stmt)).scalars())
+    return await keyset_page(
+        session, stmt, key=VISIT_ORDER, cursor=cursor, limit=limit, to_item=to_item
+    )
 
 
 async def lock_chain_of(session: AsyncSession, loan_id: str) -> None:

@@ -6,11 +6,12 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from shared.events import VisitFindings, VisitMethod, VisitOutcome
+from shared.events import VisitFindings
 from shared.validation import (
     Identifier,
     LoanId,
@@ -20,7 +21,14 @@ from shared.validation import (
     ObservedAt,
     SingleLineText,
 )
-from shared.vocabulary import EmploymentStatus, IncomeChange, VehicleCondition, VehicleUsage
+from shared.vocabulary import (
+    EmploymentStatus,
+    IncomeChange,
+    VehicleCondition,
+    VehicleUsage,
+    VisitMethod,
+    VisitOutcome,
+)
 
 
 class Strict(BaseModel):
@@ -150,14 +158,18 @@ class ChainVerification(BaseModel):
 
 # --- third-party reports -------------------------------------------------------------------
 
-ReportKind = Literal[
-    "gps_position",
-    "device_offline",
-    "geofence_exit",
-    "dwell_at_pawn_lot",
-    "ride_hailing_registration",
-    "court_judgment",
-]
+
+class ReportKind(StrEnum):
+    """What a partner observed (services/visits/third_party.py says what each shows)."""
+
+    GPS_POSITION = "gps_position"
+    DEVICE_OFFLINE = "device_offline"
+    GEOFENCE_EXIT = "geofence_exit"
+    DWELL_AT_PAWN_LOT = "dwell_at_pawn_lot"
+    RIDE_HAILING_REGISTRATION = "ride_hailing_registration"
+    COURT_JUDGMENT = "court_judgment"
+
+
 PlaceCategory = Literal["pawn_shop", "used_car_lot", "parking", "depot", "other"]
 ShortText = Annotated[SingleLineText, Field(min_length=1, max_length=200)]
 

@@ -272,13 +272,6 @@ def _completed_event(visit: Visit) -> VisitCompleted:
     )
 
 
-def visible_to(visit: Visit | None, agent_id: str | None) -> Visit:
-    """The visit, if the reader may see it: agents see only their own (others' look absent)."""
-    if visit is None or (agent_id is not None and visit.agent_id != agent_id):
-        raise not_found("visit")
-    return visit
-
-
 def visit_view(visit: Visit) -> VisitOut:
     """The visit as the API shows it."""
     geo = (

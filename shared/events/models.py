@@ -102,7 +102,8 @@ class RepaymentPosted(EventEnvelope):
 
 
 class VisitFindings(BaseModel):
-    """The four key items every visit verifies (design.md, process step 3)."""
+    """The four key items every visit verifies: identity, employment and income, the car, the
+    collateral documents."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

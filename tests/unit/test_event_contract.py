@@ -1,9 +1,13 @@
-"""The event contract of design.md, pinned: a renamed or dropped field fails here."""
+"""The event contract, pinned: a renamed or dropped field fails here, and so does a changed
+type, bound, required field or enum value (against `docs/events/<topic>.schema.json`)."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -17,6 +21,15 @@ from shared.events import (
     VISIT_COMPLETED,
     RepaymentPosted,
     parse_event,
+)
+from shared.events.schema import (
+    DOCS_DIR,
+    REGENERATE,
+    event_schema,
+    render,
+    schema_file_name,
+    stale_files,
+    write,
 )
 
 ENVELOPE = {"event_id", "event_type", "schema_version", "occurred_at", "loan_id"}
@@ -102,6 +115,82 @@ def repayment(**overrides: object) -> dict[str, object]:
 def test_json_schema_fields_are_pinned(topic: str) -> None:
     schema = EVENT_MODELS[topic].model_json_schema()
     assert set(schema["properties"]) == CONTRACT[topic]
+
+
+def stored_schema(topic: str, directory: Path = DOCS_DIR) -> dict[str, Any]:
+    path = directory / schema_file_name(topic)
+    assert path.is_file(), f"{path} is missing: run `{REGENERATE}` and commit docs/events/"
+    stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return stored
+
+
+@pytest.mark.parametrize("topic", list(EVENT_MODELS))
+def test_the_event_model_is_its_checked_in_json_schema(topic: str) -> None:
+    assert event_schema(topic) == stored_schema(topic), (
+        f"The {topic} event no longer matches docs/events/{schema_file_name(topic)}: a type, "
+        "bound, required field or enum value changed, which partners must hear of. If the "
+        f"change is intended, run `{REGENERATE}` and commit docs/events/ with it (and bump "
+        "schema_version if old consumers would refuse it); otherwise undo the model change."
+    )
+
+
+def test_the_checked_in_schemas_are_exactly_the_topics() -> None:
+    stale = stale_files(DOCS_DIR)
+    assert stale == [], f"stale or extra files in docs/events/: {stale}; run `{REGENERATE}`"
+
+
+def test_a_changed_enum_value_type_or_bound_is_caught(tmp_path: Path) -> None:
+    write(tmp_path)
+    assert stale_files(tmp_path) == []
+    name = schema_file_name(REPAYMENT_POSTED)
+    original = (tmp_path / name).read_text("utf-8")
+    changes: list[Callable[[dict[str, Any]], None]] = [
+        lambda s: s["$defs"]["RepaymentStatus"]["enum"].append("late"),
+        lambda s: s["properties"]["installment_no"].update(type="string"),
+        lambda s: s["properties"]["days_past_due"].update(maximum=10**6),
+        lambda s: s["required"].remove("due_date"),
+    ]
+    assert render(json.loads(original)) == original
+    for change in changes:
+        schema = json.loads(original)
+        change(schema)
+        (tmp_path / name).write_text(render(schema), "utf-8")
+        assert stale_files(tmp_path) == [name]
+    (tmp_path / name).write_text(original, "utf-8")
+    (tmp_path / "loan-written-off.schema.json").write_text("{}", "utf-8")
+    assert stale_files(tmp_path) == ["loan-written-off.schema.json"]
+    write(tmp_path)
+    assert stale_files(tmp_path) == []
+
+
+def enum_of(schema: dict[str, Any], field: str) -> list[str]:
+    """The values a field's schema allows, through its `$ref` to the shared vocabulary."""
+    ref: str = schema["properties"][field]["$ref"]
+    values: list[str] = schema["$defs"][ref.removeprefix("#/$defs/")]["enum"]
+    return values
+
+
+def test_the_schemas_carry_types_enums_and_bounds() -> None:
+    """What a partner reads in docs/events/ is the real contract, not just field names."""
+    posted = stored_schema(REPAYMENT_POSTED)
+    assert enum_of(posted, "status") == ["paid", "partial", "missed", "reversed"]
+    assert posted["properties"]["days_past_due"] == {
+        "maximum": 10_000,
+        "minimum": 0,
+        "title": "Days Past Due",
+        "type": "integer",
+    }
+    assert posted["properties"]["event_id"]["format"] == "uuid"
+    assert {"loan_id", "installment_no", "status"} <= set(posted["required"])
+    visit = stored_schema(VISIT_COMPLETED)
+    assert enum_of(visit, "method") == ["phone", "field", "third_party"]
+    raised = stored_schema(ALERT_RAISED)
+    assert enum_of(raised, "severity") == ["low", "medium", "high", "critical"]
+    assert raised["properties"]["reason"]["maxLength"] == 2000
+    registered = stored_schema(LOAN_REGISTERED)
+    assert enum_of(registered, "credit_grade") == ["A", "B", "C", "D", "E"]
+    assert registered["properties"]["term_months"]["maximum"] == 600
+    assert "ltv" not in registered["required"]
 
 
 def test_findings_carry_the_four_key_items() -> None:
