@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
@@ -74,6 +75,28 @@ async def enqueue(session: AsyncSession, outbox: Table, event: EventEnvelope) ->
             topic=event.event_type,
             message_key=event.loan_id,
             payload=event.model_dump(mode="json"),
+        )
+    )
+
+
+async def enqueue_many(
+    session: AsyncSession, outbox: Table, events: Sequence[EventEnvelope]
+) -> None:
+    """Stage a batch's events in the caller's transaction with one multi-row insert; the
+    rows keep the order of `events`, so the relay publishes them in that order."""
+    if not events:
+        return
+    await session.execute(
+        insert(outbox).values(
+            [
+                {
+                    "event_id": event.event_id,
+                    "topic": event.event_type,
+                    "message_key": event.loan_id,
+                    "payload": event.model_dump(mode="json"),
+                }
+                for event in events
+            ]
         )
     )
 

@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.alerts.models import Alert
+from services.alerts.models import Alert, LoanFacts, ParkedEvent
+from services.alerts.rules import KnownLoan
 from shared.pagination import Cursor, after
+from shared.vocabulary import AgreedUsage
+
+# --- alerts -------------------------------------------------------------------------------
 
 
-async def add_alert(session: AsyncSession, alert: Alert) -> bool:
-    """Insert an alert; False when its source event already raised this rule."""
-    values = alert.model_dump()
+async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
+    """Insert alerts with one statement; returns the ids of those inserted. An alert whose
+    source event already raised its rule (a replay that bypassed the inbox) is skipped."""
+    if not rows:
+        return set()
     result = await session.execute(
         insert(Alert)
-        .values(**values)
+        .values(list(rows))
         .on_conflict_do_nothing(constraint="uq_alerts_source_event_rule")
         .returning(col(Alert.alert_id))
     )
-    return result.first() is not None
+    return set(result.scalars())
 
 
 async def get_alert(
@@ -60,3 +69,113 @@ async def list_alerts(
         stmt = stmt.where(after(col(Alert.created_at), col(Alert.alert_id), cursor))
     stmt = stmt.order_by(col(Alert.created_at), col(Alert.alert_id)).limit(limit)
     return list((await session.execute(stmt)).scalars())
+
+
+# --- the projection of loan facts ---------------------------------------------------------
+
+
+async def project_loan_facts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Upsert the facts of loans, one row per loan, in one statement: a row replaces the
+    stored facts only if it is newer, so an event that arrives late changes nothing."""
+    if not rows:
+        return
+    stmt = insert(LoanFacts).values(list(rows))
+    facts = LoanFacts.__table__.c  # type: ignore[attr-defined]
+    replaced = {
+        name: stmt.excluded[name] for name in rows[0] if name not in ("loan_id", "updated_at")
+    }
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[col(LoanFacts.loan_id)],
+            set_={**replaced, "updated_at": func.now()},
+            where=stmt.excluded.facts_at > facts.facts_at,
+        )
+    )
+
+
+async def known_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[str, KnownLoan]:
+    """What the rules know of each of these loans that has facts, in one query."""
+    if not loan_ids:
+        return {}
+    rows = await session.execute(
+        select(col(LoanFacts.loan_id), col(LoanFacts.agreed_usage)).where(
+            col(LoanFacts.loan_id).in_(sorted(loan_ids))
+        )
+    )
+    return {loan_id: KnownLoan(AgreedUsage(usage)) for loan_id, usage in rows.tuples()}
+
+
+# --- events waiting for their loan's facts ------------------------------------------------
+
+
+async def park(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Park events (in the given order) until their loans' facts arrive, in one statement."""
+    if not rows:
+        return
+    await session.execute(
+        insert(ParkedEvent).values(list(rows)).on_conflict_do_nothing(index_elements=["event_id"])
+    )
+
+
+async def unpark_loans(session: AsyncSession, loan_ids: Collection[str]) -> list[ParkedEvent]:
+    """Take the parked events of these loans out of the park, in park order."""
+    if not loan_ids:
+        return []
+    stmt = (
+        delete(ParkedEvent)
+        .where(col(ParkedEvent.loan_id).in_(sorted(loan_ids)))
+        .returning(ParkedEvent)
+    )
+    return sorted((await session.execute(stmt)).scalars(), key=_park_order)
+
+
+async def unpark_known(session: AsyncSession, limit: int) -> list[ParkedEvent]:
+    """Take out up to `limit` parked events whose loan has facts by now (parked while the
+    facts were being projected by another transaction), in park order."""
+    waiting = (
+        select(col(ParkedEvent.id))
+        .where(exists().where(col(LoanFacts.loan_id) == col(ParkedEvent.loan_id)))
+        .order_by(col(ParkedEvent.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = delete(ParkedEvent).where(col(ParkedEvent.id).in_(waiting)).returning(ParkedEvent)
+    return sorted((await session.execute(stmt)).scalars(), key=_park_order)
+
+
+async def expired_parked(
+    session: AsyncSession, older_than: datetime, limit: int
+) -> list[ParkedEvent]:
+    """Up to `limit` events parked before `older_than` whose loan is still unknown, in park
+    order, locked until the transaction ends (other sweepers skip them)."""
+    stmt = (
+        select(ParkedEvent)
+        .where(
+            col(ParkedEvent.parked_at) < older_than,
+            ~exists().where(col(LoanFacts.loan_id) == col(ParkedEvent.loan_id)),
+        )
+        .order_by(col(ParkedEvent.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def drop_parked(session: AsyncSession, ids: Collection[int]) -> None:
+    if ids:
+        await session.execute(delete(ParkedEvent).where(col(ParkedEvent.id).in_(sorted(ids))))
+
+
+async def parked_count(session: AsyncSession) -> tuple[int, timedelta | None]:
+    """How many events are parked, and how long the oldest has waited."""
+    row = (
+        await session.execute(
+            select(func.count(), func.now() - func.min(col(ParkedEvent.parked_at)))
+        )
+    ).one()
+    count, waited = row
+    return int(count), waited if isinstance(waited, timedelta) else None
+
+
+def _park_order(event: ParkedEvent) -> int:
+    return event.id or 0
