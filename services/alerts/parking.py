@@ -7,8 +7,8 @@ alerts worker, handles the two other ends:
 - a parked event whose loan has facts by now (parked while another transaction was
   projecting them) is applied;
 - a parked event whose loan is still unknown after the grace period goes to `<topic>.dlq`
-  with the reason the scheduler gives, so ops can replay it once origination registers the
-  loan, and leaves the park.
+  with the reason the scheduler gives and leaves the park and the inbox, so ops can replay it
+  once origination registers the loan.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class ParkingSweep:
                 parked = await repository.expired_parked(session, cutoff, self._batch_size)
                 for row in parked:
                     await self._dead_letters.send(_as_record(row), _reason(row, self._grace))
-                await repository.drop_parked(session, [row.id for row in parked if row.id])
+                await repository.drop_dead_lettered(session, parked)
             expired += len(parked)
             self.dead_lettered += len(parked)
             if len(parked) < self._batch_size:

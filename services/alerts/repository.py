@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.alerts.models import Alert, LoanFacts, ParkedEvent
+from services.alerts.models import Alert, LoanFacts, ParkedEvent, inbox
 from services.alerts.rules import KnownLoan
 from shared.pagination import Cursor, after
 from shared.vocabulary import AgreedUsage
@@ -102,7 +102,7 @@ async def known_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[
             col(LoanFacts.loan_id).in_(sorted(loan_ids))
         )
     )
-    return {loan_id: KnownLoan(AgreedUsage(usage)) for loan_id, usage in rows.tuples()}
+    return {loan_id: KnownLoan(AgreedUsage(usage)) for loan_id, usage in rows.all()}
 
 
 # --- events waiting for their loan's facts ------------------------------------------------
@@ -161,9 +161,15 @@ async def expired_parked(
     return list((await session.execute(stmt)).scalars())
 
 
-async def drop_parked(session: AsyncSession, ids: Collection[int]) -> None:
-    if ids:
-        await session.execute(delete(ParkedEvent).where(col(ParkedEvent.id).in_(sorted(ids))))
+async def drop_dead_lettered(session: AsyncSession, parked: Sequence[ParkedEvent]) -> None:
+    """Take dead-lettered events out of the park and out of the inbox (they were claimed
+    when parked), so a replay from the dead-letter topic is applied, not ignored."""
+    if not parked:
+        return
+    ids = sorted(row.id for row in parked if row.id is not None)
+    await session.execute(delete(ParkedEvent).where(col(ParkedEvent.id).in_(ids)))
+    event_ids = sorted(row.event_id for row in parked)
+    await session.execute(delete(inbox).where(inbox.c.event_id.in_(event_ids)))
 
 
 async def parked_count(session: AsyncSession) -> tuple[int, timedelta | None]:
