@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from services.alerts import rules
-from services.alerts.parking import PARKED_PARTITION
+from services.alerts.parking import PARKED_PARTITION, PARKING_ROLE
 from shared import dead_letters
 from shared.events import RepaymentPosted, VisitCompleted
 from shared.vocabulary import AgreedUsage
@@ -295,3 +295,17 @@ async def test_a_burst_over_many_loans_raises_exactly_the_expected_alerts_once(
         list(loans),
     )
     assert parked == 0
+
+
+async def test_the_worker_heartbeat_shows_how_many_events_are_parked(system: System) -> None:
+    async def detail() -> Any:
+        return await fetchval(
+            system.database_url,
+            "SELECT detail FROM alerts.worker_heartbeats WHERE role = $1",
+            PARKING_ROLE,
+        )
+
+    beat = json.loads(await eventually(detail))
+    assert beat["kind"] == "parking"
+    assert isinstance(beat["parked"], int) and beat["parked"] >= 0
+    assert beat["grace_seconds"] == 3600.0
