@@ -82,7 +82,11 @@ class ParkingSweep:
         while True:
             async with unit_of_work(self._sessions) as session:
                 # One sweeper at a time, as one relay per outbox: two would send the same
-                # dead letters. The rows stay parked until their dead letters are sent.
+                # dead letters. The rows stay parked until their dead letters are sent and
+                # the deletion commits; if the broker is down longer than the database lets
+                # a transaction idle, the deletion fails and the next round sends them
+                # again. Their source (topic, -1, park number) is the same each time, so a
+                # replay still applies each one once.
                 lock = func.pg_try_advisory_xact_lock(func.hashtext("alerts.parked_events"))
                 if not (await session.execute(select(lock))).scalar_one():
                     return expired
