@@ -8,6 +8,8 @@ lines are written and bad lines are not; each rejected line is reported by its n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -126,30 +128,45 @@ async def import_lines(
     *,
     chunk_lines: int = CHUNK_LINES,
 ) -> ImportTally:
-    """Validate every line and register the valid ones, `chunk_lines` at a time."""
+    """Validate every line and register the valid ones, `chunk_lines` at a time.
+
+    A chunk is written while the next one is read and validated (the database works while
+    Python parses), one write at a time and in the file's order."""
     tally = ImportTally()
     chunk: list[tuple[str, LoanIn]] = []
-    async for number, raw in lines:
-        if raw is None:
-            tally.reject(
-                RejectedLine(line=number, field=None, reason=f"longer than {MAX_LINE_BYTES} bytes")
-            )
-            continue
-        if not raw.strip():
-            continue
-        parsed = parse_line(raw)
-        if isinstance(parsed, RejectedLine):
-            tally.reject(parsed.model_copy(update={"line": number}))
-            continue
-        earlier = tally.lines_of.setdefault(parsed.loan_id, number)
-        if earlier != number:
-            reason = f"loan {parsed.loan_id} is already on line {earlier} of this import"
-            tally.reject(RejectedLine(line=number, field="loan_id", reason=reason))
-            continue
-        chunk.append((parsed.loan_id, parsed))
-        if len(chunk) >= chunk_lines:
+    writing: asyncio.Task[Registered] | None = None
+    try:
+        async for number, raw in lines:
+            if raw is None:
+                reason = f"longer than {MAX_LINE_BYTES} bytes"
+                tally.reject(RejectedLine(line=number, field=None, reason=reason))
+                continue
+            if not raw.strip():
+                continue
+            parsed = parse_line(raw)
+            if isinstance(parsed, RejectedLine):
+                tally.reject(parsed.model_copy(update={"line": number}))
+                continue
+            earlier = tally.lines_of.setdefault(parsed.loan_id, number)
+            if earlier != number:
+                reason = f"loan {parsed.loan_id} is already on line {earlier} of this import"
+                tally.reject(RejectedLine(line=number, field="loan_id", reason=reason))
+                continue
+            chunk.append((parsed.loan_id, parsed))
+            if len(chunk) >= chunk_lines:
+                if writing is not None:
+                    tally.count(await writing)
+                writing, chunk = asyncio.create_task(register(chunk)), []
+        if writing is not None:
+            tally.count(await writing)
+            writing = None
+        if chunk:
             tally.count(await register(chunk))
-            chunk = []
-    if chunk:
-        tally.count(await register(chunk))
+    finally:
+        # The body failed (too large, the client gone): the chunk being written is
+        # abandoned, its transaction rolled back.
+        if writing is not None and not writing.done():
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writing
     return tally
