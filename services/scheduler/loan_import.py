@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,7 +31,7 @@ MAX_LINE_BYTES = 64 * 1024
 # that a transaction stays short (well inside the statement and lock timeouts).
 CHUNK_LINES = 2000
 
-Register = Callable[[Sequence[tuple[str, LoanIn]]], Awaitable[Registered]]
+Register = Callable[[Sequence[tuple[str, LoanIn]]], Coroutine[Any, Any, Registered]]
 
 
 async def numbered_lines(
