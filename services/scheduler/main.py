@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from services.scheduler.api import IMPORT_ROUTE, router
 from services.scheduler.models import health, outbox
+from services.scheduler.registration import digest_key
 from services.scheduler.settings import SchedulerSettings
 from shared.app import create_app
 from shared.broker_ledger import consumer_role, relay_role
@@ -26,6 +27,7 @@ def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
         readiness=workers,
     )
     app.state.cipher = PiiCipher(settings.pii_key)
+    app.state.registration_digest_key = digest_key(settings.pii_key)
     return app
 
 
