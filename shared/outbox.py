@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
@@ -29,14 +30,17 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     Uuid,
+    bindparam,
+    cast,
     delete,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.broker_ledger import BrokerLedger, Loss, fingerprint, relay_role
@@ -74,6 +78,32 @@ async def enqueue(session: AsyncSession, outbox: Table, event: EventEnvelope) ->
             topic=event.event_type,
             message_key=event.loan_id,
             payload=event.model_dump(mode="json"),
+        )
+    )
+
+
+async def enqueue_many(
+    session: AsyncSession, outbox: Table, events: Sequence[EventEnvelope]
+) -> None:
+    """Stage many events in the caller's transaction with one statement, in their order.
+
+    The rows travel as one array per column (`unnest`): four bind parameters however many
+    events, so no batch meets the driver's limit of 32,767 parameters."""
+    if not events:
+        return
+    rows = func.unnest(
+        bindparam("event_ids", [e.event_id for e in events], type_=ARRAY(Uuid)),
+        bindparam("topics", [e.event_type for e in events], type_=ARRAY(Text)),
+        bindparam("keys", [e.loan_id for e in events], type_=ARRAY(Text)),
+        bindparam("payloads", [e.model_dump_json() for e in events], type_=ARRAY(Text)),
+    ).table_valued("event_id", "topic", "message_key", "payload", with_ordinality="n")
+    rows = rows.render_derived(name="staged")
+    await session.execute(
+        insert(outbox).from_select(
+            ["event_id", "topic", "message_key", "payload"],
+            select(
+                rows.c.event_id, rows.c.topic, rows.c.message_key, cast(rows.c.payload, JSONB)
+            ).order_by(rows.c.n),
         )
     )
 

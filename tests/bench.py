@@ -25,6 +25,7 @@ from services.alerts import rules
 from services.scheduler import policy
 from shared import devstack
 from shared.events import RepaymentPosted, VisitCompleted, VisitFindings
+from shared.vocabulary import AgreedUsage
 from tests.support import (
     auth,
     fetchval,
@@ -91,7 +92,7 @@ def bench_pure() -> None:
     started = time.perf_counter()
     for _ in range(n // 2):
         rules.repayment_alerts(posting)
-        rules.visit_alerts(visit, "private")
+        rules.visit_alerts(visit, AgreedUsage.PRIVATE)
     report("rules_evaluations_per_s", n / (time.perf_counter() - started), "evals/s")
 
 

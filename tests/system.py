@@ -48,7 +48,7 @@ async def in_process_system(database_url: str, bootstrap: str) -> AsyncIterator[
     alerts_settings = AlertsSettings(**common)
 
     scheduler_app = scheduler_main.build_app(scheduler_settings)
-    # Visits and alerts reach the scheduler over HTTP; in-process here, same code path.
+    # Visits reach the scheduler over HTTP; in-process here, same code path.
     to_scheduler = httpx.ASGITransport(app=scheduler_app)
     visits_app = visits_main.build_app(visits_settings, scheduler_transport=to_scheduler)
     alerts_app = alerts_main.build_app(alerts_settings)
@@ -59,9 +59,7 @@ async def in_process_system(database_url: str, bootstrap: str) -> AsyncIterator[
         workers = [
             asyncio.create_task(scheduler_worker.run_worker(scheduler_settings)),
             asyncio.create_task(visits_worker.run_worker(visits_settings)),
-            asyncio.create_task(
-                alerts_worker.run_worker(alerts_settings, scheduler_transport=to_scheduler)
-            ),
+            asyncio.create_task(alerts_worker.run_worker(alerts_settings)),
         ]
         running = System(
             _client(scheduler_app, "http://scheduler"),

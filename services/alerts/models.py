@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
 
-from sqlalchemy import CheckConstraint, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -13,9 +26,30 @@ from shared.db import schema_metadata, utcnow
 from shared.health import health_tables
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
+from shared.vocabulary import (
+    AgreedUsage,
+    AlertStatus,
+    Category,
+    CreditGrade,
+    RecommendedAction,
+    Severity,
+    check_in,
+)
 
 SCHEMA = "alerts"
 metadata = schema_metadata(SCHEMA)
+
+
+class ResolutionAction(StrEnum):
+    """What operations did about an alert; `dismiss` closes it as a false alarm."""
+
+    REPAYMENT_PLAN = "repayment_plan"
+    LEGAL_REVIEW = "legal_review"
+    REPOSSESSION_REVIEW = "repossession_review"
+    FIELD_VISIT = "field_visit"
+    PHONE_VISIT = "phone_visit"
+    NO_ACTION = "no_action"
+    DISMISS = "dismiss"
 
 
 class AlertsTable(SQLModel, registry=registry(metadata=metadata)):
@@ -34,24 +68,26 @@ class Alert(AlertsTable, table=True):
         Index("ix_alerts_created", "created_at", "alert_id"),
         Index("ix_alerts_loan_created", "loan_id", "created_at"),
         Index("ix_alerts_status_severity_created", "status", "severity", "created_at"),
+        CheckConstraint(check_in("category", Category), name="category"),
+        CheckConstraint(check_in("severity", Severity), name="severity"),
+        CheckConstraint(check_in("status", AlertStatus), name="status"),
         CheckConstraint(
-            "category IN ('repayment', 'vehicle', 'collateral', 'borrower', 'contact')",
-            name="category",
+            check_in("recommended_action", RecommendedAction), name="recommended_action"
         ),
-        CheckConstraint("severity IN ('low', 'medium', 'high', 'critical')", name="severity"),
-        CheckConstraint(
-            "status IN ('open', 'acknowledged', 'resolved', 'dismissed')", name="status"
-        ),
+        CheckConstraint(check_in("resolution_action", ResolutionAction), name="resolution_action"),
     )
 
     alert_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     loan_id: str = Field(max_length=64)
     rule: str = Field(max_length=64)
-    category: str = Field(max_length=16)
-    severity: str = Field(max_length=16)
-    status: str = Field(default="open", max_length=16)
+    # Plain strings in PostgreSQL (the CHECKs hold them to the vocabulary), enums in Python.
+    category: Category = Field(sa_column=Column(String(16), nullable=False))
+    severity: Severity = Field(sa_column=Column(String(16), nullable=False))
+    status: AlertStatus = Field(
+        default=AlertStatus.OPEN, sa_column=Column(String(16), nullable=False)
+    )
     reason: str = Field(sa_column=Column(Text, nullable=False))
-    recommended_action: str = Field(max_length=32)
+    recommended_action: RecommendedAction = Field(sa_column=Column(String(32), nullable=False))
     source_event_id: uuid.UUID
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
@@ -64,8 +100,63 @@ class Alert(AlertsTable, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     resolved_by: str | None = Field(default=None, max_length=128)
-    resolution_action: str | None = Field(default=None, max_length=32)
+    resolution_action: ResolutionAction | None = Field(
+        default=None, sa_column=Column(String(32), nullable=True)
+    )
     resolution_note: str | None = Field(default=None, max_length=2000)
+
+
+class LoanFacts(AlertsTable, table=True):
+    """The alerts service's projection of a loan as the scheduler registered it, from
+    `loan-registered`: what the rules need, kept here so that applying an event never
+    waits on the scheduler. The latest `occurred_at` per loan wins (`facts_at`)."""
+
+    __tablename__ = "loan_facts"
+    __table_args__ = (
+        CheckConstraint(check_in("credit_grade", CreditGrade), name="credit_grade"),
+        CheckConstraint(check_in("agreed_usage", AgreedUsage), name="agreed_usage"),
+    )
+
+    loan_id: str = Field(primary_key=True, max_length=64)
+    region: str = Field(max_length=64)
+    credit_grade: CreditGrade = Field(sa_column=Column(String(1), nullable=False))
+    agreed_usage: AgreedUsage = Field(sa_column=Column(String(32), nullable=False))
+    principal: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    term_months: int
+    disbursed_on: date
+    valuation: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    ltv: Decimal | None = Field(default=None, sa_column=Column(Numeric(12, 4), nullable=True))
+    # The `occurred_at` of the event these facts come from; an older event changes nothing.
+    facts_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    source_event_id: uuid.UUID
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ParkedEvent(AlertsTable, table=True):
+    """A posting or visit that arrived before its loan's `loan-registered` (topics are not
+    ordered with each other). It is applied in the transaction that projects the loan's
+    facts, or dead-lettered by the parking sweep once the grace period is over."""
+
+    __tablename__ = "parked_events"
+    __table_args__ = (
+        Index("ix_parked_events_loan", "loan_id"),
+        Index("ix_parked_events_parked", "parked_at"),
+    )
+
+    # Park order: parked events are applied in it, and it stands in for the source offset
+    # in a dead letter, so a replay sends each parked event once and in order.
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    event_id: uuid.UUID = Field(unique=True)
+    topic: str = Field(max_length=128)
+    loan_id: str = Field(max_length=64)
+    payload: dict[str, object] = Field(sa_column=Column(JSONB, nullable=False))
+    parked_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
 
 
 inbox = inbox_table(metadata)

@@ -11,17 +11,20 @@ is where a narrower rule (a supervisor's region, say) would go, applied by every
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, select, true
+from sqlalchemy import ColumnElement, delete, exists, func, select, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.alerts.models import Alert
+from services.alerts.models import Alert, LoanFacts, ParkedEvent, inbox
+from services.alerts.rules import KnownLoan
 from shared.auth import Principal, Role
 from shared.pagination import Page, keyset_page
+from shared.vocabulary import AgreedUsage
 
 T = TypeVar("T")
 
@@ -37,16 +40,21 @@ def visible_alerts(who: Principal) -> ColumnElement[bool]:
     return true()
 
 
-async def add_alert(session: AsyncSession, alert: Alert) -> bool:
-    """Insert an alert; False when its source event already raised this rule."""
-    values = alert.model_dump()
+# --- alerts -------------------------------------------------------------------------------
+
+
+async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
+    """Insert alerts with one statement; returns the ids of those inserted. An alert whose
+    source event already raised its rule (a replay that bypassed the inbox) is skipped."""
+    if not rows:
+        return set()
     result = await session.execute(
         insert(Alert)
-        .values(**values)
+        .values(list(rows))
         .on_conflict_do_nothing(constraint="uq_alerts_source_event_rule")
         .returning(col(Alert.alert_id))
     )
-    return result.first() is not None
+    return set(result.scalars())
 
 
 async def get_alert(
@@ -93,3 +101,119 @@ async def list_alerts(
     return await keyset_page(
         session, stmt, key=ALERT_ORDER, cursor=cursor, limit=limit, to_item=to_item
     )
+
+
+# --- the projection of loan facts ---------------------------------------------------------
+
+
+async def project_loan_facts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Upsert the facts of loans, one row per loan, in one statement: a row replaces the
+    stored facts only if it is newer, so an event that arrives late changes nothing."""
+    if not rows:
+        return
+    stmt = insert(LoanFacts).values(list(rows))
+    facts = LoanFacts.__table__.c  # type: ignore[attr-defined]
+    replaced = {
+        name: stmt.excluded[name] for name in rows[0] if name not in ("loan_id", "updated_at")
+    }
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[col(LoanFacts.loan_id)],
+            set_={**replaced, "updated_at": func.now()},
+            where=stmt.excluded.facts_at > facts.facts_at,
+        )
+    )
+
+
+async def known_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[str, KnownLoan]:
+    """What the rules know of each of these loans that has facts, in one query."""
+    if not loan_ids:
+        return {}
+    rows = await session.execute(
+        select(col(LoanFacts.loan_id), col(LoanFacts.agreed_usage)).where(
+            col(LoanFacts.loan_id).in_(sorted(loan_ids))
+        )
+    )
+    return {loan_id: KnownLoan(AgreedUsage(usage)) for loan_id, usage in rows.all()}
+
+
+# --- events waiting for their loan's facts ------------------------------------------------
+
+
+async def park(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Park events (in the given order) until their loans' facts arrive, in one statement."""
+    if not rows:
+        return
+    await session.execute(
+        insert(ParkedEvent).values(list(rows)).on_conflict_do_nothing(index_elements=["event_id"])
+    )
+
+
+async def unpark_loans(session: AsyncSession, loan_ids: Collection[str]) -> list[ParkedEvent]:
+    """Take the parked events of these loans out of the park, in park order."""
+    if not loan_ids:
+        return []
+    stmt = (
+        delete(ParkedEvent)
+        .where(col(ParkedEvent.loan_id).in_(sorted(loan_ids)))
+        .returning(ParkedEvent)
+    )
+    return sorted((await session.execute(stmt)).scalars(), key=_park_order)
+
+
+async def unpark_known(session: AsyncSession, limit: int) -> list[ParkedEvent]:
+    """Take out up to `limit` parked events whose loan has facts by now (parked while the
+    facts were being projected by another transaction), in park order."""
+    waiting = (
+        select(col(ParkedEvent.id))
+        .where(exists().where(col(LoanFacts.loan_id) == col(ParkedEvent.loan_id)))
+        .order_by(col(ParkedEvent.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = delete(ParkedEvent).where(col(ParkedEvent.id).in_(waiting)).returning(ParkedEvent)
+    return sorted((await session.execute(stmt)).scalars(), key=_park_order)
+
+
+async def expired_parked(
+    session: AsyncSession, older_than: datetime, limit: int
+) -> list[ParkedEvent]:
+    """Up to `limit` events parked before `older_than` whose loan is still unknown, in park
+    order, locked until the transaction ends (other sweepers skip them)."""
+    stmt = (
+        select(ParkedEvent)
+        .where(
+            col(ParkedEvent.parked_at) < older_than,
+            ~exists().where(col(LoanFacts.loan_id) == col(ParkedEvent.loan_id)),
+        )
+        .order_by(col(ParkedEvent.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def drop_dead_lettered(session: AsyncSession, parked: Sequence[ParkedEvent]) -> None:
+    """Take dead-lettered events out of the park and out of the inbox (they were claimed
+    when parked), so a replay from the dead-letter topic is applied, not ignored."""
+    if not parked:
+        return
+    ids = sorted(row.id for row in parked if row.id is not None)
+    await session.execute(delete(ParkedEvent).where(col(ParkedEvent.id).in_(ids)))
+    event_ids = sorted(row.event_id for row in parked)
+    await session.execute(delete(inbox).where(inbox.c.event_id.in_(event_ids)))
+
+
+async def parked_count(session: AsyncSession) -> tuple[int, timedelta | None]:
+    """How many events are parked, and how long the oldest has waited."""
+    row = (
+        await session.execute(
+            select(func.count(), func.now() - func.min(col(ParkedEvent.parked_at)))
+        )
+    ).one()
+    count, waited = row
+    return int(count), waited if isinstance(waited, timedelta) else None
+
+
+def _park_order(event: ParkedEvent) -> int:
+    return event.id or 0

@@ -11,18 +11,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.events import (
+from shared.events import RepaymentPosted, VisitCompleted
+from shared.vocabulary import (
+    DEFAULT_DPD,
+    SERIOUS_ARREARS_DPD,
+    AgreedUsage,
     Category,
+    EmploymentStatus,
     RecommendedAction,
-    RepaymentPosted,
+    RepaymentStatus,
     Severity,
-    VisitCompleted,
+    VehicleCondition,
+    VehicleUsage,
+    VisitOutcome,
 )
-from shared.vocabulary import DEFAULT_DPD, SERIOUS_ARREARS_DPD
 
 # Days past due at which an arrear is escalated (the lender's M1 / M3 buckets).
 DPD_REPAYMENT_PLAN = SERIOUS_ARREARS_DPD
 DPD_LEGAL_REVIEW = DEFAULT_DPD
+
+
+@dataclass(frozen=True)
+class KnownLoan:
+    """What the rules know of a loan, from its `loan-registered` facts."""
+
+    agreed_usage: AgreedUsage
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,7 @@ class AlertDraft:
 
 def repayment_alerts(posting: RepaymentPosted) -> list[AlertDraft]:
     """A missed or partial installment, escalated by how far the loan is past due."""
-    if posting.status not in ("missed", "partial"):
+    if posting.status not in (RepaymentStatus.MISSED, RepaymentStatus.PARTIAL):
         return []
     reason = (
         f"installment {posting.installment_no} {posting.status}: "
@@ -66,7 +79,7 @@ def repayment_alerts(posting: RepaymentPosted) -> list[AlertDraft]:
                 RecommendedAction.REPAYMENT_PLAN,
             )
         ]
-    if posting.status == "missed":
+    if posting.status == RepaymentStatus.MISSED:
         return [
             AlertDraft(
                 "missed_installment",
@@ -102,7 +115,7 @@ _VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
         ),
     ),
     (
-        lambda v: v.findings.vehicle_condition == "missing",
+        lambda v: v.findings.vehicle_condition == VehicleCondition.MISSING,
         AlertDraft(
             "vehicle_missing",
             Category.COLLATERAL,
@@ -112,7 +125,7 @@ _VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
         ),
     ),
     (
-        lambda v: v.findings.vehicle_condition == "damaged",
+        lambda v: v.findings.vehicle_condition == VehicleCondition.DAMAGED,
         AlertDraft(
             "vehicle_damaged",
             Category.VEHICLE,
@@ -133,7 +146,7 @@ _VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
         ),
     ),
     (
-        lambda v: v.findings.employment_status == "unemployed",
+        lambda v: v.findings.employment_status == EmploymentStatus.UNEMPLOYED,
         AlertDraft(
             "borrower_unemployed",
             Category.BORROWER,
@@ -153,7 +166,7 @@ _VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
         ),
     ),
     (
-        lambda v: v.outcome == "borrower_unreachable",
+        lambda v: v.outcome == VisitOutcome.BORROWER_UNREACHABLE,
         AlertDraft(
             "borrower_unreachable",
             Category.CONTACT,
@@ -163,7 +176,7 @@ _VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
         ),
     ),
     (
-        lambda v: v.outcome == "refused",
+        lambda v: v.outcome == VisitOutcome.REFUSED,
         AlertDraft(
             "visit_refused",
             Category.CONTACT,
@@ -175,15 +188,20 @@ _VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
 )
 
 
-def visit_alerts(visit: VisitCompleted, agreed_usage: str | None) -> list[AlertDraft]:
+def visit_alerts(visit: VisitCompleted, agreed_usage: AgreedUsage | None) -> list[AlertDraft]:
     """Every bad sign a visit found, one alert each.
 
-    `agreed_usage` is the loan's contractual usage as the scheduler knows it; None when the
-    loan is unknown there, and then only the misuse rule is skipped.
+    `agreed_usage` is the loan's contractual usage as the scheduler registered it; None
+    when it is not known, and then only the misuse rule is skipped.
     """
     drafts: list[AlertDraft] = []
     usage = visit.findings.vehicle_usage
-    if agreed_usage is not None and usage not in (agreed_usage, "unknown"):
+    # Two vocabularies (what was agreed, what was seen) that share their values.
+    if (
+        agreed_usage is not None
+        and usage != VehicleUsage.UNKNOWN
+        and usage.value != agreed_usage.value
+    ):
         drafts.append(
             AlertDraft(
                 "vehicle_misuse",

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.events import Category, RecommendedAction, Severity
+from services.alerts.models import ResolutionAction
 from shared.validation import MaskedText, Note
+from shared.vocabulary import AlertStatus, Category, RecommendedAction, Severity
 
-AlertStatus = Literal["open", "acknowledged", "resolved", "dismissed"]
-# What operations did about an alert; `dismiss` closes it as a false alarm.
-ResolutionAction = Literal[
-    "repayment_plan",
-    "legal_review",
-    "repossession_review",
-    "field_visit",
-    "phone_visit",
-    "no_action",
-    "dismiss",
-]
+__all__ = ["AlertOut", "AlertStatus", "ResolutionAction", "ResolveIn"]
 
 
 class ResolveIn(BaseModel):

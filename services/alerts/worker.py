@@ -1,4 +1,7 @@
-"""Alerts worker: raises alerts from repayments and visits, and relays `alert-raised`.
+"""Alerts worker: projects loan facts from `loan-registered`, raises alerts from repayments
+and visits, relays `alert-raised`, and sweeps the events parked waiting for their loan.
+
+It asks no other service anything: the loan facts its rules need are its own projection.
 
 `python -m services.alerts.worker`
 """
@@ -6,47 +9,62 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-
-import httpx
+from datetime import timedelta
 
 from services.alerts import service
-from services.alerts.loans import SchedulerLoans
 from services.alerts.models import health, inbox, outbox
+from services.alerts.parking import PARKING_ROLE, ParkingSweep
 from services.alerts.settings import AlertsSettings
-from shared.events import REPAYMENT_POSTED, VISIT_COMPLETED, RepaymentPosted, VisitCompleted
+from shared.dead_letter_sender import DeadLetterSender
+from shared.events import (
+    LOAN_REGISTERED,
+    REPAYMENT_POSTED,
+    VISIT_COMPLETED,
+    LoanRegistered,
+    RepaymentPosted,
+    VisitCompleted,
+)
+from shared.failures import backoff_seconds
+from shared.health import WorkerHealth
 from shared.kafka import TopicHandler
-from shared.service_client import ServiceClient
-from shared.worker import worker_main, worker_resources
+from shared.worker import WorkerResources, worker_main, worker_resources
 
 
-async def run_worker(
-    settings: AlertsSettings, *, scheduler_transport: httpx.AsyncBaseTransport | None = None
-) -> None:
-    scheduler = ServiceClient.scheduler(settings, caller="alerts", transport=scheduler_transport)
-    try:
-        async with worker_resources(settings, health=health) as resources:
-            loan_of = SchedulerLoans(scheduler).facts
-            consumer = resources.consumer(
-                group_id=settings.consumer_group,
-                handlers={
-                    REPAYMENT_POSTED: TopicHandler(
-                        RepaymentPosted, functools.partial(service.on_repayments, loan_of=loan_of)
-                    ),
-                    VISIT_COMPLETED: TopicHandler(
-                        VisitCompleted, functools.partial(service.on_visits, loan_of=loan_of)
-                    ),
-                },
-                inbox_table=inbox,
-            )
-            relay = resources.relay(outbox)
-            # A TaskGroup: if either loop dies, the other is cancelled and the worker exits
-            # (and is restarted) instead of limping on half-working.
-            async with asyncio.TaskGroup() as group:
-                group.create_task(consumer.run())
-                group.create_task(relay.run())
-    finally:
-        await scheduler.aclose()
+async def run_worker(settings: AlertsSettings) -> None:
+    async with worker_resources(settings, health=health) as resources:
+        consumer = resources.consumer(
+            group_id=settings.consumer_group,
+            handlers={
+                LOAN_REGISTERED: TopicHandler(LoanRegistered, service.on_loans_registered),
+                REPAYMENT_POSTED: TopicHandler(RepaymentPosted, service.on_repayments),
+                VISIT_COMPLETED: TopicHandler(VisitCompleted, service.on_visits),
+            },
+            inbox_table=inbox,
+        )
+        relay = resources.relay(outbox)
+        sweep = parking_sweep(settings, resources)
+        # A TaskGroup: if any loop dies, the others are cancelled and the worker exits
+        # (and is restarted) instead of limping on half-working.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run())
+            group.create_task(relay.run())
+            group.create_task(sweep.run())
+
+
+def parking_sweep(settings: AlertsSettings, resources: WorkerResources) -> ParkingSweep:
+    """The sweep of parked events, dead-lettering as the consumer group does."""
+    dead_letters = DeadLetterSender(
+        resources.producer,
+        settings.consumer_group,
+        lambda attempt: backoff_seconds(attempt, base=0.5, cap=10.0),
+    )
+    return ParkingSweep(
+        resources.sessions,
+        dead_letters,
+        grace=timedelta(seconds=settings.park_grace_seconds),
+        every_seconds=settings.park_sweep_seconds,
+        health=WorkerHealth(resources.sessions, resources.health, PARKING_ROLE),
+    )
 
 
 if __name__ == "__main__":

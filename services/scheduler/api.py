@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import repository, service
+from services.scheduler.loan_import import MAX_LINE_BYTES, import_lines, numbered_lines
 from services.scheduler.models import VisitTask
+from services.scheduler.registration import Registered, register_loans
 from services.scheduler.schemas import (
     AgentIn,
     AgentOut,
@@ -23,6 +26,7 @@ from services.scheduler.schemas import (
 )
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
+from shared.db import unit_of_work
 from shared.errors import Problem, not_found
 from shared.openapi import problems
 from shared.pagination import CursorText, Page
@@ -38,7 +42,6 @@ Supervisor = Annotated[Principal, Depends(require_roles("supervisor", "admin"))]
 Reader = Annotated[Principal, Depends(require_roles(*repository.READERS))]
 LoanIdPath = Annotated[LoanId, Path()]
 AgentIdPath = Annotated[Identifier, Path()]
-MAX_IMPORT_LINES = 10_000
 # Its body may be larger than a JSON body's (SchedulerSettings.max_import_bytes); the
 # request middleware counts the bytes as they stream in.
 IMPORT_ROUTE = "POST /v1/loans/import"
@@ -54,7 +57,11 @@ _IMPORT_LINE_SCHEMA = {
 }
 _IMPORT_BODY = {
     "required": True,
-    "description": f"NDJSON: one loan (LoanImportLine) per line, at most {MAX_IMPORT_LINES} lines.",
+    "description": (
+        "NDJSON: one loan (LoanImportLine) per line, any number of lines up to the import's"
+        f" body limit; a line longer than {MAX_LINE_BYTES} bytes is rejected. Blank lines"
+        " are skipped (and counted in line numbers)."
+    ),
     "content": {NDJSON: {"schema": {"type": "array", "items": _IMPORT_LINE_SCHEMA}}},
 }
 
@@ -62,6 +69,11 @@ _IMPORT_BODY = {
 def _cipher(request: Request) -> PiiCipher:
     cipher: PiiCipher = request.app.state.cipher
     return cipher
+
+
+def _digest_key(request: Request) -> bytes:
+    key: bytes = request.app.state.registration_digest_key
+    return key
 
 
 @router.put(
@@ -80,73 +92,54 @@ async def put_loan(
     response: Response,
     _: Integration,
 ) -> LoanOut:
-    loan, created = await service.register_loan(session, _cipher(request), loan_id, body)
-    response.status_code = 201 if created else 200
+    registered = await register_loans(
+        session, _cipher(request), _digest_key(request), [(loan_id, body)]
+    )
+    loan = await repository.get_loan(session, loan_id)
+    if loan is None:  # pragma: no cover - written in this transaction
+        raise not_found("loan")
+    response.status_code = 201 if registered.created else 200
     return service.loan_view(loan, _cipher(request))
 
 
 @router.post(
     "/loans/import",
     response_model=ImportResult,
-    responses=problems(409, 413),
+    responses=problems(413, 422),
     openapi_extra={"requestBody": _IMPORT_BODY},
 )
-async def import_loans(request: Request, session: SessionDep, _caller: Integration) -> ImportResult:
-    """NDJSON bulk registration: every line is validated first; one bad line writes nothing."""
-    received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-    parsed = _parse_import(bytes(received))
-    created = 0
-    for item in parsed:
-        body = LoanIn.model_validate(item.model_dump(exclude={"loan_id"}))
-        _, was_created = await service.register_loan(session, _cipher(request), item.loan_id, body)
-        created += was_created
-    return ImportResult(imported=len(parsed), created=created)
+async def import_loans(request: Request, _caller: Integration) -> ImportResult:
+    """NDJSON bulk registration, read as it streams in. Good lines are registered (a chunk
+    of them per transaction) and bad lines are not; each rejected line is reported by its
+    number with the reason. Importing the same file again changes nothing.
 
+    A file with no good line is refused (422). A failure mid-file (the database gone, the
+    body past its limit) leaves the chunks already committed: importing the file again
+    completes it."""
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    cipher, key = _cipher(request), _digest_key(request)
 
-def _parse_import(received: bytes) -> list[LoanImportLine]:
-    """The loans of an NDJSON body, or a 422 naming every line at fault (by its line number
-    in the body, blank lines counted). Bytes that are not UTF-8 are refused, never replaced:
-    a plate stored as `A\ufffd1` is a different plate."""
-    numbered = [
-        (number, raw.rstrip(b"\r"))
-        for number, raw in enumerate(received.split(b"\n"), start=1)
-        if raw.strip()
-    ]
-    if not numbered:
+    async def register(loans: Sequence[tuple[str, LoanIn]]) -> Registered:
+        async with unit_of_work(sessions) as session:
+            return await register_loans(session, cipher, key, loans)
+
+    tally = await import_lines(numbered_lines(request.stream()), register)
+    result = tally.result()
+    if result.accepted == 0:
         raise Problem(
             422,
             "Unprocessable Content",
-            "no loans in the import",
-            errors=[{"field": "body", "message": "no loans in the import"}],
-        )
-    if len(numbered) > MAX_IMPORT_LINES:
-        raise Problem(413, "Content Too Large", f"at most {MAX_IMPORT_LINES} loans per import")
-    parsed: list[LoanImportLine] = []
-    errors: list[dict[str, str]] = []
-    for number, raw in numbered:
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            message = f"not UTF-8 (byte {exc.start + 1} of the line)"
-            errors.append({"field": f"line[{number}]", "message": message})
-            continue
-        try:
-            parsed.append(LoanImportLine.model_validate_json(line))
-        except ValidationError as exc:
-            errors += [
+            "no loan in the import could be registered",
+            errors=[
                 {
-                    "field": f"line[{number}]." + ".".join(str(p) for p in err["loc"]),
-                    "message": err["msg"],
+                    "field": f"line[{r.line}]" + (f".{r.field}" if r.field else ""),
+                    "message": r.reason,
                 }
-                for err in exc.errors()
+                for r in result.rejected_lines
             ]
-    if errors:
-        raise Problem(
-            422, "Unprocessable Content", "import rejected; nothing was written", errors=errors
+            or [{"field": "body", "message": "no loans in the import"}],
         )
-    return parsed
+    return result
 
 
 @router.get("/loans/{loan_id}", response_model=LoanOut, responses=problems(404))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.scheduler.api import IMPORT_ROUTE, router
-from services.scheduler.models import health
+from services.scheduler.models import health, outbox
+from services.scheduler.registration import digest_key
 from services.scheduler.settings import SchedulerSettings
 from shared.app import create_app
-from shared.broker_ledger import consumer_role
+from shared.broker_ledger import consumer_role, relay_role
 from shared.health import WorkerReadiness
 from shared.logging import configure_logging
 from shared.pii import PiiCipher
@@ -16,9 +17,8 @@ from shared.pii import PiiCipher
 
 def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
-    workers = WorkerReadiness(
-        health, [consumer_role(settings.consumer_group)], settings.worker_stale_seconds
-    )
+    roles = [consumer_role(settings.consumer_group), relay_role(outbox.fullname)]
+    workers = WorkerReadiness(health, roles, settings.worker_stale_seconds)
     app = create_app(
         settings,
         title="Huifang scheduler",
@@ -27,6 +27,7 @@ def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
         readiness=workers,
     )
     app.state.cipher = PiiCipher(settings.pii_key)
+    app.state.registration_digest_key = digest_key(settings.pii_key)
     return app
 
 

@@ -185,6 +185,29 @@ class RescheduleIn(Strict):
     note: Note | None = Field(default=None, max_length=500)
 
 
+class RejectedLine(BaseModel):
+    """A line of an import that was not registered, and why."""
+
+    line: int = Field(description="Line number in the body, from 1; blank lines counted.")
+    field: str | None = Field(
+        description="The first field at fault (`borrower.phone`), if the line parsed as JSON."
+    )
+    reason: str
+
+
+# An import response lists this many rejected lines and counts them all.
+LISTED_REJECTIONS = 1000
+
+
 class ImportResult(BaseModel):
-    imported: int
-    created: int
+    """What an import did. Good lines are registered and bad lines are not."""
+
+    accepted: int = Field(description="Lines registered: created + updated + unchanged.")
+    created: int = Field(description="New loans (each with its first follow-up task).")
+    updated: int = Field(description="Loans whose registration changed.")
+    unchanged: int = Field(description="Loans registered exactly so already: nothing written.")
+    rejected: int = Field(description="All rejected lines, whether listed or not.")
+    rejected_lines: list[RejectedLine] = Field(
+        max_length=LISTED_REJECTIONS,
+        description=f"The first {LISTED_REJECTIONS} rejected lines, in line order.",
+    )

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +14,6 @@ from services.scheduler.models import Agent, Loan, VisitTask
 from services.scheduler.schemas import (
     AgentIn,
     BorrowerOut,
-    LoanIn,
     LoanOut,
     RescheduleIn,
     VehicleOut,
@@ -25,46 +23,6 @@ from shared.errors import Problem, not_found
 from shared.events import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
 from shared.kafka import InvalidEvents
 from shared.pii import PiiCipher, mask_name, mask_tail
-
-
-async def register_loan(
-    session: AsyncSession, cipher: PiiCipher, loan_id: str, body: LoanIn
-) -> tuple[Loan, bool]:
-    """Idempotent upsert of a disbursed loan; a new loan gets its first follow-up task.
-
-    Returns the loan and whether it was created.
-    """
-    loan = await repository.get_loan(session, loan_id, for_update=True)
-    created = loan is None
-    fields: dict[str, Any] = dict(
-        borrower_id=body.borrower.borrower_id,
-        borrower_name_enc=cipher.encrypt(body.borrower.name),
-        national_id_enc=cipher.encrypt(body.borrower.national_id),
-        phone_enc=cipher.encrypt(body.borrower.phone),
-        occupation=body.borrower.occupation,
-        monthly_income=body.borrower.monthly_income,
-        vin=body.vehicle.vin,
-        plate=body.vehicle.plate,
-        make_model=body.vehicle.make_model,
-        valuation=body.vehicle.valuation,
-        valued_on=body.vehicle.valued_on,
-        credit_grade=body.credit_grade,
-        principal=body.principal,
-        term_months=body.term_months,
-        disbursed_on=body.disbursed_on,
-        region=body.region,
-        agreed_usage=body.agreed_usage,
-    )
-    if loan is None:
-        loan = Loan(loan_id=loan_id, **fields)
-        session.add(loan)
-        await session.flush()
-        await plan_visit(session, loan, policy.first_follow_up(body.disbursed_on), None)
-    else:
-        for key, value in fields.items():
-            setattr(loan, key, value)
-        loan.updated_at = datetime.now(UTC)
-    return loan, created
 
 
 async def plan_visit(

@@ -8,5 +8,8 @@ from shared.settings import ServiceSettings
 class SchedulerSettings(ServiceSettings):
     service_name: str = "scheduler"
     consumer_group: str = "scheduler"
-    # The NDJSON loan import (`POST /v1/loans/import`) may be larger than a JSON body.
-    max_import_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # The NDJSON loan import (`POST /v1/loans/import`) is read as a stream, a line and a
+    # chunk of lines at a time, so its size costs time, not memory. A lender's whole
+    # portfolio must fit: a million loans are ~0.8 GB of NDJSON; 4 GiB leaves room for longer
+    # lines and bigger books while still refusing an endless body.
+    max_import_bytes: int = Field(default=4 * 1024**3, gt=0)

@@ -1,12 +1,15 @@
-"""Scheduler worker: plans visits from repayments, completed visits and alerts.
+"""Scheduler worker: plans visits from repayments, completed visits and alerts, and relays
+`loan-registered` from the scheduler's outbox.
 
 `python -m services.scheduler.worker`
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from services.scheduler import service
-from services.scheduler.models import health, inbox
+from services.scheduler.models import health, inbox, outbox
 from services.scheduler.settings import SchedulerSettings
 from shared.events import (
     ALERT_RAISED,
@@ -31,7 +34,12 @@ async def run_worker(settings: SchedulerSettings) -> None:
             },
             inbox_table=inbox,
         )
-        await consumer.run()
+        relay = resources.relay(outbox)
+        # A TaskGroup: if either loop dies, the other is cancelled and the worker exits
+        # (and is restarted) instead of limping on half-working.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run())
+            group.create_task(relay.run())
 
 
 if __name__ == "__main__":

@@ -7,12 +7,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.alerts.loans import SchedulerLoans
-from shared.devstack import free_port
-from shared.service_client import OwnerUnavailable, ServiceClient
+from tests.alerts_support import loan_registered_event
 from tests.integration.conftest import System
 from tests.support import (
     ADMIN,
@@ -157,21 +154,25 @@ async def test_usage_as_agreed_raises_nothing(system: System, producer: AIOKafka
     assert alert["rule"] == "visit_refused"
 
 
-async def test_scheduler_down_is_an_outage_not_an_unknown_loan() -> None:
-    # Nothing listens there: the lookup must fail loudly (the consumer retries the event)
-    # rather than answer None, which would silently skip the misuse rule.
-    client = ServiceClient(
-        base_url=f"http://127.0.0.1:{free_port()}",
-        jwt_secret="test-secret",
-        caller="alerts",
-        timeout_seconds=0.5,
-        retries=1,
-    )
-    try:
-        with pytest.raises(OwnerUnavailable):
-            await SchedulerLoans(client).facts(new_id("L"))
-    finally:
-        await client.aclose()
+async def test_alerts_are_raised_without_asking_the_scheduler(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    # The alerts worker has no way to reach the scheduler: the loan's facts come only from
+    # `loan-registered`, here produced by the test for a loan the scheduler never saw, as
+    # if the scheduler had announced it and then gone down.
+    loan_id = new_id("NOSCHED")
+    assert (await system.scheduler.get(f"/v1/loans/{loan_id}", headers=ADMIN)).status_code == 404
+    await produce(producer, loan_registered_event(loan_id, agreed_usage="private"))
+    posting = repayment_event(loan_id, status="missed", days_past_due=95)
+    visit = visit_event(loan_id, findings={"vehicle_usage": "lent_out"})
+    await produce(producer, posting)
+    await produce(producer, visit)
+
+    alerts = await wait_for_alerts(system, loan_id, 2)
+    assert sorted(verdict(a) for a in alerts) == [
+        ("dpd_90", "repayment", "critical", "legal_review"),
+        ("vehicle_misuse", "vehicle", "high", "field_visit"),
+    ]
 
 
 # --- triage -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from services.alerts import rules
 from services.alerts.rules import AlertDraft
 from shared.events import RepaymentPosted, VisitCompleted, VisitFindings
+from shared.vocabulary import AgreedUsage
 
 
 def _posting(status: str, dpd: int, **overrides: Any) -> RepaymentPosted:
@@ -98,22 +99,22 @@ def test_a_clean_visit_raises_nothing() -> None:
         vehicle_condition="good",
         collateral_documents_intact=True,
     )
-    assert rules.visit_alerts(visit, "private") == []
+    assert rules.visit_alerts(visit, AgreedUsage.PRIVATE) == []
 
 
 @pytest.mark.parametrize("usage", ["commercial", "ride_hailing", "lent_out"])
 def test_usage_other_than_agreed_is_misuse(usage: str) -> None:
-    [draft] = rules.visit_alerts(_visit(vehicle_usage=usage), "private")
+    [draft] = rules.visit_alerts(_visit(vehicle_usage=usage), AgreedUsage.PRIVATE)
     assert _verdict(draft) == ("vehicle_misuse", "vehicle", "high", "field_visit")
     assert usage in draft.reason and "private" in draft.reason
 
 
 def test_usage_equal_to_agreed_raises_nothing() -> None:
-    assert rules.visit_alerts(_visit(vehicle_usage="ride_hailing"), "ride_hailing") == []
+    assert rules.visit_alerts(_visit(vehicle_usage="ride_hailing"), AgreedUsage.RIDE_HAILING) == []
 
 
 def test_unknown_usage_raises_nothing() -> None:
-    assert rules.visit_alerts(_visit(vehicle_usage="unknown"), "private") == []
+    assert rules.visit_alerts(_visit(vehicle_usage="unknown"), AgreedUsage.PRIVATE) == []
 
 
 def test_unknown_loan_skips_only_the_misuse_rule() -> None:
@@ -165,7 +166,7 @@ def test_unknown_loan_skips_only_the_misuse_rule() -> None:
 def test_each_bad_finding_raises_its_alert(
     findings: dict[str, Any], rule: str, category: str, severity: str, action: str
 ) -> None:
-    [draft] = rules.visit_alerts(_visit(**findings), "private")
+    [draft] = rules.visit_alerts(_visit(**findings), AgreedUsage.PRIVATE)
     assert _verdict(draft) == (rule, category, severity, action)
     assert draft.reason
 
@@ -181,7 +182,7 @@ def test_each_bad_finding_raises_its_alert(
     ],
 )
 def test_neutral_or_unchecked_findings_raise_nothing(findings: dict[str, Any]) -> None:
-    assert rules.visit_alerts(_visit(**findings), "private") == []
+    assert rules.visit_alerts(_visit(**findings), AgreedUsage.PRIVATE) == []
 
 
 @pytest.mark.parametrize(
@@ -202,7 +203,7 @@ def test_several_findings_raise_one_alert_each() -> None:
         employment_status="unemployed",
         repayment_difficulty=True,
     )
-    assert _rules(rules.visit_alerts(visit, "private")) == [
+    assert _rules(rules.visit_alerts(visit, AgreedUsage.PRIVATE)) == [
         "vehicle_misuse",
         "collateral_encumbered",
         "vehicle_damaged",
