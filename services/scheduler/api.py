@@ -125,6 +125,13 @@ async def import_loans(request: Request, _caller: Integration) -> ImportResult:
 
     tally = await import_lines(numbered_lines(request.stream()), register)
     result = tally.result()
+    if result.accepted == 0 and result.rejected == 0:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "no loans in the import",
+            errors=[{"field": "body", "message": "no loans in the import"}],
+        )
     if result.accepted == 0:
         raise Problem(
             422,
@@ -136,8 +143,7 @@ async def import_loans(request: Request, _caller: Integration) -> ImportResult:
                     "message": r.reason,
                 }
                 for r in result.rejected_lines
-            ]
-            or [{"field": "body", "message": "no loans in the import"}],
+            ],
         )
     return result
 
