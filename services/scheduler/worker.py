@@ -1,11 +1,15 @@
-"""Scheduler worker: plans visits from repayments, completed visits and alerts.
+"""Scheduler worker: plans visits from repayments, completed visits and alerts, and
+dispatches the planned tasks to agents.
 
 `python -m services.scheduler.worker`
 """
 
 from __future__ import annotations
 
-from services.scheduler import service
+import asyncio
+
+from services.scheduler import planning
+from services.scheduler.dispatch import Dispatcher
 from services.scheduler.models import health, inbox
 from services.scheduler.settings import SchedulerSettings
 from shared.events import (
@@ -25,13 +29,22 @@ async def run_worker(settings: SchedulerSettings) -> None:
         consumer = resources.consumer(
             group_id=settings.consumer_group,
             handlers={
-                REPAYMENT_POSTED: TopicHandler(RepaymentPosted, service.on_repayments),
-                VISIT_COMPLETED: TopicHandler(VisitCompleted, service.on_visits),
-                ALERT_RAISED: TopicHandler(AlertRaised, service.on_alerts),
+                REPAYMENT_POSTED: TopicHandler(RepaymentPosted, planning.on_repayments),
+                VISIT_COMPLETED: TopicHandler(VisitCompleted, planning.on_visits),
+                ALERT_RAISED: TopicHandler(AlertRaised, planning.on_alerts),
             },
             inbox_table=inbox,
         )
-        await consumer.run()
+        dispatcher = Dispatcher(
+            resources.sessions,
+            settings.database_url,
+            period_seconds=settings.dispatch_period_seconds,
+            batch_size=settings.dispatch_batch_size,
+        )
+        # Either stopping stops the worker (and the supervisor restarts it).
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run(), name="consumer")
+            group.create_task(dispatcher.run(), name="dispatcher")
 
 
 if __name__ == "__main__":
