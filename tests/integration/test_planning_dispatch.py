@@ -15,10 +15,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import planning
+from services.scheduler import planning, repository
 from services.scheduler.dispatch import Dispatcher
 from shared.db import make_engine, make_session_factory, unit_of_work
 from shared.events import RepaymentPosted, VisitCompleted
@@ -39,7 +39,7 @@ from tests.support import (
 
 @pytest.fixture
 async def sessions(system: System) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(system.database_url)
+    engine = make_engine(system.database_url, pool_size=16)
     yield make_session_factory(engine)
     await engine.dispose()
 
@@ -95,6 +95,11 @@ async def load(system: System, region: str) -> list[tuple[str | None, date, date
     finally:
         await conn.close()
     return [(r["agent_id"], r["due_on"], r["assigned_at"]) for r in rows]
+
+
+async def warm(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as session:
+        await session.execute(text("SELECT pg_sleep(0.05)"))
 
 
 def posting(loan_id: str, *, dpd: int, at: datetime) -> RepaymentPosted:
@@ -243,11 +248,13 @@ async def test_concurrent_dispatchers_never_assign_a_task_twice_or_overbook(
 ) -> None:
     region = new_id("R")
     async with dispatch_held(system):
-        agents = [await put_agent(system, region, 3, ["phone"]) for _ in range(4)]
-        for _ in range(12):  # exactly the room the four have on the day
+        agents = [await put_agent(system, region, 3, ["phone"]) for _ in range(5)]
+        for _ in range(15):  # exactly the room the five have on the day
             await register_loan(system.scheduler, region, disbursed_on=date(2026, 12, 2))
-    # Four replicas of small batches race each other and the worker's own dispatcher.
-    replicas = [Dispatcher(sessions, system.database_url, batch_size=2) for _ in range(4)]
+    # Fifteen drains at once (connections opened beforehand, so that they overlap) by five
+    # replicas with small batches, racing each other and the worker's own dispatcher.
+    await asyncio.gather(*(warm(sessions) for _ in range(15)))
+    replicas = [Dispatcher(sessions, system.database_url, batch_size=2) for _ in range(5)]
     counts = await asyncio.gather(*(d.drain() for _ in range(3) for d in replicas))
 
     async def all_assigned() -> list[Any] | None:
@@ -255,8 +262,28 @@ async def test_concurrent_dispatchers_never_assign_a_task_twice_or_overbook(
         return rows if all(agent for agent, _, _ in rows) else None
 
     rows = await eventually(all_assigned, within=10, interval=0.05)
-    assert sum(counts) <= 12  # no assignment counted twice
+    assert sum(counts) <= 15  # no assignment counted twice
     assert Counter(agent for agent, _, _ in rows) == dict.fromkeys(agents, 3)  # nobody overbooked
+
+
+async def test_while_one_dispatcher_holds_the_turn_another_assigns_nothing(
+    system: System, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    region = new_id("R")
+    agent = await put_agent(system, region, 5, ["phone"])
+    async with unit_of_work(sessions) as holder:
+        # The worker's dispatcher may be mid-pass: wait for our turn.
+        await eventually(lambda: repository.try_dispatch_lock(holder), within=5, interval=0.01)
+        async with unit_of_work(sessions) as replica:
+            assert not await repository.try_dispatch_lock(replica)
+        loan_id = await register_loan(system.scheduler, region)
+        assert await Dispatcher(sessions, system.database_url).dispatch_once() == (0, 0)
+        [task] = (await system.scheduler.get(f"/v1/loans/{loan_id}/tasks", headers=ADMIN)).json()[
+            "items"
+        ]
+        assert task["agent_id"] is None
+    [task] = await dispatched(system.scheduler, loan_id, within=5)
+    assert task["agent_id"] == agent
 
 
 async def test_tasks_of_a_region_without_agents_wait_until_one_is_added(system: System) -> None:
