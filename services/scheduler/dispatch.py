@@ -50,7 +50,9 @@ class Dispatcher:
         self._batch = batch_size
         self._probe = probe_seconds
         self._wake = asyncio.Event()
+        # Set while the LISTEN connection is up; notifications received, for the tests.
         self.listening = asyncio.Event()
+        self.notifications = 0
 
     async def dispatch_once(self) -> tuple[int, int]:
         """One pass: (tasks read, tasks assigned). (0, 0) while another replica holds the
@@ -137,4 +139,5 @@ class Dispatcher:
             await conn.execute("SELECT 1", timeout=self._probe)
 
     def _notified(self, *_: object) -> None:
+        self.notifications += 1
         self.wake()

@@ -4,6 +4,7 @@ worker runs beside these tests, its dispatcher included)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 import uuid
@@ -319,3 +320,39 @@ async def test_a_new_loans_task_has_its_agent_within_a_second(system: System) ->
     # Woken by the notification, not by the 1 s period.
     assert statistics.median(waits) < 0.5
     assert max(waits) < 2.0
+
+
+async def test_the_listener_comes_back_after_its_connection_is_killed(
+    system: System, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """What a database restart does to the LISTEN connection: it is gone, the dispatcher
+    connects again and is woken by notifications as before (the worker's one too)."""
+    dispatcher = Dispatcher(sessions, system.database_url, period_seconds=60, probe_seconds=0.2)
+    running = asyncio.create_task(dispatcher.run())
+    listeners = (
+        "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN \"visit_tasks_awaiting_dispatch\"'"
+    )
+    conn = await asyncpg.connect(system.database_url.replace("+asyncpg", ""))
+    try:
+        await asyncio.wait_for(dispatcher.listening.wait(), timeout=5)
+        killed = {r["pid"] for r in await conn.fetch(listeners)}
+        assert killed
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", killed)
+
+        async def listening_again() -> set[int] | None:
+            pids = {r["pid"] for r in await conn.fetch(listeners)}
+            return pids if dispatcher.listening.is_set() and pids - killed else None
+
+        await eventually(listening_again, within=10, interval=0.05)
+        before = dispatcher.notifications
+        await conn.execute("SELECT pg_notify('visit_tasks_awaiting_dispatch', '')")
+        await eventually(lambda: _true(dispatcher.notifications > before), within=5, interval=0.02)
+    finally:
+        await conn.close()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def _true(value: bool) -> bool:
+    return value
