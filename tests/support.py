@@ -276,3 +276,19 @@ def each_event(
             await handle(session, event)
 
     return TopicHandler(model, apply)
+
+
+async def dispatched(
+    client: httpx.AsyncClient, loan_id: str, *, within: float = 15.0
+) -> list[dict[str, Any]]:
+    """The loan's tasks once every open one has its agent: planning writes tasks without
+    one and the scheduler worker's dispatcher assigns them (within a second or so)."""
+
+    async def assigned() -> list[dict[str, Any]] | None:
+        response = await client.get(f"/v1/loans/{loan_id}/tasks", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        tasks: list[dict[str, Any]] = response.json()["items"]
+        ready = tasks and all(t["agent_id"] for t in tasks if t["status"] == "open")
+        return tasks if ready else None
+
+    return await eventually(assigned, within=within, interval=0.05)

@@ -27,7 +27,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.scheduler import policy
+from services.scheduler import policy, repository
 from services.scheduler.models import Loan, VisitTask, outbox
 from services.scheduler.schemas import LoanIn
 from shared.events import LoanRegistered
@@ -39,8 +39,6 @@ from shared.vocabulary import AgreedUsage, CreditGrade
 # its car has no meaningful loan-to-value, and is announced without one.
 _LTV_BOUND = Decimal(10) ** 8
 _LTV_PLACES = Decimal("0.0001")
-# The dispatcher (services/scheduler/dispatch.py) listens here for new unassigned tasks.
-DISPATCH_CHANNEL = "visit_tasks_awaiting_dispatch"
 
 
 @dataclass(frozen=True)
@@ -160,8 +158,6 @@ _FIRST_TASKS = text(
     " ON CONFLICT (loan_id, method) WHERE status = 'open' DO NOTHING"
 )
 
-_NOTIFY_DISPATCH = text("SELECT pg_notify(:channel, '')").bindparams(channel=DISPATCH_CHANNEL)
-
 
 async def register_loans(
     session: AsyncSession,
@@ -249,7 +245,7 @@ async def _plan_first_follow_ups(
         rows["due_on"].append(planned.due_on)
         rows["reason"].append(_json(planned.reason))
     await session.execute(_FIRST_TASKS, rows)
-    await session.execute(_NOTIFY_DISPATCH)
+    await repository.notify_dispatch(session)
 
 
 def _json(value: object) -> str:

@@ -14,17 +14,19 @@ list), never fetched and then refused:
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Callable
-from datetime import date
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, exists, func, select, true
+from sqlalchemy import ColumnElement, exists, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.scheduler.models import Agent, Loan, VisitTask
-from services.scheduler.policy import AgentLoad
+from services.scheduler.policy import RosterAgent, TaskPlan, WaitingTask
 from services.scheduler.schemas import TaskQuery
 from shared.auth import Principal, Role
 from shared.pagination import Page, keyset_page
@@ -101,47 +103,253 @@ async def get_task_and_region(
     return None if row is None else (row[0], row[1])
 
 
-async def open_task(session: AsyncSession, loan_id: str, method: str) -> VisitTask | None:
-    stmt = (
-        select(VisitTask)
-        .where(
-            col(VisitTask.loan_id) == loan_id,
-            col(VisitTask.method) == method,
-            col(VisitTask.status) == "open",
-        )
-        .order_by(col(VisitTask.due_on))
-        .limit(1)
-        .with_for_update()
+# --- planning -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoanFacts:
+    """What planning needs of a loan."""
+
+    loan_id: str
+    credit_grade: str
+    days_past_due: int
+
+
+async def lock_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[str, LoanFacts]:
+    """The registered loans among `loan_ids`, locked in loan_id order: two batches that
+    share loans (a topic's partitions run side by side) wait for each other instead of
+    deadlocking."""
+    rows = await session.execute(
+        text(
+            "SELECT loan_id, credit_grade, days_past_due FROM scheduler.loans"
+            " WHERE loan_id = ANY(CAST(:ids AS varchar[])) ORDER BY loan_id FOR UPDATE"
+        ),
+        {"ids": sorted(set(loan_ids))},
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return {r.loan_id: LoanFacts(r.loan_id, r.credit_grade, r.days_past_due) for r in rows}
 
 
-async def agent_loads(
-    session: AsyncSession, region: str, method: str, due_on: date
-) -> list[AgentLoad]:
-    """Active agents of a region able to do `method`, with their open-task counts."""
-    is_open = col(VisitTask.status) == "open"
-    stmt = (
-        select(
-            col(Agent.agent_id),
-            col(Agent.daily_capacity),
-            func.count(col(VisitTask.task_id)).filter(is_open).label("open_tasks"),
-            func.count(col(VisitTask.task_id))
-            .filter(is_open, col(VisitTask.due_on) == due_on)
-            .label("due_that_day"),
-        )
-        .outerjoin(VisitTask, col(VisitTask.agent_id) == col(Agent.agent_id))
-        .where(
-            col(Agent.region) == region,
-            col(Agent.active).is_(True),
-            col(Agent.methods).contains([method]),
-        )
-        .group_by(col(Agent.agent_id), col(Agent.daily_capacity))
+@dataclass(frozen=True)
+class Completion:
+    """A visit that did the open task `task_id` of `loan_id`."""
+
+    task_id: uuid.UUID
+    loan_id: str
+    visit_id: uuid.UUID
+    completed_at: datetime
+
+
+async def complete_tasks(session: AsyncSession, completions: Sequence[Completion]) -> None:
+    """Complete the visited tasks: only a task of the visit's loan that is still open."""
+    if not completions:
+        return
+    await session.execute(
+        text(
+            "UPDATE scheduler.visit_tasks AS t"
+            " SET status = 'completed', visit_id = v.visit_id, completed_at = v.completed_at"
+            " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:loan_ids AS varchar[]),"
+            "             CAST(:visit_ids AS uuid[]), CAST(:completed AS timestamptz[]))"
+            "      AS v(task_id, loan_id, visit_id, completed_at)"
+            " WHERE t.task_id = v.task_id AND t.loan_id = v.loan_id AND t.status = 'open'"
+        ),
+        {
+            "task_ids": [c.task_id for c in completions],
+            "loan_ids": [c.loan_id for c in completions],
+            "visit_ids": [c.visit_id for c in completions],
+            "completed": [c.completed_at for c in completions],
+        },
+    )
+
+
+# One open task per (loan, method) (uq_visit_tasks_open_loan_method): a plan either creates
+# it, brings it forward (its reason becomes the plan's), or leaves it and is recorded in the
+# task's `also` (policy.merge_plans does the same within a batch). The agent is kept:
+# assignment is the dispatcher's (dispatch.py). Rows go in (loan, method) order, the order
+# their locks are taken in.
+_UPSERT_TASKS = text(
+    """
+    INSERT INTO scheduler.visit_tasks AS t
+        (task_id, loan_id, method, due_on, status, reason, source_event_id, created_at)
+    SELECT gen_random_uuid(), p.loan_id, p.method, p.due_on, 'open', CAST(p.reason AS jsonb),
+           p.source_event_id, now()
+    FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:methods AS varchar[]),
+                CAST(:due_ons AS date[]), CAST(:reasons AS text[]),
+                CAST(:source_event_ids AS uuid[]))
+         AS p(loan_id, method, due_on, reason, source_event_id)
+    ORDER BY p.loan_id, p.method
+    ON CONFLICT (loan_id, method) WHERE status = 'open' DO UPDATE SET
+        due_on = LEAST(t.due_on, excluded.due_on),
+        reason = CASE WHEN excluded.due_on < t.due_on THEN excluded.reason
+                      ELSE t.reason || jsonb_build_object('also',
+                               COALESCE(t.reason -> 'also', '[]'::jsonb)
+                               || jsonb_build_array(excluded.reason - 'also')
+                               || COALESCE(excluded.reason -> 'also', '[]'::jsonb))
+                 END,
+        source_event_id = CASE WHEN excluded.due_on < t.due_on THEN excluded.source_event_id
+                               ELSE t.source_event_id END
+    RETURNING agent_id IS NULL AS awaiting_dispatch
+    """
+)
+
+
+async def upsert_tasks(session: AsyncSession, plans: Sequence[TaskPlan]) -> bool:
+    """Write merged plans (at most one per loan and method) in one statement; whether any
+    task now waits for an agent."""
+    if not plans:
+        return False
+    rows = await session.execute(
+        _UPSERT_TASKS,
+        {
+            "loan_ids": [p.loan_id for p in plans],
+            "methods": [str(p.method) for p in plans],
+            "due_ons": [p.due_on for p in plans],
+            "reasons": [json.dumps(p.reason) for p in plans],
+            "source_event_ids": [p.source_event_id for p in plans],
+        },
+    )
+    return any(row.awaiting_dispatch for row in rows)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What a batch learnt of a loan; None leaves a field as it is."""
+
+    loan_id: str
+    days_past_due: int | None = None
+    last_repayment_status: str | None = None
+    last_visit_on: date | None = None
+
+
+async def update_standing(session: AsyncSession, standings: Sequence[Standing]) -> None:
+    """Save the loans' standing in one statement, and their `next_due_on`: the soonest open
+    task after this transaction's writes (a completed task can make it later)."""
+    if not standings:
+        return
+    await session.execute(
+        text(
+            "UPDATE scheduler.loans AS l SET"
+            " days_past_due = COALESCE(s.days_past_due, l.days_past_due),"
+            " last_repayment_status = COALESCE(s.status, l.last_repayment_status),"
+            " last_visit_on = GREATEST(l.last_visit_on, s.last_visit_on),"
+            " next_due_on = (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
+            "                WHERE t.loan_id = l.loan_id AND t.status = 'open'),"
+            " updated_at = CASE WHEN s.status IS NULL THEN l.updated_at ELSE now() END"
+            " FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:dpds AS integer[]),"
+            "             CAST(:statuses AS varchar[]), CAST(:visited AS date[]))"
+            "      AS s(loan_id, days_past_due, status, last_visit_on)"
+            " WHERE l.loan_id = s.loan_id"
+        ),
+        {
+            "loan_ids": [s.loan_id for s in standings],
+            "dpds": [s.days_past_due for s in standings],
+            "statuses": [s.last_repayment_status for s in standings],
+            "visited": [s.last_visit_on for s in standings],
+        },
+    )
+
+
+# --- dispatch -----------------------------------------------------------------------------
+
+# The channel the dispatcher LISTENs on (dispatch.py).
+DISPATCH_CHANNEL = "visit_tasks_awaiting_dispatch"
+
+
+async def notify_dispatch(session: AsyncSession) -> None:
+    """Wake the dispatchers when this transaction commits: call it in any transaction that
+    leaves an open task without an agent or adds an agent. PostgreSQL folds the same
+    notification sent twice in one transaction into one, and drops it on rollback."""
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": DISPATCH_CHANNEL})
+
+
+async def try_dispatch_lock(session: AsyncSession) -> bool:
+    """One dispatcher at a time (until this transaction ends): the loads it counts are then
+    the loads it assigns against, so two replicas never overbook an agent between them."""
+    got = await session.execute(
+        text("SELECT pg_try_advisory_xact_lock(hashtext('scheduler.dispatch'))")
+    )
+    return bool(got.scalar_one())
+
+
+async def waiting_tasks(session: AsyncSession, limit: int) -> list[WaitingTask]:
+    """Up to `limit` open tasks without an agent, soonest first, that some active agent of
+    their loan's region can do (the others wait for one and do not block the queue). Rows
+    locked by a planner or a supervisor right now are skipped, not waited for."""
+    rows = await session.execute(
+        text(
+            "SELECT t.task_id, l.region, t.method, t.due_on"
+            " FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)"
+            " WHERE t.status = 'open' AND t.agent_id IS NULL"
+            "   AND EXISTS (SELECT 1 FROM scheduler.agents AS a WHERE a.active"
+            "               AND a.region = l.region AND t.method = ANY(a.methods))"
+            " ORDER BY t.due_on, t.task_id LIMIT :limit FOR UPDATE OF t SKIP LOCKED"
+        ),
+        {"limit": limit},
+    )
+    return [WaitingTask(r.task_id, r.region, r.method, r.due_on) for r in rows]
+
+
+async def dispatch_roster(
+    session: AsyncSession, regions: Collection[str], days: Collection[date]
+) -> list[RosterAgent]:
+    """The active agents of `regions` with their open load, and their open tasks on each of
+    `days`, in one statement: open tasks are counted per agent and day, and summed per
+    agent over all days by a window."""
+    rows = await session.execute(
+        text(
+            """
+            WITH candidates AS (
+                SELECT agent_id, region, methods, daily_capacity FROM scheduler.agents
+                WHERE active AND region = ANY(CAST(:regions AS varchar[]))
+            ), per_day AS (
+                SELECT t.agent_id, t.due_on, count(*) AS due_that_day,
+                       sum(count(*)) OVER (PARTITION BY t.agent_id) AS open_tasks
+                FROM scheduler.visit_tasks AS t JOIN candidates AS c USING (agent_id)
+                WHERE t.status = 'open'
+                GROUP BY t.agent_id, t.due_on
+            )
+            SELECT c.agent_id, c.region, c.methods, c.daily_capacity,
+                   COALESCE(max(p.open_tasks), 0) AS open_tasks,
+                   array_remove(array_agg(p.due_on) FILTER
+                       (WHERE p.due_on = ANY(CAST(:days AS date[]))), NULL) AS days,
+                   array_remove(array_agg(p.due_that_day) FILTER
+                       (WHERE p.due_on = ANY(CAST(:days AS date[]))), NULL) AS counts
+            FROM candidates AS c LEFT JOIN per_day AS p USING (agent_id)
+            GROUP BY c.agent_id, c.region, c.methods, c.daily_capacity
+            """
+        ),
+        {"regions": sorted(set(regions)), "days": sorted(set(days))},
     )
     return [
-        AgentLoad(row.agent_id, row.open_tasks, row.due_that_day, row.daily_capacity)
-        for row in (await session.execute(stmt)).all()
+        RosterAgent(
+            agent_id=r.agent_id,
+            region=r.region,
+            methods=frozenset(r.methods),
+            daily_capacity=r.daily_capacity,
+            open_tasks=int(r.open_tasks),
+            due_by_day=dict(zip(r.days or [], (int(n) for n in r.counts or []), strict=True)),
+        )
+        for r in rows
     ]
+
+
+async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, str]) -> int:
+    """Give each task its agent, only where it is still open and without one (a supervisor
+    may have assigned it meanwhile); how many were assigned."""
+    if not assignments:
+        return 0
+    result = await session.execute(
+        text(
+            "UPDATE scheduler.visit_tasks AS t SET agent_id = v.agent_id, assigned_at = now()"
+            " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]))"
+            "      AS v(task_id, agent_id)"
+            " WHERE t.task_id = v.task_id AND t.status = 'open' AND t.agent_id IS NULL"
+        ),
+        {"task_ids": list(assignments), "agent_ids": list(assignments.values())},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- lists --------------------------------------------------------------------------------
 
 
 async def list_tasks(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,11 +21,10 @@ from shared.validation import (
     Ratio,
     SingleLineText,
 )
+from shared.vocabulary import AgreedUsage, CreditGrade, RepaymentStatus, TaskStatus, VisitMethod
 
-CreditGrade = Literal["A", "B", "C", "D", "E"]
-AgreedUsage = Literal["private", "commercial", "ride_hailing"]
-Method = Literal["phone", "field", "third_party"]
-TaskStatus = Literal["open", "completed", "cancelled"]
+# The vocabulary is shared with the tables, the events and the policy (shared.vocabulary).
+Method = VisitMethod
 
 
 class Strict(BaseModel):
@@ -84,7 +83,7 @@ class LoanIn(Strict):
     term_months: int = Field(ge=1, le=120)
     disbursed_on: BusinessDate
     region: Identifier
-    agreed_usage: AgreedUsage = "private"
+    agreed_usage: AgreedUsage = AgreedUsage.PRIVATE
 
 
 class LoanImportLine(LoanIn):
@@ -122,7 +121,7 @@ class LoanOut(BaseModel):
     region: str
     agreed_usage: AgreedUsage
     days_past_due: int
-    last_repayment_status: str | None
+    last_repayment_status: RepaymentStatus | None
 
 
 class AgentIn(Strict):

@@ -13,3 +13,7 @@ class SchedulerSettings(ServiceSettings):
     # portfolio must fit: a million loans are ~0.8 GB of NDJSON; 4 GiB leaves room for longer
     # lines and bigger books while still refusing an endless body.
     max_import_bytes: int = Field(default=4 * 1024**3, gt=0)
+    # The dispatcher (dispatch.py) runs a pass when tasks appear (LISTEN/NOTIFY) and at
+    # least this often, assigning up to `dispatch_batch_size` tasks a transaction.
+    dispatch_period_seconds: float = Field(default=1.0, gt=0, le=60)
+    dispatch_batch_size: int = Field(default=1000, ge=1, le=10_000)

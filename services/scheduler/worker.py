@@ -1,5 +1,6 @@
-"""Scheduler worker: plans visits from repayments, completed visits and alerts, and relays
-`loan-registered` from the scheduler's outbox.
+"""Scheduler worker: plans visits from repayments, completed visits and alerts,
+dispatches the planned tasks to agents, and relays `loan-registered` from the scheduler's
+outbox.
 
 `python -m services.scheduler.worker`
 """
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from services.scheduler import service
+from services.scheduler import planning
+from services.scheduler.dispatch import Dispatcher
 from services.scheduler.models import health, inbox, outbox
 from services.scheduler.settings import SchedulerSettings
 from shared.events import (
@@ -28,18 +30,25 @@ async def run_worker(settings: SchedulerSettings) -> None:
         consumer = resources.consumer(
             group_id=settings.consumer_group,
             handlers={
-                REPAYMENT_POSTED: TopicHandler(RepaymentPosted, service.on_repayments),
-                VISIT_COMPLETED: TopicHandler(VisitCompleted, service.on_visits),
-                ALERT_RAISED: TopicHandler(AlertRaised, service.on_alerts),
+                REPAYMENT_POSTED: TopicHandler(RepaymentPosted, planning.on_repayments),
+                VISIT_COMPLETED: TopicHandler(VisitCompleted, planning.on_visits),
+                ALERT_RAISED: TopicHandler(AlertRaised, planning.on_alerts),
             },
             inbox_table=inbox,
         )
+        dispatcher = Dispatcher(
+            resources.sessions,
+            settings.database_url,
+            period_seconds=settings.dispatch_period_seconds,
+            batch_size=settings.dispatch_batch_size,
+        )
         relay = resources.relay(outbox)
-        # A TaskGroup: if either loop dies, the other is cancelled and the worker exits
-        # (and is restarted) instead of limping on half-working.
+        # A TaskGroup: if any loop dies, the others are cancelled and the worker exits (and
+        # is restarted) instead of limping on half-working.
         async with asyncio.TaskGroup() as group:
-            group.create_task(consumer.run())
-            group.create_task(relay.run())
+            group.create_task(consumer.run(), name="consumer")
+            group.create_task(dispatcher.run(), name="dispatcher")
+            group.create_task(relay.run(), name="relay")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from tests.support import (
     CLEAN_FINDINGS,
     CORE_BANKING,
     auth,
+    dispatched,
     eventually,
     loan_body,
     new_id,
@@ -74,7 +75,9 @@ async def test_repayment_visit_and_alert_lifecycle(
     assert put_loan.json()["borrower"]["national_id"].endswith("4512")
     assert "110101199003074512" not in put_loan.text
 
-    # The mobile app shows the agent its first follow-up call.
+    # The mobile app shows the agent its first follow-up call, once the dispatcher gave
+    # it to them (within a second or so of registration).
+    await dispatched(scheduler, loan_id)
     [first] = (await scheduler.get("/v1/tasks", headers=agent)).json()["items"]
     assert (first["method"], first["agent_id"], first["reason"]["rule"]) == (
         "phone",

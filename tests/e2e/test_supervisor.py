@@ -21,6 +21,7 @@ from tests.e2e.conftest import Running
 from tests.support import (
     PHONE_FINDINGS,
     auth,
+    dispatched,
     eventually,
     new_id,
     read_topic,
@@ -59,6 +60,7 @@ async def test_a_killed_worker_is_restarted_and_does_its_work(
         agent_id = await register_agent(scheduler, region)
         agent = auth("agent", agent_id)
         loan_id = await register_loan(scheduler, region)
+        await dispatched(scheduler, loan_id)
         [task] = (await scheduler.get("/v1/tasks", headers=agent)).json()["items"]
         now = datetime.now(UTC)
         recorded = await visits.post(

@@ -25,6 +25,7 @@ from tests.support import (
     CORE_BANKING,
     PHONE_FINDINGS,
     auth,
+    dispatched,
     eventually,
     fetchval,
     loan_body,
@@ -73,8 +74,7 @@ async def open_task(system: System) -> tuple[str, dict[str, Any]]:
     region = new_id("R")
     agent_id = await register_agent(system.scheduler, region)
     loan_id = await register_loan(system.scheduler, region)
-    page = await system.scheduler.get(f"/v1/loans/{loan_id}/tasks", headers=ADMIN)
-    [task] = page.json()["items"]
+    [task] = await dispatched(system.scheduler, loan_id)
     return agent_id, task
 
 

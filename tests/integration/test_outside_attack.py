@@ -31,6 +31,7 @@ from tests.support import (
     ADMIN,
     CORE_BANKING,
     auth,
+    dispatched,
     fetchval,
     loan_body,
     new_id,
@@ -47,8 +48,8 @@ def visit_headers(agent_id: str, key: str | None = None) -> dict[str, str]:
 
 
 async def first_task(system: System, loan_id: str) -> dict[str, Any]:
-    page = await system.scheduler.get(f"/v1/loans/{loan_id}/tasks", headers=ADMIN)
-    [task] = page.json()["items"]
+    """The loan's first task, once the dispatcher has given it to an agent."""
+    [task] = await dispatched(system.scheduler, loan_id)
     return dict(task)
 
 

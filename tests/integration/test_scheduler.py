@@ -14,6 +14,7 @@ from tests.support import (
     ADMIN,
     CORE_BANKING,
     auth,
+    dispatched,
     eventually,
     fetchrow,
     loan_body,
@@ -38,12 +39,12 @@ async def test_new_loan_gets_first_phone_follow_up_with_least_loaded_agent(syste
     region = new_id("R")
     busy = await register_agent(system.scheduler, region)
     # Gives `busy` one open task (the only agent then).
-    await register_loan(system.scheduler, region)
+    await dispatched(system.scheduler, await register_loan(system.scheduler, region))
     idle = await register_agent(system.scheduler, region)
     await register_agent(system.scheduler, region, methods=["field"])  # cannot phone
 
     loan_id = await register_loan(system.scheduler, region, disbursed_on=date(2026, 10, 20))
-    [task] = await tasks_of(system, loan_id)
+    [task] = await dispatched(system.scheduler, loan_id)
     assert task["method"] == "phone"
     assert task["due_on"] == "2026-11-20"
     assert task["status"] == "open"
@@ -97,7 +98,7 @@ async def test_agent_sees_only_its_own_tasks(system: System) -> None:
     region = new_id("R")
     mine = await register_agent(system.scheduler, region)
     loan_id = await register_loan(system.scheduler, region)
-    [task] = await tasks_of(system, loan_id)
+    [task] = await dispatched(system.scheduler, loan_id)
     other = auth("agent", new_id("AG"))
 
     own = await system.scheduler.get("/v1/tasks", headers=auth("agent", mine))
@@ -210,7 +211,7 @@ async def test_task_list_pages_with_a_cursor(system: System) -> None:
     region = new_id("R")
     agent = await register_agent(system.scheduler, region)
     for _ in range(3):
-        await register_loan(system.scheduler, region)
+        await dispatched(system.scheduler, await register_loan(system.scheduler, region))
     seen: list[str] = []
     cursor: str | None = None
     while True:

@@ -25,6 +25,7 @@ from tests.support import (
     CORE_BANKING,
     PHONE_FINDINGS,
     auth,
+    dispatched,
     eventually,
     fetchval,
     new_id,
@@ -58,6 +59,7 @@ async def assign(system: System) -> Assignment:
     region = new_id("R")
     agent_id = await register_agent(system.scheduler, region)
     loan_id = await register_loan(system.scheduler, region)
+    await dispatched(system.scheduler, loan_id)
     tasks = await system.scheduler.get(
         "/v1/tasks", params={"loan_id": loan_id}, headers=auth("agent", agent_id)
     )

@@ -8,6 +8,7 @@ import pytest
 
 from services.scheduler import policy
 from services.scheduler.policy import AgentLoad, PlannedVisit
+from shared.vocabulary import VisitMethod
 
 
 def test_first_follow_up_is_a_phone_visit_one_month_after_disbursement() -> None:
@@ -108,7 +109,7 @@ def test_alert_recommending_a_visit_plans_one() -> None:
 
 
 def test_open_task_is_kept_or_advanced_never_duplicated() -> None:
-    planned = PlannedVisit("phone", date(2026, 6, 10), "x")
+    planned = PlannedVisit(VisitMethod.PHONE, date(2026, 6, 10), "x")
     assert policy.merge_with_open_task(None, planned) == "create"
     assert policy.merge_with_open_task(date(2026, 6, 5), planned) == "keep"
     assert policy.merge_with_open_task(date(2026, 6, 20), planned) == "advance"

@@ -1,0 +1,143 @@
+"""The dispatcher: gives open tasks without an agent to the agents of their loan's region.
+
+Planning writes tasks without an agent and notifies `visit_tasks_awaiting_dispatch` in the
+same transaction (`repository.notify_dispatch`); the dispatcher LISTENs on a connection of
+its own and runs a pass when woken, and every `period_seconds` anyway, which covers a
+notification missed while it was reconnecting. A pass is one transaction and three
+statements whatever its size: the waiting tasks (`FOR UPDATE SKIP LOCKED`), the candidate
+agents with their open load per due day, and one UPDATE of the assignments, chosen in
+Python by `policy.assign_tasks`. An advisory lock lets one replica dispatch at a time, so
+two replicas never count the same free capacity twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.scheduler import policy, repository
+from shared.db import unit_of_work
+from shared.failures import backoff_seconds
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        database_url: str,
+        *,
+        period_seconds: float = 1.0,
+        batch_size: int = 1000,
+        probe_seconds: float = 5.0,
+    ) -> None:
+        self._sessions = sessions
+        # The LISTEN connection is plain asyncpg: a pooled connection would be handed back
+        # (and its LISTEN with it) after each use.
+        self._dsn = (
+            make_url(database_url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        self._period = period_seconds
+        self._batch = batch_size
+        self._probe = probe_seconds
+        self._wake = asyncio.Event()
+        # Set while the LISTEN connection is up; notifications received, for the tests.
+        self.listening = asyncio.Event()
+        self.notifications = 0
+
+    async def dispatch_once(self) -> tuple[int, int]:
+        """One pass: (tasks read, tasks assigned). (0, 0) while another replica holds the
+        dispatch lock; it sees the same notifications and does the work."""
+        async with unit_of_work(self._sessions) as session:
+            if not await repository.try_dispatch_lock(session):
+                return 0, 0
+            waiting = await repository.waiting_tasks(session, self._batch)
+            if not waiting:
+                return 0, 0
+            roster = await repository.dispatch_roster(
+                session, {t.region for t in waiting}, {t.due_on for t in waiting}
+            )
+            assigned = await repository.assign_tasks(session, policy.assign_tasks(waiting, roster))
+            return len(waiting), assigned
+
+    async def drain(self) -> int:
+        """Passes until the queue of dispatchable tasks is empty; how many were assigned."""
+        total = 0
+        while True:
+            read, assigned = await self.dispatch_once()
+            total += assigned
+            # Only tasks some agent can do are read, so a full pass means more may wait.
+            if read < self._batch or assigned == 0:
+                return total
+
+    async def run(self) -> None:
+        """Dispatch until cancelled; database outages are waited out, never fatal."""
+        listener = asyncio.create_task(self._listen(), name="dispatch-listener")
+        failures = 0
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._period)
+                # Cleared before the pass: a task planned during it wakes the next one.
+                self._wake.clear()
+                try:
+                    assigned = await self.drain()
+                except Exception as exc:  # noqa: BLE001 - the next pass retries
+                    failures += 1
+                    log.warning("dispatch pass failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(backoff_seconds(failures, base=self._period))
+                    continue
+                failures = 0
+                if assigned:
+                    log.info("dispatched %d tasks", assigned)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        """LISTEN for new waiting tasks, reconnecting after the database restarts."""
+        attempt = 0
+        while True:
+            conn: asyncpg.Connection[Any] | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=self._probe)
+                await conn.add_listener(repository.DISPATCH_CHANNEL, self._notified)
+                attempt = 0
+                self.listening.set()
+                # Tasks planned while nobody listened are found by this pass.
+                self.wake()
+                await self._until_lost(conn)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("dispatch listener lost the database (%s)", type(exc).__name__)
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=self._probe)
+            await asyncio.sleep(backoff_seconds(max(attempt, 1), base=0.5))
+
+    async def _until_lost(self, conn: asyncpg.Connection[Any]) -> None:
+        """Return when the LISTEN connection is gone: closed by the server, or not
+        answering a probe (a half-open socket is never closed by itself)."""
+        while not conn.is_closed():
+            await asyncio.sleep(self._probe)
+            await conn.execute("SELECT 1", timeout=self._probe)
+
+    def _notified(self, *_: object) -> None:
+        self.notifications += 1
+        self.wake()

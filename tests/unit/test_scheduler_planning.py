@@ -1,0 +1,234 @@
+"""Batch planning and dispatch assignment: the pure halves, no database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from services.scheduler import planning, policy
+from services.scheduler.policy import LoanPlan, PlannedVisit, RosterAgent, WaitingTask
+from services.scheduler.repository import LoanFacts
+from shared.events import AlertRaised, RepaymentPosted, VisitCompleted
+from shared.vocabulary import VisitMethod
+
+POSTED = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
+PHONE, FIELD = VisitMethod.PHONE, VisitMethod.FIELD
+
+
+def posting(loan_id: str, status: str, dpd: int, when: datetime = POSTED) -> RepaymentPosted:
+    return RepaymentPosted.model_validate(
+        {
+            "loan_id": loan_id,
+            "occurred_at": when,
+            "installment_no": 3,
+            "due_date": (when - timedelta(days=dpd)).date(),
+            "amount_due": "2800.00",
+            "amount_paid": "0.00",
+            "status": status,
+            "days_past_due": dpd,
+            "outstanding_principal": "70000.00",
+        }
+    )
+
+
+def visit(loan_id: str, outcome: str = "completed", task_id: uuid.UUID | None = None) -> Any:
+    return VisitCompleted.model_validate(
+        {
+            "loan_id": loan_id,
+            "occurred_at": POSTED,
+            "visit_id": uuid.uuid4(),
+            "task_id": task_id,
+            "agent_id": "AG-1",
+            "method": "phone",
+            "outcome": outcome,
+            "started_at": POSTED - timedelta(minutes=10),
+            "ended_at": POSTED,
+            "findings": {},
+        }
+    )
+
+
+def plan(loan_id: str, method: VisitMethod, due: date, rule: str) -> LoanPlan:
+    return LoanPlan(loan_id, PlannedVisit(method, due, rule), uuid.uuid4())
+
+
+# --- merging ------------------------------------------------------------------------------
+
+
+def test_plans_of_a_loan_and_method_merge_into_the_soonest_which_lists_the_others() -> None:
+    late = plan("L-1", PHONE, date(2026, 6, 20), "late")
+    soon = plan("L-1", PHONE, date(2026, 6, 3), "soon")
+    later = plan("L-1", PHONE, date(2026, 7, 1), "later")
+    field = plan("L-1", FIELD, date(2026, 6, 8), "field")
+    other = plan("L-0", PHONE, date(2026, 6, 9), "other loan")
+
+    merged = policy.merge_plans([late, soon, field, later, other])
+
+    # One row per (loan, method), in lock order.
+    assert [(m.loan_id, m.method) for m in merged] == [
+        ("L-0", PHONE),
+        ("L-1", FIELD),
+        ("L-1", PHONE),
+    ]
+    phone = merged[2]
+    assert (phone.due_on, phone.reason["rule"], phone.source_event_id) == (
+        date(2026, 6, 3),
+        "soon",
+        soon.source_event_id,
+    )
+    assert [r["rule"] for r in phone.reason["also"]] == ["late", "later"]  # in event order
+    assert "also" not in merged[0].reason and "also" not in merged[1].reason
+
+
+def test_of_two_plans_due_the_same_day_the_first_is_kept() -> None:
+    first = plan("L-1", PHONE, date(2026, 6, 3), "first")
+    second = plan("L-1", PHONE, date(2026, 6, 3), "second")
+    [merged] = policy.merge_plans([first, second])
+    assert merged.reason["rule"] == "first"
+    assert merged.reason["also"] == [{"rule": "second"}]
+
+
+# --- batches ------------------------------------------------------------------------------
+
+
+def test_a_loans_last_posting_in_the_batch_is_its_standing_and_every_miss_plans() -> None:
+    events = [
+        posting("L-1", "missed", 35),
+        posting("L-2", "missed", 5),
+        posting("L-1", "paid", 0, POSTED + timedelta(days=1)),
+    ]
+    batch = planning.plan_repayments(events)
+    standing = {s.loan_id: s for s in batch.standings}
+    assert (standing["L-1"].days_past_due, standing["L-1"].last_repayment_status) == (0, "paid")
+    assert (standing["L-2"].days_past_due, standing["L-2"].last_repayment_status) == (5, "missed")
+    # The paid posting does not undo what the miss planned: the visits stand.
+    planned = sorted((p.loan_id, p.visit.method, p.visit.due_on) for p in batch.plans)
+    assert planned == [
+        ("L-1", FIELD, date(2026, 6, 8)),
+        ("L-1", PHONE, date(2026, 6, 3)),
+        ("L-2", PHONE, date(2026, 6, 3)),
+    ]
+    assert {p.source_event_id for p in batch.plans if p.loan_id == "L-1"} == {events[0].event_id}
+
+
+def test_two_misses_of_one_loan_in_a_batch_write_one_task_per_method() -> None:
+    events = [posting("L-1", "missed", 31), posting("L-1", "missed", 61, POSTED + timedelta(1))]
+    merged = policy.merge_plans(planning.plan_repayments(events).plans)
+    assert [(m.method, m.due_on) for m in merged] == [
+        (FIELD, date(2026, 6, 8)),
+        (PHONE, date(2026, 6, 3)),
+    ]
+    assert all(m.source_event_id == events[0].event_id for m in merged)
+    assert all(m.reason["also"][0]["days_past_due"] == 61 for m in merged)
+
+
+def test_visits_complete_their_task_once_and_plan_by_the_loans_risk() -> None:
+    task = uuid.uuid4()
+    loans = {
+        "L-1": LoanFacts("L-1", "E", 0),
+        "L-2": LoanFacts("L-2", "A", 45),
+    }
+    events = [
+        visit("L-1", task_id=task),
+        visit("L-1", task_id=task),  # the same task twice: the first visit did it
+        visit("L-2", outcome="borrower_unreachable"),
+    ]
+    batch = planning.plan_visits(events, loans)
+    assert [(c.task_id, c.visit_id) for c in batch.completions] == [(task, events[0].visit_id)]
+    by_loan = {p.loan_id: p.visit for p in batch.plans}
+    assert (by_loan["L-1"].method, by_loan["L-1"].due_on) == (PHONE, date(2026, 6, 15))
+    assert (by_loan["L-2"].method, by_loan["L-2"].reason["rule"]) == (
+        FIELD,
+        "after_borrower_unreachable",
+    )
+    assert {s.loan_id: s.last_visit_on for s in batch.standings} == {
+        "L-1": date(2026, 6, 1),
+        "L-2": date(2026, 6, 1),
+    }
+
+
+def test_only_alerts_recommending_a_visit_plan_and_unknown_loans_are_named() -> None:
+    def alert(action: str) -> AlertRaised:
+        return AlertRaised.model_validate(
+            {
+                "loan_id": "L-9",
+                "occurred_at": POSTED,
+                "alert_id": uuid.uuid4(),
+                "rule": "r",
+                "category": "vehicle",
+                "severity": "high",
+                "reason": "seen",
+                "source_event_id": uuid.uuid4(),
+                "recommended_action": action,
+            }
+        )
+
+    events = [alert("legal_review"), alert("repossession_review")]
+    [planned] = planning.plan_alerts(events)
+    assert (planned.source_event_id, planned.visit.method) == (events[1].event_id, FIELD)
+    refused = planning.unregistered(events, {"L-1"})
+    assert refused == {e.event_id: "loan L-9 is not registered with the scheduler" for e in events}
+    assert planning.unregistered(events, {"L-9"}) == {}
+
+
+# --- dispatch -----------------------------------------------------------------------------
+
+DAY = date(2026, 7, 1)
+
+
+def agent(
+    agent_id: str,
+    *,
+    region: str = "SH",
+    methods: tuple[str, ...] = ("phone", "field"),
+    capacity: int = 2,
+    open_tasks: int = 0,
+    due: dict[date, int] | None = None,
+) -> RosterAgent:
+    return RosterAgent(agent_id, region, frozenset(methods), capacity, open_tasks, due or {})
+
+
+def waiting(n: int, *, region: str = "SH", method: str = "phone", day: date = DAY) -> list[Any]:
+    return [WaitingTask(uuid.uuid4(), region, method, day) for _ in range(n)]
+
+
+def test_a_pass_spreads_tasks_by_room_on_the_day_then_load() -> None:
+    roster = [
+        agent("a", open_tasks=0, due={DAY: 2}),  # full that day
+        agent("b", open_tasks=3),
+        agent("c", open_tasks=1),
+    ]
+    tasks = waiting(4)
+    got = policy.assign_tasks(tasks, roster)
+    # c (fewest open) takes two and is then full that day too; b takes the rest.
+    counts = {a: list(got.values()).count(a) for a in "abc"}
+    assert counts == {"a": 0, "b": 2, "c": 2}
+    assert len(got) == 4
+
+
+def test_when_every_able_agent_is_full_the_least_loaded_still_gets_the_task() -> None:
+    roster = [agent("a", open_tasks=5, due={DAY: 2}), agent("b", open_tasks=4, due={DAY: 2})]
+    [task] = waiting(1)
+    assert policy.assign_tasks([task], roster) == {task.task_id: "b"}
+
+
+def test_tasks_go_only_to_agents_of_their_region_and_method() -> None:
+    roster = [
+        agent("bj", region="BJ"),
+        agent("caller", methods=("phone",)),
+        agent("driver", methods=("field",), open_tasks=9),
+    ]
+    phone, field, elsewhere = waiting(1), waiting(1, method="field"), waiting(1, region="GZ")
+    got = policy.assign_tasks([*phone, *field, *elsewhere], roster)
+    assert got == {phone[0].task_id: "caller", field[0].task_id: "driver"}  # GZ waits
+
+
+def test_capacity_is_counted_per_due_day() -> None:
+    roster = [agent("a", capacity=1), agent("b", capacity=1, open_tasks=1)]
+    today = waiting(2)
+    tomorrow = waiting(1, day=DAY + timedelta(days=1))
+    got = policy.assign_tasks([*tomorrow, *today], roster)
+    # Soonest first: a then b on DAY (each then full), and a has room the day after.
+    assert sorted(got[t.task_id] for t in today) == ["a", "b"]
+    assert got[tomorrow[0].task_id] == "a"
