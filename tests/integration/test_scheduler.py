@@ -149,7 +149,13 @@ async def test_redelivered_repayment_changes_nothing(
     loan_id = await register_loan(system.scheduler, region)
     event = repayment_event(loan_id, status="missed", days_past_due=40)
     await produce(producer, event)
-    first = await eventually(lambda: _field_task(system, loan_id))
+
+    async def dispatched_field_task() -> dict[str, Any] | None:
+        task = await _field_task(system, loan_id)
+        return task if task and task["agent_id"] else None
+
+    # Planned, then given its agent by the dispatcher: settled before the redelivery.
+    first = await eventually(dispatched_field_task)
 
     await produce(producer, event)  # the same event_id again
     # A later posting on the same loan (same partition) proves the duplicate was consumed.
