@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -93,10 +94,20 @@ def _store(request: Request) -> EvidenceStore:
     return store
 
 
-def _limit(request: Request, limiter: str, who: Principal) -> None:
-    """A 429 when `who` has used up its share of this route class (rate_limits)."""
-    limits: RateLimiter = getattr(request.app.state, limiter)
-    limits.check(who.sub)
+def _rate_limited(limiter: str) -> Callable[[Request, Principal], Principal]:
+    """A dependency: the capturing caller, or a 429 once it has used up its share of this
+    route class (rate_limits). Run before the body is validated or, for an upload, read."""
+
+    def check(request: Request, who: Capturer) -> Principal:
+        limits: RateLimiter = getattr(request.app.state, limiter)
+        limits.check(who.sub)
+        return who
+
+    return check
+
+
+LimitedCapturer = Annotated[Principal, Depends(_rate_limited("capture_limits"))]
+LimitedUploader = Annotated[Principal, Depends(_rate_limited("upload_limits"))]
 
 
 @router.post(
@@ -110,7 +121,7 @@ async def record_visit(
     idempotency_key: IdempotencyKey,
     request: Request,
     response: Response,
-    who: Capturer,
+    who: LimitedCapturer,
 ) -> VisitOut:
     """Record a visit. A retry with the same key and body answers 201 with the first visit
     again (and `Idempotent-Replayed: true`), so the app sees one stable result.
@@ -129,7 +140,6 @@ async def record_visit(
 
     At most `VISIT_CAPTURES_PER_MINUTE` (60) a minute per caller and API process: a 429
     with Retry-After past it."""
-    _limit(request, "capture_limits", who)
     sessions = _sessions(request)
     async with unit_of_work(sessions) as session:
         visit = await service.earlier_capture(session, who.sub, idempotency_key, body)
@@ -269,7 +279,7 @@ async def report_third_party(
 async def upload_evidence(
     request: Request,
     response: Response,
-    who: Capturer,
+    who: LimitedUploader,
     kind: Annotated[
         EvidenceKind | None,
         Query(description="`photo` (of the car) or `document`; by default an image is a photo."),
@@ -285,7 +295,6 @@ async def upload_evidence(
 
     At most `EVIDENCE_UPLOADS_PER_MINUTE` (120) a minute per caller and API process: a 429
     with Retry-After past it."""
-    _limit(request, "upload_limits", who)
     received = bytearray()
     async for chunk in request.stream():
         received += chunk
@@ -310,13 +319,12 @@ async def upload_evidence(
         **problems(403, 404),
     },
 )
-async def get_evidence(
-    evidence_id: uuid.UUID, request: Request, session: SessionDep, who: Reader
-) -> Response:
+async def get_evidence(evidence_id: uuid.UUID, request: Request, who: Reader) -> Response:
     """The bytes of an uploaded photo or scan, with the type they were checked to be. Only
     its uploader, the supervisor of the region of the visit it is attached to, ops and
     admin see it; to anyone else it does not exist (404)."""
-    found, data = await evidence.read(session, _store(request), who, evidence_id)
+    # No transaction is held while the bytes are read from the store.
+    found, data = await evidence.read(_sessions(request), _store(request), who, evidence_id)
     return Response(
         content=data,
         media_type=found.content_type,

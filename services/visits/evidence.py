@@ -99,12 +99,16 @@ async def upload(
 
 
 async def read(
-    session: AsyncSession, store: EvidenceStore, who: Principal, evidence_id: uuid.UUID
+    sessions: async_sessionmaker[AsyncSession],
+    store: EvidenceStore,
+    who: Principal,
+    evidence_id: uuid.UUID,
 ) -> tuple[Evidence, bytes]:
     """The evidence and its bytes, if `who` may see them (`repository.visible_evidence`);
     404 as if absent otherwise. Bytes missing or altered in the store are a server error,
     logged, never served."""
-    evidence = await repository.get_evidence_visible_to(session, evidence_id, who)
+    async with unit_of_work(sessions) as session:
+        evidence = await repository.get_evidence_visible_to(session, evidence_id, who)
     if evidence is None:
         raise not_found("evidence")
     try:
