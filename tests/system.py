@@ -44,7 +44,12 @@ async def in_process_system(database_url: str, bootstrap: str) -> AsyncIterator[
         "kafka_bootstrap_servers": bootstrap,
     }
     scheduler_settings = SchedulerSettings(**common)
-    visits_settings = VisitsSettings(**common)
+    # One agent drains a 100-visit offline queue twice, the benchmark captures as fast as
+    # it can: the per-agent rate limits are tested on an app of their own
+    # (tests/integration/test_visit_evidence.py), not here.
+    visits_settings = VisitsSettings(
+        **common, visit_captures_per_minute=1_000_000, evidence_uploads_per_minute=1_000_000
+    )
     alerts_settings = AlertsSettings(**common)
 
     scheduler_app = scheduler_main.build_app(scheduler_settings)

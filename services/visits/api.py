@@ -1,19 +1,24 @@
-"""Visits REST API: mobile capture of visits and reading them back."""
+"""Visits REST API: mobile capture of visits and their evidence, and reading them back."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.visits import reports, repository, service
+from services.visits import evidence, reports, repository, service
+from services.visits.evidence_store import EvidenceStore
+from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
+from services.visits.rate_limits import RateLimiter
 from services.visits.repository import VisitFilter
 from services.visits.schemas import (
     ChainProof,
     ChainVerification,
+    EvidenceOut,
     ThirdPartyReportIn,
     ThirdPartyReportOut,
     VisitIn,
@@ -23,7 +28,7 @@ from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
 from shared.errors import not_found
-from shared.openapi import problems
+from shared.openapi import problem, problems
 from shared.pagination import CursorText, Page
 from shared.service_client import ServiceClient
 from shared.validation import Identifier
@@ -56,18 +61,67 @@ IdempotencyKey = Annotated[
 ]
 
 
+# Its body is a photo or scan, larger than a JSON body (VisitsSettings.max_evidence_bytes);
+# the request middleware counts the bytes as they stream in.
+EVIDENCE_ROUTE = "POST /v1/evidence"
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_EVIDENCE_CONTENT: dict[str, Any] = {media: _BINARY for media in ALLOWED_TYPES}
+_EVIDENCE_BODY = {
+    "required": True,
+    "description": (
+        "The file's bytes, as the `Content-Type` declares; the bytes must carry that type's "
+        "signature (JPEG, PNG, HEIC, PDF)."
+    ),
+    "content": _EVIDENCE_CONTENT,
+}
+RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: problem(429, "Too many requests from this caller for now; see Retry-After.")
+}
+
+
 def _scheduler(request: Request) -> ServiceClient:
     client: ServiceClient = request.app.state.scheduler
     return client
 
 
-@router.post("/visits", response_model=VisitOut, status_code=201, responses=problems(404, 409))
+def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return sessions
+
+
+def _store(request: Request) -> EvidenceStore:
+    store: EvidenceStore = request.app.state.evidence_store
+    return store
+
+
+def _rate_limited(limiter: str) -> Callable[[Request, Principal], Principal]:
+    """A dependency: the capturing caller, or a 429 once it has used up its share of this
+    route class (rate_limits). Run before the body is validated or, for an upload, read."""
+
+    def check(request: Request, who: Capturer) -> Principal:
+        limits: RateLimiter = getattr(request.app.state, limiter)
+        limits.check(who.sub)
+        return who
+
+    return check
+
+
+LimitedCapturer = Annotated[Principal, Depends(_rate_limited("capture_limits"))]
+LimitedUploader = Annotated[Principal, Depends(_rate_limited("upload_limits"))]
+
+
+@router.post(
+    "/visits",
+    response_model=VisitOut,
+    status_code=201,
+    responses={**problems(403, 404, 409), **RATE_LIMITED},
+)
 async def record_visit(
     body: VisitIn,
     idempotency_key: IdempotencyKey,
     request: Request,
     response: Response,
-    who: Capturer,
+    who: LimitedCapturer,
 ) -> VisitOut:
     """Record a visit. A retry with the same key and body answers 201 with the first visit
     again (and `Idempotent-Replayed: true`), so the app sees one stable result.
@@ -77,24 +131,38 @@ async def record_visit(
     `vehicle_sighted: true`; a `borrower_unreachable` visit claims nothing the borrower
     would have to show or tell (identity, employment, income, documents, repayment
     difficulty), nor, on a phone call, anything about the car; `third_party` visits come
-    only through `/v1/third-party-reports`."""
-    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    only through `/v1/third-party-reports`.
+
+    `evidence` lists photos and scans uploaded first with `POST /v1/evidence` by the same
+    caller and not on another visit (else a 422 naming `body.evidence[i]`); a completed
+    field visit lists at least one photo (`body.evidence`). They are attached to the visit
+    and its chain entry commits to their SHA-256s.
+
+    At most `VISIT_CAPTURES_PER_MINUTE` (60) a minute per caller and API process: a 429
+    with Retry-After past it."""
+    sessions = _sessions(request)
     async with unit_of_work(sessions) as session:
         visit = await service.earlier_capture(session, who.sub, idempotency_key, body)
-    created = False
-    if visit is None:
+        view = await service.view_of(session, visit) if visit is not None else None
+    if view is None:
         # After the replay lookup: a capture recorded under earlier rules still replays.
         service.check_capture_rules(body)
         # The scheduler is asked while no transaction is open: a slow owner must not hold
         # a database connection and its locks.
-        await service.authorize_capture(_scheduler(request), who, body)
+        region = await service.authorize_capture(_scheduler(request), who, body)
         async with unit_of_work(sessions) as session:
             visit, created = await service.record_visit(
-                session, agent_id=who.sub, idempotency_key=idempotency_key, body=body
+                session,
+                agent_id=who.sub,
+                idempotency_key=idempotency_key,
+                body=body,
+                region=region,
             )
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return service.visit_view(visit)
+            view = await service.view_of(session, visit)
+        if created:
+            return view
+    response.headers["Idempotent-Replayed"] = "true"
+    return view
 
 
 # Declared before `/visits/{visit_id}`, which would otherwise read `verify` as a visit id.
@@ -112,7 +180,7 @@ async def verify_visits(
     return await service.verify_chains(session, loan_id)
 
 
-@router.get("/visits/{visit_id}/proof", response_model=ChainProof, responses=problems(404))
+@router.get("/visits/{visit_id}/proof", response_model=ChainProof, responses=problems(403, 404))
 async def visit_proof(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> ChainProof:
     """The visit's entry in its loan's tamper-evident chain."""
     visit = await repository.get_visit_visible_to(session, visit_id, who)
@@ -121,15 +189,15 @@ async def visit_proof(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> 
     return await service.proof_of(session, visit)
 
 
-@router.get("/visits/{visit_id}", response_model=VisitOut, responses=problems(404))
+@router.get("/visits/{visit_id}", response_model=VisitOut, responses=problems(403, 404))
 async def get_visit(visit_id: uuid.UUID, session: SessionDep, who: Reader) -> VisitOut:
     visit = await repository.get_visit_visible_to(session, visit_id, who)
     if visit is None:
         raise not_found("visit")
-    return service.visit_view(visit)
+    return await service.view_of(session, visit)
 
 
-@router.get("/visits", response_model=Page[VisitOut])
+@router.get("/visits", response_model=Page[VisitOut], responses=problems(403))
 async def list_visits(
     session: SessionDep,
     who: Reader,
@@ -147,8 +215,8 @@ async def list_visits(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[VisitOut]:
     """Visits in the order recorded, filtered by loan, agent, method, outcome and when they
-    started; an agent always gets its own."""
-    return await repository.list_visits(
+    started; an agent always gets its own, a supervisor its region's."""
+    page = await repository.list_visits(
         session,
         who,
         VisitFilter(
@@ -161,8 +229,9 @@ async def list_visits(
         ),
         cursor=cursor,
         limit=limit,
-        to_item=service.visit_view,
+        to_item=lambda visit: visit,
     )
+    return Page(items=await service.views_of(session, page.items), next_cursor=page.next_cursor)
 
 
 @router.post(
@@ -183,14 +252,86 @@ async def report_third_party(
     201 with the first result (and `Idempotent-Replayed: true`); another report under the
     same id is a 409. `partner` must be the token's subject (else 403)."""
     reports.authorize_report(who, body)
-    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    sessions = _sessions(request)
     async with unit_of_work(sessions) as session:
         report = await reports.earlier_report(session, body)
     created = False
     if report is None:
-        await reports.confirm_loan(_scheduler(request), body.loan_id)
+        region = await reports.confirm_loan(_scheduler(request), body.loan_id)
         async with unit_of_work(sessions) as session:
-            report, created = await reports.record_report(session, body)
+            report, created = await reports.record_report(session, body, region)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return report
+
+
+@router.post(
+    "/evidence",
+    response_model=EvidenceOut,
+    status_code=201,
+    responses={
+        **problems(409),
+        415: problem(415, "`Content-Type` is not an evidence type; `errors` names it."),
+        **RATE_LIMITED,
+    },
+    openapi_extra={"requestBody": _EVIDENCE_BODY},
+)
+async def upload_evidence(
+    request: Request,
+    response: Response,
+    who: LimitedUploader,
+    kind: Annotated[
+        EvidenceKind | None,
+        Query(description="`photo` (of the car) or `document`; by default an image is a photo."),
+    ] = None,
+) -> EvidenceOut:
+    """Upload a photo or document scan before the visit that references it (step one of
+    two; a phone uploads when it has signal, then submits the visit with the
+    `evidence_id`s). The raw bytes are the body, as `Content-Type` declares: `image/jpeg`,
+    `image/png`, `image/heic` or `application/pdf`; another type is a 415, bytes that are
+    not the declared type a 422 naming `body`. At most `MAX_EVIDENCE_BYTES` (10 MiB, 413
+    past it). The SHA-256 of the bytes is recorded and returned. Uploading the same bytes
+    again answers 201 with the same evidence (and `Idempotent-Replayed: true`).
+
+    At most `EVIDENCE_UPLOADS_PER_MINUTE` (120) a minute per caller and API process: a 429
+    with Retry-After past it."""
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+    uploaded, created = await evidence.upload(
+        _sessions(request),
+        _store(request),
+        who,
+        request.headers.get("content-type"),
+        bytes(received),
+        kind,
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return EvidenceOut.model_validate(uploaded, from_attributes=True)
+
+
+@router.get(
+    "/evidence/{evidence_id}",
+    response_class=Response,
+    responses={
+        200: {"description": "The bytes as uploaded.", "content": _EVIDENCE_CONTENT},
+        **problems(403, 404),
+    },
+)
+async def get_evidence(evidence_id: uuid.UUID, request: Request, who: Reader) -> Response:
+    """The bytes of an uploaded photo or scan, with the type they were checked to be. Only
+    its uploader, the supervisor of the region of the visit it is attached to, ops and
+    admin see it; to anyone else it does not exist (404)."""
+    # No transaction is held while the bytes are read from the store.
+    found, data = await evidence.read(_sessions(request), _store(request), who, evidence_id)
+    return Response(
+        content=data,
+        media_type=found.content_type,
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            # Served to a browser, the file is inert: no scripts, no forms, no plugins.
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "ETag": f'"{found.sha256}"',
+        },
+    )

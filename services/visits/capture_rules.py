@@ -6,6 +6,10 @@ and not in the future) is checked earlier, by `schemas.VisitIn`.
 
 - A field inspection must place itself (`geo`) and say whether the car was there
   (`vehicle_sighted`, true or false): that is what a field visit is for.
+- A completed field inspection shows the car: it references at least one photo uploaded
+  first (`evidence`; that one of them is a photo, and the agent's own, is checked against
+  the stored evidence when the visit is recorded). A visit that did not happen need not.
+  Partners' reports are not captures and are exempt.
 - A phone call cannot see the car.
 - When the borrower could not be reached, nothing the borrower would have to show or tell
   can be claimed (identity, job, income, documents, difficulty repaying). On a field visit
@@ -36,6 +40,14 @@ _FROM_THE_BORROWER = (
 _FROM_THE_CAR = ("vehicle_usage", "vehicle_condition", "encumbrance_detected")
 
 
+NEEDS_A_PHOTO = "a completed field visit needs at least one photo of the car"
+
+
+def needs_a_photo(body: VisitIn) -> bool:
+    """A completed field visit shows the car it inspected."""
+    return body.method == VisitMethod.FIELD and body.outcome == VisitOutcome.COMPLETED
+
+
 def _claimed(findings: FindingsIn, item: str) -> bool:
     return bool(getattr(findings, item) != getattr(_UNSET, item))
 
@@ -55,6 +67,8 @@ def violations(body: VisitIn) -> list[dict[str, str]]:
             fault("geo", "required for a field visit")
         if findings.vehicle_sighted is None:
             fault("findings.vehicle_sighted", "a field visit must say whether the car was seen")
+        if needs_a_photo(body) and not body.evidence:
+            fault("evidence", NEEDS_A_PHOTO)
     if body.method == VisitMethod.PHONE and findings.vehicle_sighted is True:
         fault("findings.vehicle_sighted", "a phone visit cannot sight the car")
     if body.outcome == VisitOutcome.BORROWER_UNREACHABLE:

@@ -7,7 +7,16 @@ loan's previous entry (`prev_hash`); `entry_hash` is SHA-256 over the canonical 
 reordering an entry, breaks the hashes of that entry or of the one after it.
 
 The canonical form is part of the record: changing it invalidates every stored chain, so
-it may only change together with a migration that re-chains (and an auditor's consent).
+it may only change together with a migration that re-chains (and an auditor's consent),
+or as a new format beside the old ones. Each entry names its `format`:
+
+- 1: the visit's recorded fields (`CHAINED_FIELDS`). Entries written before migration 0006.
+- 2: those, plus the loan's `region` and the `evidence` attached to the visit, as
+  `[{evidence_id, sha256}]` sorted by id: replacing a photo's bytes (its stored hash), or
+  attaching, detaching or moving evidence afterwards breaks the entry. Every new entry.
+
+An entry whose format was flipped from 2 to 1 no longer matches either: the two forms of
+the same visit hash differently.
 """
 
 from __future__ import annotations
@@ -44,6 +53,19 @@ CHAINED_FIELDS = (
 )
 
 
+# The fields format 2 adds to CHAINED_FIELDS.
+REGION = "region"
+EVIDENCE = "evidence"
+FORMATS = (1, 2)
+CURRENT_FORMAT = 2
+
+
+def evidence_items(pairs: Iterable[tuple[uuid.UUID | str, str]]) -> list[dict[str, str]]:
+    """The `evidence` of a format-2 payload: (evidence_id, sha256) pairs in one order."""
+    items = [{"evidence_id": str(ident), "sha256": sha256} for ident, sha256 in pairs]
+    return sorted(items, key=lambda item: item["evidence_id"])
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         # One spelling per instant, whatever offset or precision the driver hands back.
@@ -64,9 +86,18 @@ def canonical(document: Mapping[str, Any]) -> bytes:
     ).encode()
 
 
-def payload_hash(visit: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the visit's chained fields."""
-    return hashlib.sha256(canonical({name: visit[name] for name in CHAINED_FIELDS})).hexdigest()
+def payload_hash(visit: Mapping[str, Any], format: int = 1) -> str:
+    """SHA-256 of the canonical JSON of the visit's chained fields in `format`; for format
+    2, `visit` also carries `region` and `evidence` (`evidence_items`)."""
+    document = {name: visit[name] for name in CHAINED_FIELDS}
+    if format == 2:
+        document[REGION] = visit[REGION]
+        document[EVIDENCE] = evidence_items(
+            (item["evidence_id"], item["sha256"]) for item in visit[EVIDENCE]
+        )
+    elif format != 1:
+        raise ValueError(f"unknown chain format {format}")
+    return hashlib.sha256(canonical(document)).hexdigest()
 
 
 def entry_hash(seq: int, prev_hash: str, payload: str) -> str:
@@ -85,10 +116,11 @@ class Link:
     entry_hash: str
 
 
-def next_link(previous: tuple[int, str] | None, visit: Mapping[str, Any]) -> Link:
-    """The entry following `previous` (its seq and entry hash; None for a loan's first)."""
+def next_link(previous: tuple[int, str] | None, visit: Mapping[str, Any], format: int = 1) -> Link:
+    """The entry following `previous` (its seq and entry hash; None for a loan's first).
+    Format 1 by default: migration 0003 chained the visits of its day with it."""
     seq, prev_hash = (previous[0] + 1, previous[1]) if previous else (1, GENESIS)
-    payload = payload_hash(visit)
+    payload = payload_hash(visit, format)
     return Link(seq, prev_hash, payload, entry_hash(seq, prev_hash, payload))
 
 
@@ -105,6 +137,7 @@ class StoredEntry:
     visit: Mapping[str, Any] | None
     # The partner's report the visit came from, if it did.
     report: Mapping[str, Any] | None = None
+    format: int = 1
 
 
 @dataclass(frozen=True)
@@ -148,8 +181,10 @@ class Verification:
             return "prev_hash is not the previous entry's hash"
         if entry.visit is None:
             return "the visit row is missing"
-        if payload_hash(entry.visit) != entry.payload_hash:
-            return "the visit row was altered after it was recorded"
+        if entry.format not in FORMATS:
+            return f"unknown chain format {entry.format}"
+        if payload_hash(entry.visit, entry.format) != entry.payload_hash:
+            return "the visit row or its evidence was altered after it was recorded"
         if entry_hash(entry.seq, entry.prev_hash, entry.payload_hash) != entry.entry_hash:
             return "entry_hash does not match the entry"
         if (

@@ -5,8 +5,10 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
-from services.visits.api import router
+from services.visits.api import EVIDENCE_ROUTE, router
+from services.visits.evidence_store import LocalDirectoryStore
 from services.visits.models import health, outbox
+from services.visits.rate_limits import RateLimiter
 from services.visits.settings import VisitsSettings
 from shared.app import create_app
 from shared.broker_ledger import relay_role
@@ -33,16 +35,21 @@ def build_app(
         scheduler: ServiceClient = app.state.scheduler
         await scheduler.aclose()
 
-    return create_app(
+    app = create_app(
         settings,
         title="Huifang visits",
         routers=[router],
         on_startup=open_scheduler,
         on_shutdown=close_scheduler,
+        body_limits={EVIDENCE_ROUTE: settings.max_evidence_bytes},
         readiness=WorkerReadiness(
             health, [relay_role(outbox.fullname)], settings.worker_stale_seconds
         ),
     )
+    app.state.evidence_store = LocalDirectoryStore(settings.evidence_dir)
+    app.state.capture_limits = RateLimiter("visit captures", settings.visit_captures_per_minute)
+    app.state.upload_limits = RateLimiter("evidence uploads", settings.evidence_uploads_per_minute)
+    return app
 
 
 configure_logging("visits")

@@ -8,11 +8,13 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
     Dialect,
     Index,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -23,6 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
 from services.visits.schemas import ReportKind
 from shared.db import schema_metadata, utcnow
 from shared.health import health_tables
@@ -84,6 +87,12 @@ VISIT_CHECKS: dict[str, str] = {
     },
 }
 REPORT_CHECKS: dict[str, str] = {"kind": check_in("kind", ReportKind)}
+EVIDENCE_CHECKS: dict[str, str] = {
+    "kind": check_in("kind", EvidenceKind),
+    "content_type": "content_type IN ({})".format(", ".join(f"'{t}'" for t in ALLOWED_TYPES)),
+    "size_bytes": "size_bytes > 0",
+    "sha256": "sha256 ~ '^[0-9a-f]{64}$'",
+}
 
 
 class Visit(VisitsTable, table=True):
@@ -107,6 +116,7 @@ class Visit(VisitsTable, table=True):
         Index("ix_visits_loan_created", "loan_id", "created_at", "visit_id"),
         Index("ix_visits_agent_created", "agent_id", "created_at", "visit_id"),
         Index("ix_visits_created", "created_at", "visit_id"),
+        Index("ix_visits_region_created", "region", "created_at", "visit_id"),
         *(CheckConstraint(sql, name=name) for name, sql in VISIT_CHECKS.items()),
     )
 
@@ -128,6 +138,10 @@ class Visit(VisitsTable, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+    # The loan's region when the visit was recorded, as the scheduler told it: what a
+    # supervisor's reads are narrowed by. NULL on visits recorded before migration 0006,
+    # which only ops and admin read.
+    region: str | None = Field(default=None, max_length=64)
 
 
 class VisitChainEntry(VisitsTable, table=True):
@@ -146,6 +160,11 @@ class VisitChainEntry(VisitsTable, table=True):
     prev_hash: str = Field(max_length=64)
     payload_hash: str = Field(max_length=64)
     entry_hash: str = Field(max_length=64)
+    # Which canonical form `payload_hash` was computed over (chain.FORMATS): 1 before
+    # evidence, 2 with the loan's region and the attached evidence's hashes.
+    format: int = Field(
+        default=1, sa_column=Column(SmallInteger, nullable=False, server_default=text("1"))
+    )
     chained_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -176,6 +195,34 @@ class ThirdPartyReport(VisitsTable, table=True):
     received_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+class Evidence(VisitsTable, table=True):
+    """A photo or document scan an agent uploaded: its metadata; the bytes are in the
+    evidence store under `sha256` (services/visits/evidence_store.py).
+
+    One per (uploader, bytes): the same agent uploading the same file again gets this row
+    back. `visit_id` is NULL until a visit references it, then set once, in that visit's
+    transaction; the visit's chain entry commits to `sha256`.
+    """
+
+    __tablename__ = "evidence"
+    __table_args__ = (
+        UniqueConstraint("uploaded_by", "sha256", name="uq_evidence_uploader_sha256"),
+        Index("ix_evidence_visit", "visit_id", postgresql_where=text("visit_id IS NOT NULL")),
+        *(CheckConstraint(sql, name=name) for name, sql in EVIDENCE_CHECKS.items()),
+    )
+
+    evidence_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    uploaded_by: str = Field(max_length=64)
+    kind: EvidenceKind = Field(sa_column=Column(Vocabulary(EvidenceKind, 16), nullable=False))
+    content_type: str = Field(max_length=64)
+    size_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str = Field(max_length=64)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.visits.visit_id")
 
 
 outbox = outbox_table(metadata)

@@ -48,15 +48,17 @@ async def earlier_report(
     return await _report_of(session, service.replay(earlier, body.request_hash(), _REPORT_REUSED))
 
 
-async def confirm_loan(scheduler: ServiceClient, loan_id: str) -> None:
-    """A report on a loan the scheduler does not know is a 404 (asked with no transaction
-    open); the scheduler down is a 503 the partner retries."""
+async def confirm_loan(scheduler: ServiceClient, loan_id: str) -> str:
+    """The loan's region; a report on a loan the scheduler does not know is a 404 (asked
+    with no transaction open); the scheduler down is a 503 the partner retries."""
     try:
         loan = await service.registered_loan(scheduler, loan_id)
     except OwnerUnavailable as exc:
         raise service.scheduler_unavailable(loan_id, exc) from exc
-    if loan is None:
+    region = loan.get("region") if loan is not None else None
+    if not isinstance(region, str):
         raise not_found("loan")
+    return region
 
 
 def report_as_visit(body: ThirdPartyReportIn) -> VisitIn:
@@ -77,15 +79,17 @@ def report_as_visit(body: ThirdPartyReportIn) -> VisitIn:
 
 
 async def record_report(
-    session: AsyncSession, body: ThirdPartyReportIn
+    session: AsyncSession, body: ThirdPartyReportIn, region: str
 ) -> tuple[ThirdPartyReportOut, bool]:
-    """Record the report and its visit (chained, `visit-completed` staged) in the caller's
-    transaction; a concurrent resend that committed first is returned instead."""
+    """Record the report and its visit (chained, `visit-completed` staged; `region` is the
+    loan's) in the caller's transaction; a concurrent resend that committed first is
+    returned instead."""
     visit, created = await service.record_visit(
         session,
         agent_id=body.partner,
         idempotency_key=body.report_id,
         body=report_as_visit(body),
+        region=region,
         request_hash=body.request_hash(),
     )
     if not created:

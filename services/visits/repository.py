@@ -1,20 +1,25 @@
 """All visits SQL, and who may read what.
 
-Reads are narrowed in SQL by `visible_visits`, so a visit the reader may not see is absent
-(a 404, or missing from a list), never fetched and then refused. Reading does not follow
-the capture rules: a supervisor records visits only on its region's loans, but reads every
-visit (a visit row does not carry the loan's region, and oversight spans regions).
+Reads are narrowed in SQL by `visible_visits` and `visible_evidence`, so a visit or a file
+the reader may not see is absent (a 404, or missing from a list), never fetched and then
+refused. A visit carries its loan's region as the scheduler told it at capture; visits
+recorded before that (region NULL) are read by ops and admin only.
 
-| route                                          | agent                  | supervisor, ops, admin |
-|------------------------------------------------|------------------------|------------------------|
-| `GET /v1/visits`                               | its own visits (an     | every visit, by the    |
-|                                                | `agent_id` it names is | filters                |
-|                                                | not a filter)          |                        |
-| `GET /v1/visits/{id}`, `/v1/visits/{id}/proof` | its own visit          | any visit              |
-| `GET /v1/visits/verify`                        | none (403)             | every chain            |
+| route                                     | agent            | supervisor       | ops, admin  |
+|-------------------------------------------|------------------|------------------|-------------|
+| `GET /v1/visits`                          | its own visits   | its region's     | every visit |
+|                                           | (an `agent_id`   | visits, by the   | by the      |
+|                                           | is no filter)    | filters          | filters     |
+| `GET /v1/visits/{id}`, `…/{id}/proof`     | its own visit    | its region's     | any visit   |
+| `GET /v1/visits/verify`                   | none (403)       | every chain      | every chain |
+| `GET /v1/evidence/{id}`                   | what it uploaded | what it uploaded,| any         |
+|                                           |                  | and its region's |             |
+|                                           |                  | visits'          |             |
 
-Partners (`integration`) report observations but read nothing here (403). A partner's
-report becomes a visit whose agent is the partner, so no agent sees it as its own.
+A supervisor's token without a `region` claim reads nothing here (403). Verification is
+oversight of the record as a whole and reports only hashes, ids and seqs, so it is not
+narrowed. Partners (`integration`) report observations but read nothing here (403). A
+partner's report becomes a visit whose agent is the partner, so no agent sees it as its own.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, func, select, true
+from sqlalchemy import ColumnElement, false, func, or_, select, true, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import Label
 from sqlmodel import col
 
 from services.visits import chain
-from services.visits.models import ThirdPartyReport, Visit, VisitChainEntry
+from services.visits.models import Evidence, ThirdPartyReport, Visit, VisitChainEntry
 from shared.auth import Principal, Role
+from shared.errors import Problem
 from shared.pagination import Page, keyset_page
 
 T = TypeVar("T")
@@ -49,9 +56,38 @@ CHAIN_LOCK_CLASS = 7301
 VERIFY_BATCH = 1000
 
 
+def supervised_region(who: Principal) -> str:
+    """The region a supervisor oversees; a 403 for a supervisor's token without one."""
+    if who.region is None:
+        raise Problem(403, "Forbidden", "a supervisor's token must name the region it oversees")
+    return who.region
+
+
 def visible_visits(who: Principal) -> ColumnElement[bool]:
-    """The visits `who` may read: an agent its own, every other reader all."""
-    return col(Visit.agent_id) == who.sub if who.is_agent else true()
+    """The visits `who` may read: an agent its own, a supervisor its region's, ops and
+    admin all (the table in this module's docstring)."""
+    if who.is_agent:
+        return col(Visit.agent_id) == who.sub
+    if who.role == "supervisor":
+        return col(Visit.region) == supervised_region(who)
+    if who.role in ("ops", "admin"):
+        return true()
+    return false()
+
+
+def visible_evidence(who: Principal) -> ColumnElement[bool]:
+    """The evidence `who` may fetch: its own uploads; for a supervisor also what is
+    attached to its region's visits; for ops and admin all. Never another agent's."""
+    own = col(Evidence.uploaded_by) == who.sub
+    if who.is_agent:
+        return own
+    if who.role == "supervisor":
+        region = supervised_region(who)
+        of_region = select(col(Visit.visit_id)).where(col(Visit.region) == region)
+        return or_(own, col(Evidence.visit_id).in_(of_region))
+    if who.role in ("ops", "admin"):
+        return true()
+    return false()
 
 
 async def get_visit_visible_to(
@@ -163,6 +199,26 @@ _VISIT_COLUMNS: list[Label[Any]] = [
 ]
 
 
+def _attached_evidence() -> Any:
+    """Per chain entry, the (evidence_id, sha256) of what is attached to its visit, as a
+    JSON array: a correlated subquery PostgreSQL answers from `ix_evidence_visit`."""
+    return (
+        select(
+            func.coalesce(
+                func.jsonb_agg(
+                    func.jsonb_build_object(
+                        "evidence_id", col(Evidence.evidence_id), "sha256", col(Evidence.sha256)
+                    )
+                ),
+                func.jsonb_build_array(),
+            )
+        )
+        .where(col(Evidence.visit_id) == col(VisitChainEntry.visit_id))
+        .scalar_subquery()
+        .label("evidence")
+    )
+
+
 async def stored_chain(
     session: AsyncSession, loan_id: str | None
 ) -> AsyncIterator[chain.StoredEntry]:
@@ -176,8 +232,11 @@ async def stored_chain(
             col(VisitChainEntry.prev_hash),
             col(VisitChainEntry.payload_hash),
             col(VisitChainEntry.entry_hash),
+            col(VisitChainEntry.format),
             col(Visit.visit_id).label("found"),
             *_VISIT_COLUMNS,
+            col(Visit.region).label("region"),
+            _attached_evidence(),
             col(ThirdPartyReport.visit_id).label("reported"),
             *_REPORT_COLUMNS,
         )
@@ -193,7 +252,11 @@ async def stored_chain(
     result = await session.stream(stmt)
     async for row in result.mappings():
         visit = (
-            {name: row[f"v_{name}"] for name in chain.CHAINED_FIELDS}
+            {
+                **{name: row[f"v_{name}"] for name in chain.CHAINED_FIELDS},
+                chain.REGION: row["region"],
+                chain.EVIDENCE: row["evidence"],
+            }
             if row["found"] is not None
             else None
         )
@@ -211,6 +274,7 @@ async def stored_chain(
             entry_hash=row["entry_hash"],
             visit=visit,
             report=report,
+            format=row["format"],
         )
 
 
@@ -233,3 +297,79 @@ async def add_report(session: AsyncSession, report: ThirdPartyReport) -> None:
 
 async def get_report(session: AsyncSession, visit_id: uuid.UUID) -> ThirdPartyReport | None:
     return await session.get(ThirdPartyReport, visit_id)
+
+
+# --- evidence ----------------------------------------------------------------------------
+
+
+async def add_evidence(session: AsyncSession, evidence: Evidence) -> Evidence:
+    """Insert the upload, or return the row the same uploader already has for the same bytes
+    (a retry, or two retries racing: ON CONFLICT, so neither fails)."""
+    values = evidence.model_dump()
+    inserted = (
+        insert(Evidence)
+        .values(values)
+        .on_conflict_do_nothing(constraint="uq_evidence_uploader_sha256")
+        .returning(col(Evidence.evidence_id))
+    )
+    await session.execute(inserted)
+    stmt = select(Evidence).where(
+        col(Evidence.uploaded_by) == evidence.uploaded_by,
+        col(Evidence.sha256) == evidence.sha256,
+    )
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def get_evidence_visible_to(
+    session: AsyncSession, evidence_id: uuid.UUID, who: Principal
+) -> Evidence | None:
+    stmt = select(Evidence).where(col(Evidence.evidence_id) == evidence_id, visible_evidence(who))
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lock_evidence(
+    session: AsyncSession, evidence_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Evidence]:
+    """The listed evidence rows that exist, locked until the transaction ends: two visits
+    referencing the same photo at once are decided one after the other."""
+    if not evidence_ids:
+        return {}
+    stmt = (
+        select(Evidence)
+        .where(col(Evidence.evidence_id).in_(evidence_ids))
+        .order_by(col(Evidence.evidence_id))  # one lock order: no deadlock between two
+        .with_for_update()
+    )
+    rows = (await session.execute(stmt)).scalars().all()
+    return {row.evidence_id: row for row in rows}
+
+
+async def attach_evidence(
+    session: AsyncSession, visit_id: uuid.UUID, evidence_ids: list[uuid.UUID]
+) -> None:
+    """Point the (already locked and checked) evidence at the visit, one statement."""
+    if evidence_ids:
+        await session.execute(
+            update(Evidence)
+            .where(col(Evidence.evidence_id).in_(evidence_ids))
+            .values(visit_id=visit_id)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def evidence_of(
+    session: AsyncSession, visit_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[Evidence]]:
+    """The evidence attached to each of the visits (a page of them), in one query."""
+    found: dict[uuid.UUID, list[Evidence]] = {visit_id: [] for visit_id in visit_ids}
+    if not visit_ids:
+        return found
+    stmt = (
+        select(Evidence)
+        .where(col(Evidence.visit_id).in_(visit_ids))
+        .order_by(col(Evidence.visit_id), col(Evidence.evidence_id))
+    )
+    for row in (await session.execute(stmt)).scalars():
+        if row.visit_id is not None:
+            found[row.visit_id].append(row)
+    return found

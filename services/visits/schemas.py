@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from services.visits.evidence_types import EvidenceKind
 from shared.events import VisitFindings
 from shared.validation import (
     Identifier,
@@ -55,6 +56,11 @@ class FindingsIn(VisitFindings):
     vehicle_condition: VehicleCondition = Field(VehicleCondition.UNKNOWN, strict=False)
 
 
+# Photos and scans one visit may reference: a handful in practice; the bound keeps one
+# capture's lock set and chain entry small.
+MAX_EVIDENCE_PER_VISIT = 20
+
+
 class VisitIn(Strict):
     model_config = ConfigDict(
         json_schema_extra={
@@ -86,6 +92,9 @@ class VisitIn(Strict):
     geo: GeoPoint | None = None
     # National ids and phone numbers typed in are masked before the visit is stored.
     notes: Note | None = None
+    # Evidence this agent uploaded first (`POST /v1/evidence`), not yet on another visit;
+    # a completed field visit needs at least one photo (capture_rules).
+    evidence: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_EVIDENCE_PER_VISIT)
 
     @field_validator("ended_at")
     @classmethod
@@ -95,16 +104,45 @@ class VisitIn(Strict):
             raise ValueError("must not be before started_at")
         return value
 
+    @field_validator("evidence")
+    @classmethod
+    def _each_once(cls, value: list[uuid.UUID]) -> list[uuid.UUID]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists the same evidence twice")
+        return value
+
     def request_hash(self) -> str:
         """SHA-256 of the canonical JSON of the validated body: what an idempotent retry
-        must repeat. Defaults are filled in, so omitting a default equals sending it."""
+        must repeat. Defaults are filled in, so omitting a default equals sending it. No
+        evidence is left out of it, so a capture queued before evidence existed hashes as
+        it did then, and its retry still replays."""
         canonical = json.dumps(
-            self.model_dump(mode="json"),
+            self.model_dump(mode="json", exclude=None if self.evidence else {"evidence"}),
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class EvidenceRef(BaseModel):
+    evidence_id: uuid.UUID
+    kind: EvidenceKind
+    sha256: str
+
+
+class EvidenceOut(BaseModel):
+    """An uploaded photo or scan: reference its `evidence_id` in a visit's `evidence`."""
+
+    evidence_id: uuid.UUID
+    kind: EvidenceKind
+    content_type: str
+    size_bytes: int
+    # SHA-256 of the bytes as received, hex: the app may compare it with its own.
+    sha256: str
+    created_at: datetime
+    # None until a visit references it.
+    visit_id: uuid.UUID | None
 
 
 class VisitOut(BaseModel):
@@ -121,16 +159,21 @@ class VisitOut(BaseModel):
     geo: GeoPoint | None
     # Masked on the way out too: notes stored before masking began are shown masked.
     notes: MaskedText | None
+    # What was attached, by id and hash (the bytes: `GET /v1/evidence/{evidence_id}`).
+    evidence: list[EvidenceRef] = []
 
 
 class ChainProof(BaseModel):
     """A visit's entry in its loan's tamper-evident chain. `payload_hash` is SHA-256 over the
     canonical JSON (sorted keys, no whitespace, UTF-8, times in UTC with microseconds) of the
-    visit's recorded fields; `entry_hash` is SHA-256 over the canonical JSON of
-    `{seq, prev_hash, payload_hash}`; a loan's first entry has a `prev_hash` of 64 zeros."""
+    visit's recorded fields (`format` 2: with the loan's region and the attached evidence's
+    ids and SHA-256s; 1: entries from before evidence); `entry_hash` is SHA-256 over the
+    canonical JSON of `{seq, prev_hash, payload_hash}`; a loan's first entry has a
+    `prev_hash` of 64 zeros."""
 
     visit_id: uuid.UUID
     loan_id: str
+    format: int
     seq: int
     prev_hash: str
     payload_hash: str

@@ -13,11 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.visits import capture_rules, chain, repository
-from services.visits.models import Visit, VisitChainEntry, outbox
+from services.visits.evidence_types import EvidenceKind
+from services.visits.models import Evidence, Visit, VisitChainEntry, outbox
 from services.visits.schemas import (
     ChainBreak,
     ChainProof,
     ChainVerification,
+    EvidenceRef,
     GeoPoint,
     ThirdPartyReportIn,
     VisitIn,
@@ -57,26 +59,32 @@ def check_capture_rules(body: VisitIn) -> None:
         )
 
 
-async def authorize_capture(scheduler: ServiceClient, who: Principal, body: VisitIn) -> None:
+async def authorize_capture(scheduler: ServiceClient, who: Principal, body: VisitIn) -> str:
     """May `who` record this visit? Asked of the scheduler, which owns loans and tasks, before
     any transaction opens. An agent records visits only on loans it has been given a task for
     (open or done); a supervisor on the loans of the region its token names. A loan or task
-    the caller may not touch looks absent (404), so nobody can probe others' portfolios."""
-    if not who.is_agent and who.region is None:
-        raise Problem(403, "Forbidden", "a supervisor's token must name the region it oversees")
+    the caller may not touch looks absent (404), so nobody can probe others' portfolios.
+    Returns the loan's region, which the visit keeps (supervisors read by it)."""
+    if not who.is_agent:
+        repository.supervised_region(who)
     try:
         if body.task_id is not None:
             task = await scheduler.get_json(f"/v1/tasks/{body.task_id}", cached=False)
             _check_task(task, who, body.loan_id)
-        if who.is_agent:
-            if body.task_id is None and not await _has_task_on(scheduler, who.sub, body.loan_id):
-                raise not_found("loan")
-        else:
-            loan = await registered_loan(scheduler, body.loan_id)
-            if loan is None or loan.get("region") != who.region:
-                raise not_found("loan")
+        if (
+            who.is_agent
+            and body.task_id is None
+            and not await _has_task_on(scheduler, who.sub, body.loan_id)
+        ):
+            raise not_found("loan")
+        # Cached for a few seconds by the client: a loan's region does not change per visit.
+        loan = await registered_loan(scheduler, body.loan_id)
     except OwnerUnavailable as exc:
         raise scheduler_unavailable(body.loan_id, exc) from exc
+    region = loan.get("region") if loan is not None else None
+    if not isinstance(region, str) or (not who.is_agent and region != who.region):
+        raise not_found("loan")
+    return region
 
 
 async def registered_loan(scheduler: ServiceClient, loan_id: str) -> dict[str, Any] | None:
@@ -124,9 +132,11 @@ async def record_visit(
     agent_id: str,
     idempotency_key: str,
     body: VisitIn,
+    region: str,
     request_hash: str | None = None,
 ) -> tuple[Visit, bool]:
-    """Record a visit (already authorised) and stage its `visit-completed` event in the same
+    """Record a visit (already authorised; `region` is its loan's) with the evidence it
+    references, chain it and stage its `visit-completed` event, all in the caller's
     transaction. Returns the visit and whether this call created it: a concurrent retry
     under the same key that committed first wins, and its visit is returned. `request_hash`
     is what a retry must repeat (the body's own hash unless given)."""
@@ -145,12 +155,16 @@ async def record_visit(
         geo_lat=body.geo.lat if body.geo else None,
         geo_lon=body.geo.lon if body.geo else None,
         notes=body.notes,
+        region=region,
     )
     try:
         # A savepoint, so that losing a race leaves the request's transaction usable.
         async with session.begin_nested():
+            # The visit first: a retry racing its original fails on the unique key here,
+            # before it could take (and wait on) the evidence's locks.
             await repository.add_visit(session, visit)
-            await _chain(session, visit)
+            evidence = await _attach_evidence(session, visit, body)
+            await _chain(session, visit, evidence)
             await enqueue(session, outbox, _completed_event(visit))
     except IntegrityError as exc:
         winner = await _concurrent_winner(session, agent_id, idempotency_key, body.task_id)
@@ -165,12 +179,50 @@ async def record_visit(
     return visit, True
 
 
-async def _chain(session: AsyncSession, visit: Visit) -> None:
-    """Append the visit to its loan's chain. The lock is taken after the visit's own insert,
-    so a losing retry fails on its unique key before it waits for anyone's lock."""
+async def _attach_evidence(session: AsyncSession, visit: Visit, body: VisitIn) -> list[Evidence]:
+    """Attach the evidence the visit lists: each must be the capturing agent's own upload
+    and on no other visit (another agent's looks absent, as everywhere); a completed field
+    visit must list a photo. A 422 naming `body.evidence[i]` otherwise. The rows are locked,
+    so two visits listing the same photo at once are decided one after the other."""
+    wanted = body.evidence
+    found = await repository.lock_evidence(session, wanted)
+    errors: list[dict[str, str]] = []
+    for index, evidence_id in enumerate(wanted):
+        row = found.get(evidence_id)
+        if row is None or row.uploaded_by != visit.agent_id:
+            message = "no such evidence uploaded by you"
+        elif row.visit_id is not None:
+            message = "already attached to another visit"
+        else:
+            continue
+        errors.append({"field": f"body.evidence[{index}]", "message": message})
+    attached = [found[evidence_id] for evidence_id in wanted if evidence_id in found]
+    if (
+        not errors
+        and capture_rules.needs_a_photo(body)
+        and not any(row.kind == EvidenceKind.PHOTO for row in attached)
+    ):
+        errors.append({"field": "body.evidence", "message": capture_rules.NEEDS_A_PHOTO})
+    if errors:
+        raise Problem(
+            422, "Unprocessable Content", "the visit's evidence cannot be attached", errors=errors
+        )
+    await repository.attach_evidence(session, visit.visit_id, wanted)
+    return attached
+
+
+async def _chain(session: AsyncSession, visit: Visit, evidence: list[Evidence]) -> None:
+    """Append the visit to its loan's chain (the current format: with its region and its
+    evidence's hashes). The lock is taken after the visit's own insert, so a losing retry
+    fails on its unique key before it waits for anyone's lock."""
     await repository.lock_chain_of(session, visit.loan_id)
     head = await repository.chain_head(session, visit.loan_id)
-    link = chain.next_link(head, visit.model_dump(include=set(chain.CHAINED_FIELDS)))
+    chained = {
+        **visit.model_dump(include=set(chain.CHAINED_FIELDS)),
+        chain.REGION: visit.region,
+        chain.EVIDENCE: chain.evidence_items((row.evidence_id, row.sha256) for row in evidence),
+    }
+    link = chain.next_link(head, chained, chain.CURRENT_FORMAT)
     await repository.add_chain_entry(
         session,
         VisitChainEntry(
@@ -180,6 +232,7 @@ async def _chain(session: AsyncSession, visit: Visit) -> None:
             prev_hash=link.prev_hash,
             payload_hash=link.payload_hash,
             entry_hash=link.entry_hash,
+            format=chain.CURRENT_FORMAT,
         ),
     )
 
@@ -272,8 +325,20 @@ def _completed_event(visit: Visit) -> VisitCompleted:
     )
 
 
-def visit_view(visit: Visit) -> VisitOut:
-    """The visit as the API shows it."""
+async def view_of(session: AsyncSession, visit: Visit) -> VisitOut:
+    """The visit as the API shows it, with its evidence."""
+    return (await views_of(session, [visit]))[0]
+
+
+async def views_of(session: AsyncSession, visits: list[Visit]) -> list[VisitOut]:
+    """Visits as the API shows them (a page of them): their evidence in one query."""
+    evidence = await repository.evidence_of(session, [visit.visit_id for visit in visits])
+    return [visit_view(visit, evidence[visit.visit_id]) for visit in visits]
+
+
+def visit_view(visit: Visit, evidence: list[Evidence] | None = None) -> VisitOut:
+    """The visit as the API shows it, with the evidence attached to it (read by the caller:
+    `view_of`, `views_of`)."""
     geo = (
         GeoPoint(lat=visit.geo_lat, lon=visit.geo_lon)
         if visit.geo_lat is not None and visit.geo_lon is not None
@@ -292,4 +357,8 @@ def visit_view(visit: Visit) -> VisitOut:
         findings=VisitFindings.model_validate(visit.findings),
         geo=geo,
         notes=visit.notes,
+        evidence=[
+            EvidenceRef(evidence_id=row.evidence_id, kind=row.kind, sha256=row.sha256)
+            for row in evidence or []
+        ],
     )

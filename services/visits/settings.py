@@ -1,7 +1,20 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
+
 from shared.settings import ServiceSettings
 
 
 class VisitsSettings(ServiceSettings):
     service_name: str = "visits"
+    # An uploaded photo or scan larger than this is refused with a 413 as it streams in
+    # (the JSON routes keep `max_body_bytes`): a 12-megapixel phone JPEG is 3 to 6 MB.
+    max_evidence_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # The LocalDirectoryStore's root (services/visits/evidence_store.py): shared by the
+    # replicas of the API, or replaced by an object store.
+    evidence_dir: Path = Path(".data/evidence")
+    # Per agent and API process (services/visits/rate_limits.py says why per process).
+    visit_captures_per_minute: int = Field(default=60, gt=0)
+    evidence_uploads_per_minute: int = Field(default=120, gt=0)

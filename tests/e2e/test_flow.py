@@ -26,6 +26,7 @@ from tests.support import (
     register_agent,
     register_loan,
     repayment_event,
+    upload_photo,
 )
 
 OPS = auth("ops", "risk-desk-1")
@@ -126,6 +127,8 @@ async def test_repayment_visit_and_alert_lifecycle(
         },
         "geo": {"lat": 31.2304, "lon": 121.4737},
         "notes": "car parked at a ride-hailing depot",
+        # Uploaded first, when the phone had signal: a completed inspection shows the car.
+        "evidence": [await upload_photo(visits, agent)],
     }
     key = {"Idempotency-Key": str(uuid.uuid4())}
     recorded = await visits.post("/v1/visits", json=visit_body, headers=agent | key)

@@ -30,6 +30,7 @@ class Portfolio:
     agent_id: str
     loan_ids: list[str]
     task_ids: list[str]
+    region: str
 
     @property
     def headers(self) -> dict[str, str]:
@@ -50,7 +51,7 @@ async def portfolio(system: System, loans: int) -> Portfolio:
 
     tasks = await eventually(assigned)
     assert {t["loan_id"] for t in tasks} == set(loan_ids)
-    return Portfolio(agent_id, loan_ids, [t["task_id"] for t in tasks])
+    return Portfolio(agent_id, loan_ids, [t["task_id"] for t in tasks], region)
 
 
 async def walk(
@@ -159,8 +160,14 @@ async def test_an_agent_reads_its_own_visits_and_the_desk_reads_all(system: Syst
     assert named.json() == {"items": [], "next_cursor": None}
     assert (await system.visits.get("/v1/visits/verify", headers=mine.headers)).status_code == 403
 
-    # A supervisor of another region reads it too: the region bounds capture, not reading.
-    for reader in (supervisor(new_id("R")), auth("ops", "desk"), ADMIN):
+    # The supervisor of the loan's region reads it; one of another region does not.
+    elsewhere = supervisor(new_id("R"))
+    assert (await system.visits.get(f"/v1/visits/{visit_id}", headers=elsewhere)).status_code == 404
+    elsewhere_list = await system.visits.get(
+        "/v1/visits", params={"agent_id": theirs.agent_id}, headers=elsewhere
+    )
+    assert elsewhere_list.json() == {"items": [], "next_cursor": None}
+    for reader in (supervisor(theirs.region), auth("ops", "desk"), ADMIN):
         assert (
             await system.visits.get(f"/v1/visits/{visit_id}", headers=reader)
         ).status_code == 200

@@ -32,8 +32,11 @@ from tests.support import (
     read_topic,
     register_agent,
     register_loan,
+    supervisor,
+    upload_photo,
 )
 
+# A supervisor's token without the region it oversees.
 SUPERVISOR = auth("supervisor", "sup-1")
 PROBLEM_JSON = "application/problem+json"
 
@@ -45,10 +48,16 @@ class Assignment:
     agent_id: str
     loan_id: str
     task: dict[str, Any]
+    region: str
 
     @property
     def headers(self) -> dict[str, str]:
         return auth("agent", self.agent_id)
+
+    @property
+    def supervisor(self) -> dict[str, str]:
+        """The supervisor of the loan's region."""
+        return supervisor(self.region)
 
     @property
     def task_id(self) -> str:
@@ -66,7 +75,7 @@ async def assign(system: System) -> Assignment:
     assert tasks.status_code == 200, tasks.text
     first = tasks.json()["items"][0]
     assert first["agent_id"] == agent_id
-    return Assignment(agent_id, loan_id, first)
+    return Assignment(agent_id, loan_id, first, region)
 
 
 def visit_body(loan_id: str, task_id: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -227,7 +236,8 @@ async def test_invalid_captures_name_the_field_and_write_nothing(system: System)
     no_geo = await post_visit(
         system, job.headers, visit_body(job.loan_id, method="field", findings=CLEAN_FINDINGS)
     )
-    assert [e["field"] for e in assert_problem(no_geo, 422)["errors"]] == ["body.geo"]
+    fields = [e["field"] for e in assert_problem(no_geo, 422)["errors"]]
+    assert fields == ["body.geo", "body.evidence"]
 
     body = visit_body(job.loan_id)
     backwards = visit_body(job.loan_id, ended_at=body["started_at"], started_at=body["ended_at"])
@@ -239,7 +249,11 @@ async def test_invalid_captures_name_the_field_and_write_nothing(system: System)
     assert fields == ["header.Idempotency-Key"]
 
     field_visit = visit_body(
-        job.loan_id, method="field", geo={"lat": 39.91, "lon": 116.39}, findings=CLEAN_FINDINGS
+        job.loan_id,
+        method="field",
+        geo={"lat": 39.91, "lon": 116.39},
+        findings=CLEAN_FINDINGS,
+        evidence=[await upload_photo(system.visits, job.headers)],
     )
     ok = await post_visit(system, job.headers, field_visit)
     assert ok.status_code == 201, ok.text
@@ -303,9 +317,9 @@ async def test_agents_read_only_their_own_visits(system: System) -> None:
     own = await system.visits.get(f"/v1/visits/{visit_id}", headers=job.headers)
     assert own.status_code == 200
     assert own.json() == created.json()
-    for role in ("supervisor", "ops", "admin"):
-        seen = await system.visits.get(f"/v1/visits/{visit_id}", headers=auth(role, "desk"))
-        assert seen.status_code == 200, role
+    for reader in (job.supervisor, auth("ops", "desk"), auth("admin", "root")):
+        seen = await system.visits.get(f"/v1/visits/{visit_id}", headers=reader)
+        assert seen.status_code == 200, reader
 
     stranger = auth("agent", new_id("AG"))
     assert_problem(await system.visits.get(f"/v1/visits/{visit_id}", headers=stranger), 404)
@@ -323,7 +337,9 @@ async def test_tokens_and_roles_are_enforced(system: System) -> None:
     assert_problem(ops, 403)
     integration = await system.visits.get("/v1/visits", headers=CORE_BANKING)
     assert_problem(integration, 403)
-    assert_problem(await system.visits.get(f"/v1/visits/{uuid.uuid4()}", headers=SUPERVISOR), 404)
+    unknown = await system.visits.get(f"/v1/visits/{uuid.uuid4()}", headers=supervisor("SH"))
+    assert_problem(unknown, 404)
+    assert_problem(await system.visits.get("/v1/visits", headers=SUPERVISOR), 403)
 
 
 async def test_visits_of_a_loan_are_listed_page_by_page(system: System) -> None:
@@ -335,7 +351,7 @@ async def test_visits_of_a_loan_are_listed_page_by_page(system: System) -> None:
     assert first.status_code == second.status_code == 201, second.text
 
     page = await system.visits.get(
-        "/v1/visits", params={"loan_id": job.loan_id, "limit": 1}, headers=SUPERVISOR
+        "/v1/visits", params={"loan_id": job.loan_id, "limit": 1}, headers=job.supervisor
     )
     assert page.status_code == 200, page.text
     assert [v["visit_id"] for v in page.json()["items"]] == [first.json()["visit_id"]]
@@ -350,7 +366,7 @@ async def test_visits_of_a_loan_are_listed_page_by_page(system: System) -> None:
     assert [v["visit_id"] for v in following.json()["items"]] == [second.json()["visit_id"]]
 
     forged = await system.visits.get(
-        "/v1/visits", params={"cursor": "not-a-cursor"}, headers=SUPERVISOR
+        "/v1/visits", params={"cursor": "not-a-cursor"}, headers=job.supervisor
     )
     assert assert_problem(forged, 422)["errors"][0]["field"] == "query.cursor"
 
@@ -371,6 +387,7 @@ async def test_an_agent_records_unplanned_visits_only_on_loans_it_was_given(
         method="field",
         geo={"lat": 39.9, "lon": 116.4},
         findings={**CLEAN_FINDINGS, "vehicle_condition": "missing"},
+        evidence=[await upload_photo(system.visits, job.headers)],
     )
 
     foreign = await post_visit(system, job.headers, missing_car)
@@ -430,7 +447,7 @@ async def test_captures_breaking_the_rules_of_their_method_name_each_field(
     )
     posing_as_partner = visit_body(job.loan_id, method="third_party", findings={})
     cases = [
-        (blind_field_visit, ["body.geo", "body.findings.vehicle_sighted"]),
+        (blind_field_visit, ["body.geo", "body.findings.vehicle_sighted", "body.evidence"]),
         (phone_sighting, ["body.findings.vehicle_sighted"]),
         (
             unreachable_but_verified,
@@ -470,7 +487,11 @@ async def test_visits_are_filtered_by_method_outcome_and_start(system: System) -
         "call": at(30),
         "no_answer": at(20, outcome="borrower_unreachable", findings={}),
         "inspection": at(
-            10, method="field", geo={"lat": 31.2, "lon": 121.5}, findings=CLEAN_FINDINGS
+            10,
+            method="field",
+            geo={"lat": 31.2, "lon": 121.5},
+            findings=CLEAN_FINDINGS,
+            evidence=[await upload_photo(system.visits, job.headers)],
         ),
     }
     ids = {}
@@ -481,7 +502,7 @@ async def test_visits_are_filtered_by_method_outcome_and_start(system: System) -
 
     async def names(**params: str) -> list[str]:
         response = await system.visits.get(
-            "/v1/visits", params={"loan_id": job.loan_id, **params}, headers=SUPERVISOR
+            "/v1/visits", params={"loan_id": job.loan_id, **params}, headers=job.supervisor
         )
         assert response.status_code == 200, response.text
         return [ids[v["visit_id"]] for v in response.json()["items"]]
@@ -496,6 +517,6 @@ async def test_visits_are_filtered_by_method_outcome_and_start(system: System) -
     assert await names(**window) == ["no_answer"]
     assert await names(method="field", outcome="completed") == ["inspection"]
     naive = await system.visits.get(
-        "/v1/visits", params={"started_from": "2026-11-30T10:00:00"}, headers=SUPERVISOR
+        "/v1/visits", params={"started_from": "2026-11-30T10:00:00"}, headers=job.supervisor
     )
     assert assert_problem(naive, 422)["errors"][0]["field"] == "query.started_from"

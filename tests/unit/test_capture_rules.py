@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +16,7 @@ from tests.support import CLEAN_FINDINGS
 
 GEO = {"lat": 31.23, "lon": 121.47}
 PHONE_FINDINGS = {**CLEAN_FINDINGS, "vehicle_sighted": None}
+PHOTO = uuid.uuid4()
 
 
 def visit(**overrides: Any) -> VisitIn:
@@ -25,6 +29,7 @@ def visit(**overrides: Any) -> VisitIn:
         "ended_at": (started + timedelta(minutes=30)).isoformat(),
         "findings": dict(CLEAN_FINDINGS),
         "geo": GEO,
+        "evidence": [str(PHOTO)],
     }
     return VisitIn.model_validate(body | overrides)
 
@@ -48,6 +53,31 @@ def test_a_field_visit_names_both_position_and_sighting() -> None:
     ]
     # Not sighted is an answer: the car was not there.
     assert fields(visit(findings={**CLEAN_FINDINGS, "vehicle_sighted": False})) == []
+
+
+def test_a_completed_field_visit_lists_a_photo_and_others_need_none() -> None:
+    assert fields(visit(evidence=[])) == ["body.evidence"]
+    nobody_home = {"vehicle_sighted": False}
+    assert fields(visit(evidence=[], outcome="borrower_unreachable", findings=nobody_home)) == []
+    assert fields(visit(evidence=[], outcome="refused")) == []
+    assert fields(visit(evidence=[], method="phone", geo=None, findings=PHONE_FINDINGS)) == []
+
+
+def test_a_visit_lists_at_most_20_pieces_of_evidence_each_once() -> None:
+    with pytest.raises(ValueError, match="at most 20"):
+        visit(evidence=[str(uuid.uuid4()) for _ in range(21)])
+    with pytest.raises(ValueError, match="same evidence twice"):
+        visit(evidence=[str(PHOTO), str(PHOTO)])
+
+
+def test_a_body_without_evidence_hashes_as_before_evidence_existed() -> None:
+    # A capture queued on a phone before this change is retried with the same hash.
+    without = visit(evidence=[], method="phone", geo=None, findings=PHONE_FINDINGS)
+    dumped = without.model_dump(mode="json", exclude={"evidence"})
+
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert without.request_hash() == hashlib.sha256(canonical.encode()).hexdigest()
+    assert visit().request_hash() != visit(evidence=[str(uuid.uuid4())]).request_hash()
 
 
 def test_a_phone_visit_cannot_sight_the_car() -> None:
