@@ -6,8 +6,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid, func
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Executable,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    bindparam,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -21,34 +32,29 @@ def inbox_table(metadata: MetaData) -> Table:
     )
 
 
-async def claim(session: AsyncSession, inbox: Table, event_id: uuid.UUID, topic: str) -> bool:
-    """Record the event as applied; False when it already was (a redelivery).
-
-    A concurrent claim of the same id blocks on the primary key until the first
-    transaction ends, so two workers can never both apply one event.
-    """
-    result = await session.execute(
-        insert(inbox)
-        .values(event_id=event_id, topic=topic)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(inbox.c.event_id)
-    )
-    return result.first() is not None
-
-
 async def claim_batch(
     session: AsyncSession, inbox: Table, event_ids: Iterable[uuid.UUID], topic: str
 ) -> set[uuid.UUID]:
     """Record a batch of events as applied in one statement; returns the ids that were not
-    applied before (the fresh ones). Ids are inserted in sorted order, so two transactions
-    claiming overlapping batches wait on each other instead of deadlocking."""
+    applied before (the fresh ones). The ids travel as one array parameter, so the statement
+    is the same (compiled and prepared once) whatever the batch's size. They are inserted in
+    sorted order, so two transactions claiming overlapping batches wait on each other
+    instead of deadlocking."""
     ids = sorted(set(event_ids))
     if not ids:
         return set()
-    result = await session.execute(
+    result = await session.execute(_claim_statement(inbox), {"event_ids": ids, "topic": topic})
+    return set(result.scalars())
+
+
+def _claim_statement(inbox: Table) -> Executable:
+    rows = select(
+        func.unnest(bindparam("event_ids", type_=ARRAY(Uuid))),
+        bindparam("topic", type_=String),
+    )
+    return (
         insert(inbox)
-        .values([{"event_id": event_id, "topic": topic} for event_id in ids])
+        .from_select(["event_id", "topic"], rows)
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(inbox.c.event_id)
     )
-    return set(result.scalars())
