@@ -8,10 +8,13 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 
+import pytest
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 
 from shared.batch_apply import BatchApplier, Delivery, InvalidEvents
 from shared.events import RepaymentPosted
+from shared.settings import ServiceSettings
 
 MAX_ATTEMPTS = 3
 
@@ -146,3 +149,11 @@ async def test_duplicates_are_counted_not_applied_again() -> None:
     tally = await ledger.applier().apply(batch)
     assert (tally.applied, tally.duplicates, tally.transactions) == (6, 4, 1)
     assert ledger.committed == [d.event.event_id for d in batch]
+
+
+def test_the_batch_size_is_a_bounded_setting() -> None:
+    assert ServiceSettings().consumer_batch_size == 500
+    assert ServiceSettings(consumer_batch_size=50).consumer_batch_size == 50
+    for refused in (0, 10_001):
+        with pytest.raises(ValidationError):
+            ServiceSettings(consumer_batch_size=refused)
