@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -58,6 +59,24 @@ raw_effects = Table(
 LOANS = 5_000
 
 
+@dataclass
+class Stopwatch:
+    """Wall time and this process's CPU time from the first record to the last: on a shared
+    machine the CPU a consumer spends per event is steadier than its wall-clock rate."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def start(self) -> None:
+        if not self.wall:
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self, n: int) -> tuple[float, float]:
+        """Events per second and CPU microseconds per event."""
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return n / wall, cpu / n * 1e6
+
+
 async def post(bootstrap: str, n: int) -> None:
     producer = make_producer(bootstrap)
     await producer.start()
@@ -84,7 +103,7 @@ async def post(bootstrap: str, n: int) -> None:
         await producer.stop()
 
 
-async def raw(bootstrap: str, database_url: str, n: int) -> float:
+async def raw(bootstrap: str, database_url: str, n: int) -> tuple[float, float]:
     consumer = AIOKafkaConsumer(
         REPAYMENT_POSTED,
         bootstrap_servers=bootstrap,
@@ -99,12 +118,12 @@ async def raw(bootstrap: str, database_url: str, n: int) -> float:
     )
     await consumer.start()
     try:
-        done, started = 0, 0.0
+        done, watch = 0, Stopwatch()
         while done < n:
             batch = await consumer.getmany(timeout_ms=500, max_records=DEFAULT_BATCH_SIZE)
             if not batch:
                 continue
-            started = started or time.perf_counter()
+            watch.start()
             rows = []
             for records in batch.values():
                 for record in records:
@@ -114,24 +133,25 @@ async def raw(bootstrap: str, database_url: str, n: int) -> float:
                 await conn.executemany(sql, rows)
             await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
             done += len(rows)
-        return n / (time.perf_counter() - started)
+        return watch.stop(n)
     finally:
         await consumer.stop()
         await conn.close()
 
 
-async def plumbing(bootstrap: str, database_url: str, n: int) -> float:
+async def plumbing(bootstrap: str, database_url: str, n: int) -> tuple[float, float]:
     engine = make_engine(database_url)
-    clock = {"started": 0.0, "applied": 0.0}
+    watch, applied = Stopwatch(), 0
     all_applied = asyncio.Event()
 
     async def apply(session: AsyncSession, events: Sequence[RepaymentPosted]) -> None:
-        clock["started"] = clock["started"] or time.perf_counter()
+        nonlocal applied
+        watch.start()
         await session.execute(
             insert(effects), [{"event_id": e.event_id, "loan_id": e.loan_id} for e in events]
         )
-        clock["applied"] += len(events)
-        if clock["applied"] >= n:
+        applied += len(events)
+        if applied >= n:
             all_applied.set()
 
     producer = make_producer(bootstrap)
@@ -148,13 +168,13 @@ async def plumbing(bootstrap: str, database_url: str, n: int) -> float:
     try:
         # The last batch is applied (its commit follows within milliseconds).
         await all_applied.wait()
-        done = time.perf_counter()
+        rate = watch.stop(n)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await producer.stop()
         await engine.dispose()
-    return n / (done - clock["started"])
+    return rate
 
 
 async def prepare(database_url: str) -> None:
@@ -173,16 +193,23 @@ async def measure(database_url: str, bootstrap: str, n: int, rounds: int) -> Non
     await prepare(database_url)
     await post(bootstrap, n)
     rates: dict[str, list[float]] = {"raw": [], "plumbing": []}
+    cpu: dict[str, list[float]] = {"raw": [], "plumbing": []}
     for round_no in range(1, rounds + 1):
         for name, consume in (("raw", raw), ("plumbing", plumbing)):
             await empty(database_url)
-            rates[name].append(await consume(bootstrap, database_url, n))
-            print(f"  round {round_no} {name:9s} {rates[name][-1]:8.0f} events/s")
+            rate, cpu_us = await consume(bootstrap, database_url, n)
+            rates[name].append(rate)
+            cpu[name].append(cpu_us)
+            print(f"  round {round_no} {name:9s} {rate:8.0f} events/s  {cpu_us:6.1f} us CPU/event")
     raw_rate, plumbing_rate = (statistics.median(rates[k]) for k in ("raw", "plumbing"))
+    raw_cpu, plumbing_cpu = (statistics.median(cpu[k]) for k in ("raw", "plumbing"))
     print(f"{n} repayment-posted events, batches of {DEFAULT_BATCH_SIZE}, median of {rounds}:")
-    print(f"  raw aiokafka -> asyncpg executemany   {raw_rate:10.0f} events/s")
-    print(f"  EventConsumer, multi-row insert       {plumbing_rate:10.0f} events/s")
-    print(f"  ratio plumbing / raw                  {plumbing_rate / raw_rate:10.2f}")
+    for name, rate, cpu_us in (
+        ("raw aiokafka -> asyncpg executemany", raw_rate, raw_cpu),
+        ("EventConsumer, multi-row insert", plumbing_rate, plumbing_cpu),
+    ):
+        print(f"  {name:37s} {rate:8.0f} events/s {cpu_us:6.1f} us CPU/event")
+    print(f"  {'ratio plumbing / raw':37s} {plumbing_rate / raw_rate:8.2f}")
 
 
 async def empty(database_url: str) -> None:
