@@ -6,8 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid, func
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid, func, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -21,34 +20,29 @@ def inbox_table(metadata: MetaData) -> Table:
     )
 
 
-async def claim(session: AsyncSession, inbox: Table, event_id: uuid.UUID, topic: str) -> bool:
-    """Record the event as applied; False when it already was (a redelivery).
-
-    A concurrent claim of the same id blocks on the primary key until the first
-    transaction ends, so two workers can never both apply one event.
-    """
-    result = await session.execute(
-        insert(inbox)
-        .values(event_id=event_id, topic=topic)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(inbox.c.event_id)
-    )
-    return result.first() is not None
-
-
 async def claim_batch(
     session: AsyncSession, inbox: Table, event_ids: Iterable[uuid.UUID], topic: str
 ) -> set[uuid.UUID]:
-    """Record a batch of events as applied in one statement; returns the ids that were not
-    applied before (the fresh ones). Ids are inserted in sorted order, so two transactions
-    claiming overlapping batches wait on each other instead of deadlocking."""
-    ids = sorted(set(event_ids))
+    """Record a batch of events as applied in one statement, in the session's transaction;
+    returns the ids that were not applied before (the fresh ones). Ids are inserted in
+    sorted order (PostgreSQL sorts them), so two transactions claiming overlapping batches
+    wait on each other instead of deadlocking.
+
+    It runs on every batch of every consumer, so it is plain SQL: the ids travel as one
+    array parameter of a statement the driver prepares once per connection, and no typed
+    bind or result processing runs per id (half the claim's CPU on a batch of 500)."""
+    ids = list(set(event_ids))
     if not ids:
         return set()
+    table = session.get_bind().dialect.identifier_preparer.format_table(inbox)
     result = await session.execute(
-        insert(inbox)
-        .values([{"event_id": event_id, "topic": topic} for event_id in ids])
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(inbox.c.event_id)
+        text(
+            f"INSERT INTO {table} (event_id, topic) "
+            "SELECT id, :topic FROM unnest(CAST(:ids AS uuid[])) AS id ORDER BY id "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        ),
+        {"ids": ids, "topic": topic},
     )
-    return set(result.scalars())
+    # The driver's UUIDs are uuid.UUIDs (equal and hashing alike): no conversion needed.
+    fresh: set[uuid.UUID] = set(result.scalars())
+    return fresh

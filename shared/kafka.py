@@ -1,10 +1,14 @@
 """Kafka plumbing: producer factory and the at-least-once consumer loop.
 
-The loop validates each record against its topic's model, applies it in one database
-transaction together with the inbox row, and commits the Kafka offset only after that
-transaction has committed. What cannot be parsed or validated goes to `<topic>.dlq` with
-the reason; transient failures (database, broker, another service down) are retried and
-never skipped. No single record stops the loop: its dead letter always fits
+The loop works in batches, one per topic: every turn each subscribed topic gets its own fetch
+of up to `batch_size` records (from all its assigned partitions, each partition's records in
+order), so a backlog on one topic never starves another. A topic's records are validated
+against its model, applied in one database transaction together with their inbox rows
+(`shared.batch_apply`: a failing batch is split in halves until the bad event stands alone),
+and the offsets of all those partitions are committed in one call, only after that
+transaction has committed. What cannot be parsed or validated goes to `<topic>.dlq` with the
+reason; transient failures (database, broker, another service down) are retried and never
+skipped. No single record stops the loop: its dead letter always fits
 (`shared.dead_letters`), and a failed offset commit is logged and passed over (the records
 come again and the inbox ignores them).
 
@@ -36,16 +40,18 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import inbox
+from shared.batch_apply import BatchApplier, Delivery, InvalidEvents, Tally
 from shared.broker_ledger import BrokerLedger, Loss, consumer_role
 from shared.db import unit_of_work
 from shared.dead_letter_sender import DeadLetterSender
 from shared.events import EventEnvelope, dlq_topic
 from shared.failures import backoff_seconds, transient_cause
 from shared.health import WorkerHealth
-from shared.logging import bind_event
 from shared.topics_admin import TopicKeeper
 
 log = logging.getLogger(__name__)
+
+__all__ = ["EventConsumer", "Handler", "InvalidEvents", "TopicHandler", "make_producer"]
 
 E = TypeVar("E", bound=EventEnvelope)
 
@@ -64,6 +70,12 @@ class TopicHandler(Generic[E]):
 
 # What the consumer is given per topic.
 Handler = TopicHandler[Any]
+
+# Records a topic's batch holds at most (CONSUMER_BATCH_SIZE); one transaction applies it.
+DEFAULT_BATCH_SIZE = 500
+# How long an idle consumer waits for records before its loop turns again (the wait ends as
+# soon as any arrive).
+IDLE_WAIT_MS = 500
 
 # Clients refresh topic metadata this often: a partition added by a broker that restarted
 # and auto-created a topic is assigned within seconds (aiokafka's default is 5 minutes).
@@ -98,17 +110,6 @@ def _quiet_commit_retries() -> None:
         coordinator.addFilter(_OncePerMinute(("OffsetCommit failed",)))
 
 
-class InvalidEvents(Exception):
-    """Events of a batch that are well-formed but cannot be applied (e.g. they refer to a
-    loan nobody registered), by event id, with the reason. The batch's transaction is
-    rolled back; these go to the dead-letter topic and the rest of the batch is applied
-    without them, so one bad event never blocks a partition."""
-
-    def __init__(self, reasons: Mapping[uuid.UUID, str]) -> None:
-        super().__init__("; ".join(f"{event_id}: {why}" for event_id, why in reasons.items()))
-        self.reasons = dict(reasons)
-
-
 def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
     # Tansu has no idempotent producer; the outbox and inbox give exactly-once effects.
     return AIOKafkaProducer(
@@ -141,13 +142,20 @@ class EventConsumer:
         commit_timeout_seconds: float = 2.0,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self._group_id = group_id
         self._handlers = dict(handlers)
         self._sessions = sessions
         self._inbox = inbox_table
         self._dead_letters = DeadLetterSender(producer, group_id, self._backoff)
-        self._max_attempts = max_attempts
+        self._batch_size = batch_size
+        self._applier = BatchApplier(
+            self._transact,
+            self._dead_letters.send,
+            max_attempts=max_attempts,
+            backoff=self._backoff,
+        )
         self._retry_seconds = retry_seconds
         self._max_retry_seconds = max_retry_seconds
         self._health = health
@@ -185,6 +193,9 @@ class EventConsumer:
             # about half of it to complete a join.
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
+            # A partition's fetch holds a whole batch of typical events (about 0.5 KiB
+            # each), so a batch fills from one partition when that is where the backlog is.
+            max_partition_fetch_bytes=max(1 << 20, self._batch_size * 4096),
         )
 
     async def run(self) -> None:
@@ -194,13 +205,14 @@ class EventConsumer:
         next_tick = loop.time()
         try:
             while True:
-                batch = await self.consumer.getmany(timeout_ms=500, max_records=200)
+                if not await self._turn():
+                    # Nothing was waiting on any topic: wait (briefly) for whatever comes.
+                    fetched = await self.consumer.getmany(
+                        timeout_ms=IDLE_WAIT_MS, max_records=self._batch_size
+                    )
+                    for topic_batch in _by_topic(fetched):
+                        await self._process_topic(topic_batch)
                 self._last_poll_at = datetime.now(UTC)
-                for partition, records in batch.items():
-                    self._check_log(partition, records[0].offset)
-                    await self._process_batch(records)
-                    # The offset moves only once every record's effect is committed.
-                    await self._commit(partition, records[-1])
                 if loop.time() >= next_tick:
                     if await self._tick():
                         await self._rejoin()
@@ -209,6 +221,25 @@ class EventConsumer:
                     await self._reread_new_logs()
         finally:
             await self.consumer.stop()
+
+    async def _turn(self) -> bool:
+        """One fetch per topic, from what the client has already fetched (no waiting), and
+        that topic's batch applied: a month-end backlog of postings takes one batch a turn
+        and an alert behind it waits for that one batch, not for the backlog. True when any
+        topic had records."""
+        assigned = self.consumer.assignment()
+        any_records = False
+        for topic in self._handlers:
+            partitions = [tp for tp in assigned if tp.topic == topic]
+            if not partitions:
+                continue
+            fetched = await self.consumer.getmany(
+                *partitions, timeout_ms=0, max_records=self._batch_size
+            )
+            if fetched:
+                any_records = True
+                await self._process_topic(fetched)
+        return any_records
 
     async def _prepare(self) -> None:
         """Before joining the group: the topics as designed (waiting for the broker), and
@@ -237,13 +268,14 @@ class EventConsumer:
         if loss is not None:
             self._report(loss)
 
-    async def _commit(self, partition: TopicPartition, last: ConsumerRecord[bytes, bytes]) -> None:
-        """Commit after `last`, bounded in time. aiokafka retries a retriable commit error
-        forever (an unknown topic after a broker restart spun it for minutes); a failed or
-        timed-out commit only means these records come again, which the inbox ignores."""
+    async def _commit(self, last: Mapping[TopicPartition, ConsumerRecord[bytes, bytes]]) -> None:
+        """Commit past each partition's `last` record in one call, bounded in time. aiokafka
+        retries a retriable commit error forever (an unknown topic after a broker restart
+        spun it for minutes); a failed or timed-out commit only means these records come
+        again, which the inbox ignores."""
         try:
             async with asyncio.timeout(self._commit_timeout):
-                await self.consumer.commit({partition: last.offset + 1})
+                await self.consumer.commit({tp: record.offset + 1 for tp, record in last.items()})
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - no commit failure may stop the consumer
@@ -251,7 +283,7 @@ class EventConsumer:
                 log.warning(
                     "offset commit of %s failed (%s: %s); carrying on, the records will be "
                     "redelivered and the inbox ignores them (logged once until commits work)",
-                    partition,
+                    ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(last)),
                     type(exc).__name__,
                     exc,
                 )
@@ -261,9 +293,8 @@ class EventConsumer:
             log.info("offset commits work again")
             self._commit_failing = None
         self._last_commit_at = datetime.now(UTC)
-        self.ledger.advance(
-            partition.topic, partition.partition, last.offset + 1, _record_time(last)
-        )
+        for tp, record in last.items():
+            self.ledger.advance(tp.topic, tp.partition, record.offset + 1, _record_time(record))
 
     async def _tick(self) -> bool:
         """Topics as designed, lost logs of the assigned partitions, heartbeat. True when
@@ -394,104 +425,97 @@ class EventConsumer:
         else:
             log.error("%s. To repair: %s", loss.describe(), loss.remedy(None))
 
-    async def _process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Apply a batch of one topic in one transaction, so the inbox claim, the reads,
-        the writes and the commit (an fsync) are paid per batch rather than per event.
-        Events the handler refuses are dead-lettered and the rest applied without them; if
-        the batch fails otherwise, its events are applied again one transaction each, where
-        a bad event is dead-lettered alone and transient failures are retried."""
-        valid: list[tuple[ConsumerRecord[bytes, bytes], EventEnvelope]] = []
+    async def _process_topic(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Apply one topic's fetched records (every partition's, each in its order) as one
+        batch, then commit the offsets of all those partitions at once: an offset moves only
+        once every record's effect below it is committed in the database."""
+        for partition, records in batch.items():
+            self._check_log(partition, records[0].offset)
+        deliveries, unreadable = await self._validate(batch)
+        tally = await self._applier.apply(deliveries)
+        await self._commit({partition: records[-1] for partition, records in batch.items()})
+        self._log_batch(batch, tally, unreadable)
+
+    async def _validate(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> tuple[list[Delivery], int]:
+        """The batch's events, validated against the topic's model; what does not validate
+        is dead-lettered with the reason. An event twice in one batch is kept once, as a
+        redelivery would be."""
+        deliveries: list[Delivery] = []
         seen: set[uuid.UUID] = set()
-        for record in records:
-            try:
-                event = self._handlers[record.topic].model.model_validate_json(record.value or b"")
-            except (ValidationError, ValueError) as exc:
-                await self._dead_letters.send(record, _describe(exc))
-                continue
-            if event.event_id in seen:
-                continue  # the same event twice in one batch: applied once, like a redelivery
-            seen.add(event.event_id)
-            valid.append((record, event))
-        while valid:
-            try:
-                async with unit_of_work(self._sessions) as session:
-                    await self._apply(session, valid)
-                return
-            except asyncio.CancelledError:
-                raise
-            except InvalidEvents as exc:
-                refused = [(r, e) for r, e in valid if e.event_id in exc.reasons]
-                if not refused:
-                    break  # names no event of this batch: a handler bug, take the careful path
-                for record, event in refused:
-                    with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
-                        await self._dead_letters.send(record, exc.reasons[event.event_id])
-                valid = [(r, e) for r, e in valid if e.event_id not in exc.reasons]
-            except Exception as exc:  # noqa: BLE001 - every failure takes the careful path
-                log.info("batch of %d not applied (%s); applying one by one", len(valid), exc)
-                break
-        for record, event in valid:
-            await self._process_one(record, event)
-
-    async def _process_one(
-        self, record: ConsumerRecord[bytes, bytes], event: EventEnvelope
-    ) -> None:
-        """Apply one event: transient failures are retried for as long as they last, each
-        cause counted on its own, so an outage never spends the attempts a bug gets."""
-        with bind_event(event_id=str(event.event_id), loan_id=event.loan_id):
-            transient: Counter[str] = Counter()
-            bugs = 0
-            while True:
+        unreadable = 0
+        for records in batch.values():
+            model = self._handlers[records[0].topic].model
+            for record in records:
                 try:
-                    async with unit_of_work(self._sessions) as session:
-                        await self._apply(session, [(record, event)])
-                    return
-                except InvalidEvents as exc:
-                    reason = exc.reasons.get(event.event_id, str(exc))
-                    await self._dead_letters.send(record, reason)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    cause = transient_cause(exc)
-                    if cause is not None:
-                        transient[cause] += 1
-                        delay = self._backoff(transient[cause])
-                        log.warning(
-                            "transient failure applying event (%s, attempt %d), retrying in "
-                            "%.1fs: %s",
-                            cause,
-                            transient[cause],
-                            delay,
-                            type(exc).__name__,
-                        )
-                        await asyncio.sleep(delay)
-                        continue
-                    bugs += 1
-                    if bugs >= self._max_attempts:
-                        log.exception("giving up on event after %d failed attempts", bugs)
-                        await self._dead_letters.send(record, f"handler failed: {exc!r}")
-                        return
-                    log.exception("event handler failed (attempt %d)", bugs)
-                    await asyncio.sleep(self._backoff(bugs))
+                    event = model.model_validate_json(record.value or b"")
+                except (ValidationError, ValueError) as exc:
+                    unreadable += 1
+                    await self._dead_letters.send(record, _describe(exc))
+                    continue
+                if event.event_id not in seen:
+                    seen.add(event.event_id)
+                    deliveries.append(Delivery(record, event))
+        return deliveries, unreadable
 
-    async def _apply(
+    async def _transact(self, batch: Sequence[Delivery]) -> int:
+        """The inbox claim and the effect of the fresh events, in one transaction; how many
+        were fresh. A batch holds one topic's records."""
+        async with unit_of_work(self._sessions) as session:
+            topic = batch[0].record.topic
+            fresh = await inbox.claim_batch(
+                session, self._inbox, [d.event.event_id for d in batch], topic
+            )
+            events = [d.event for d in batch if d.event.event_id in fresh]
+            if events:
+                await self._handlers[topic].apply(session, events)
+            return len(events)
+
+    def _log_batch(
         self,
-        session: AsyncSession,
-        batch: Sequence[tuple[ConsumerRecord[bytes, bytes], EventEnvelope]],
+        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        tally: Tally,
+        unreadable: int,
     ) -> None:
-        """The inbox claim and the effect of the fresh events, in the caller's transaction.
-        A batch holds one topic's records."""
-        topic = batch[0][0].topic
-        fresh = await inbox.claim_batch(session, self._inbox, (e.event_id for _, e in batch), topic)
-        if len(fresh) < len(batch):
-            log.info("%d duplicate events ignored", len(batch) - len(fresh))
-        events = [event for _, event in batch if event.event_id in fresh]
-        if events:
-            await self._handlers[topic].apply(session, events)
+        """One line per batch (ids and counts only, never an event's content): INFO when
+        something other than plain applying happened, DEBUG otherwise."""
+        eventful = tally.duplicates or tally.dead_lettered or tally.splits or unreadable
+        level = logging.INFO if eventful else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        topic = next(iter(batch)).topic
+        log.log(
+            level,
+            "%s: %d records from partitions %s: %d applied, %d duplicates ignored, "
+            "%d dead-lettered (%d unreadable), %d transactions (%d splits, %d transient retries)",
+            topic,
+            sum(len(records) for records in batch.values()),
+            ",".join(str(tp.partition) for tp in sorted(batch)),
+            tally.applied,
+            tally.duplicates,
+            tally.dead_lettered + unreadable,
+            unreadable,
+            tally.transactions,
+            tally.splits,
+            tally.transient_retries,
+        )
 
     def _backoff(self, attempt: int) -> float:
         return backoff_seconds(attempt, base=self._retry_seconds, cap=self._max_retry_seconds)
+
+
+def _by_topic(
+    fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+) -> list[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
+    """Records fetched from several topics, one batch per topic."""
+    topics: dict[str, dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] = {}
+    for tp, records in fetched.items():
+        if records:
+            topics.setdefault(tp.topic, {})[tp] = records
+    return list(topics.values())
 
 
 def _describe(exc: Exception) -> str:

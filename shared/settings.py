@@ -44,6 +44,8 @@ class ServiceSettings(BaseSettings):
     # Workers report on a health tick; readiness calls a worker stale after this long.
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_stale_seconds: float = Field(default=30.0, gt=0)
+    # Records of one topic a consumer applies in one transaction (shared/kafka.py).
+    consumer_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Self:

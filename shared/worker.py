@@ -51,6 +51,7 @@ class WorkerResources:
             producer=self.producer,
             health=WorkerHealth(self.sessions, self.health, consumer_role(group_id)),
             tick_seconds=self.settings.worker_heartbeat_seconds,
+            batch_size=self.settings.consumer_batch_size,
         )
 
     def relay(self, outbox: Table) -> OutboxRelay:
