@@ -124,7 +124,8 @@ async def _phases(
     urls: dict[str, str],
     mode: str,
 ) -> None:
-    db = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    # A pool: the workers' counts are polled concurrently.
+    db = await asyncpg.create_pool(database_url.replace("+asyncpg", ""), min_size=1, max_size=4)
     kafka = workload.producer(bootstrap)
     await kafka.start()
     scheduler = httpx.AsyncClient(base_url=urls["scheduler"], timeout=None)

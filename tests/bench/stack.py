@@ -35,7 +35,7 @@ class Bench:
     database_url: str
     bootstrap: str
     urls: dict[str, str]
-    db: asyncpg.Connection
+    db: asyncpg.Pool
     kafka: AIOKafkaProducer
     scheduler: httpx.AsyncClient
     loans: list[str] = field(default_factory=list)

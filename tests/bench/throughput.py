@@ -68,6 +68,7 @@ async def measure(bench: Bench) -> None:
     await asyncio.gather(*deliveries)
     raw_rate = count / (ended - started)
     raw_cpu = raw.cpu_seconds() - cpu
+    bench.sample_memory("raw burst")
     bench.procs.stop("raw-consumer")
     bench.report.add(Row("raw consumer", raw_rate, "events/s"))
     bench.report.note(f"raw: {count} of {n} in {ended - started:.2f}s, {raw_cpu:.2f} CPU s")
@@ -105,5 +106,7 @@ async def _workers(
             f"({per_cpu:,.0f} events per CPU s; raw {raw_per_cpu:,.0f})"
         )
 
-    await asyncio.gather(*(one(c) for c in CONSUMERS))
+    async with asyncio.TaskGroup() as group:
+        for consumer in CONSUMERS:
+            group.create_task(one(consumer))
     await asyncio.gather(*deliveries)
