@@ -55,6 +55,11 @@ async def warm_up_workers(bench: Bench) -> None:
 async def measure(bench: Bench) -> None:
     n = bench.sizes.burst
     burst = bench.take(n)
+    bench.report.note(
+        f"each path alone: the raw consumer on {RAW_TOPIC} (a twin topic) while the workers "
+        f"idle, then the same {n} postings on repayment-posted to both workers together, as "
+        "deployed; each clock runs from the first send until the path's table holds them all"
+    )
     raw = await start_raw(bench)
     before = await bench.raw_applied()
     cpu = raw.cpu_seconds()
