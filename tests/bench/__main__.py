@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -52,11 +53,12 @@ def main() -> None:
     root.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=root))
     keep = os.environ.get("BENCH_KEEP") == "1"
+    interrupted = False
     try:
         _run(work, sizes, report, args.mode)
     except KeyboardInterrupt:
         print("\ninterrupted; every process the bench started is stopped", flush=True)
-        keep = True
+        keep = interrupted = True
     finally:
         print(f"\n{report.table()}\n\nmemory per process (MiB, resident/peak):")
         print(report.memory_table())
@@ -66,6 +68,8 @@ def main() -> None:
             print(f"logs and data kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if interrupted:
+        sys.exit(130)
 
 
 def _with_soak(n: int) -> Sizes:
@@ -91,7 +95,12 @@ def _run(work: Path, sizes: Sizes, report: Report, mode: str) -> None:
             stack.bootstrap = f"127.0.0.1:{port}"
             asyncio.run(devstack.create_topics(stack.bootstrap))
             asyncio.run(_create_raw(stack.bootstrap, database_url))
-            stack.env_extra = {"MAX_IMPORT_BYTES": MAX_IMPORT_BYTES}
+            # The dev JWT secret's warning on every token would fill the logs (as `make bench`
+            # silences it for itself).
+            stack.env_extra = {
+                "MAX_IMPORT_BYTES": MAX_IMPORT_BYTES,
+                "PYTHONWARNINGS": "ignore::UserWarning",
+            }
             procs.env = stack.env()
             commands = stack.commands()
             for name in SERVICE_PROCESSES:
