@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import shutil
@@ -38,6 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("mode", nargs="?", choices=["all", "soak"], default="all")
     args = parser.parse_args()
+    # Line by line also into a file or pipe: a long run shows where it is.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     sizes = Sizes.from_env()
     if args.mode == "soak" and sizes.soak == 0:
         sizes = Sizes.from_env() if "BENCH_SOAK" in os.environ else _with_soak(1_000_000)

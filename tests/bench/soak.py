@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from tests.bench.processes import Memory
+from tests.bench.report import Row
 from tests.bench.stack import CONSUMERS, WORKERS, Bench
 
 PIECE = 5_000  # postings handed to the producer before waiting for their acknowledgements
@@ -17,6 +18,7 @@ async def run(bench: Bench) -> None:
     n, every = bench.sizes.soak, bench.sizes.soak_every
     before = {c: await bench.applied(c) for c in CONSUMERS}
     marks = dict.fromkeys(CONSUMERS, every)
+    samples: dict[str, list[Memory]] = {c: [] for c in CONSUMERS}
     started = time.monotonic()
     producing = asyncio.create_task(_produce(bench, n))
     header = ("worker", "applied", "s", "rss MiB", "peak MiB", "broker rss")
@@ -31,7 +33,7 @@ async def run(bench: Bench) -> None:
             counts = {c: await bench.applied(c) for c in CONSUMERS}
             for c in CONSUMERS:
                 while marks[c] <= n and counts[c] - before[c] >= marks[c]:
-                    _sample(bench, c, marks[c], time.monotonic() - started)
+                    samples[c].append(_sample(bench, c, marks[c], time.monotonic() - started))
                     marks[c] += every
             if counts != last:
                 last, moved_at = counts, time.monotonic()
@@ -45,9 +47,15 @@ async def run(bench: Bench) -> None:
     elapsed = time.monotonic() - started
     done = {c: last[c] - before[c] for c in CONSUMERS}
     bench.report.note(f"soak: {done} of {n} postings applied in {elapsed:.0f}s")
+    for c, memories in samples.items():
+        if len(memories) >= 2:
+            # From the first sample on: start-up and the first batches' growth is not a leak.
+            growth = memories[-1].rss_mib - memories[0].rss_mib
+            bench.report.add(Row(f"{WORKERS[c]} RSS growth over soak", growth, "MiB"))
+            bench.report.add(Row(f"{WORKERS[c]} peak RSS in soak", memories[-1].peak_mib, "MiB"))
 
 
-def _sample(bench: Bench, consumer: str, applied: int, seconds: float) -> None:
+def _sample(bench: Bench, consumer: str, applied: int, seconds: float) -> Memory:
     worker = bench.procs[WORKERS[consumer]].memory() or Memory(0, 0)
     broker = bench.procs["broker"].memory() or Memory(0, 0)
     print(
@@ -55,6 +63,7 @@ def _sample(bench: Bench, consumer: str, applied: int, seconds: float) -> None:
         f"{worker.peak_mib:9.0f} {broker.rss_mib:11.0f}",
         flush=True,
     )
+    return worker
 
 
 async def _produce(bench: Bench, n: int) -> None:
