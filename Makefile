@@ -40,7 +40,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-## The real workers side by side with a raw consumer, latency, import, memory (~20 min at
+## The real workers side by side with a raw consumer, latency, import, memory (~40 min at
 ## full size; shrink with BENCH_LOANS, BENCH_BURST, BENCH_SECONDS, BENCH_IMPORT; tests/bench/).
 bench: install
 	@# The short dev JWT secret warns on every token; production refuses it anyway.
