@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-unit lint format bench faults clean
+.PHONY: install run test test-unit lint format bench bench-soak faults clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -40,9 +40,15 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+## The real workers side by side with a raw consumer, latency, import, memory (~40 min at
+## full size; shrink with BENCH_LOANS, BENCH_BURST, BENCH_SECONDS, BENCH_IMPORT; tests/bench/).
 bench: install
 	@# The short dev JWT secret warns on every token; production refuses it anyway.
 	$(PY) -W ignore::UserWarning -m tests.bench
+
+## 1,000,000 postings through both workers, their memory every 100,000 (BENCH_SOAK=n).
+bench-soak: install
+	$(PY) -W ignore::UserWarning -m tests.bench soak
 
 ## The six real processes under faults (workers killed, PostgreSQL and broker restarted, a
 ## replica paused) while 20,000 postings flow; ~10 min. One scenario: make faults SCENARIO=db-restart
