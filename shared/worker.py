@@ -52,6 +52,7 @@ class WorkerResources:
             health=WorkerHealth(self.sessions, self.health, consumer_role(group_id)),
             tick_seconds=self.settings.worker_heartbeat_seconds,
             batch_size=self.settings.consumer_batch_size,
+            fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
         )
 
     def relay(self, outbox: Table) -> OutboxRelay:

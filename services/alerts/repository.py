@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, delete, exists, func, select, true
+from sqlalchemy import ColumnElement, delete, exists, func, select, text, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -43,17 +43,40 @@ def visible_alerts(who: Principal) -> ColumnElement[bool]:
 # --- alerts -------------------------------------------------------------------------------
 
 
+# The alert columns a rule fills, with their PostgreSQL types: rows travel as one array per
+# column, so the statement is the same text for any number of alerts (compiled once, cached
+# by the driver) and takes ten parameters whatever the batch.
+_ALERT_COLUMNS = (
+    ("alert_id", "uuid"),
+    ("loan_id", "varchar"),
+    ("rule", "varchar"),
+    ("category", "varchar"),
+    ("severity", "varchar"),
+    ("status", "varchar"),
+    ("reason", "text"),
+    ("recommended_action", "varchar"),
+    ("source_event_id", "uuid"),
+    ("created_at", "timestamptz"),
+)
+_INSERT_ALERTS = text(
+    "INSERT INTO alerts.alerts ("
+    + ", ".join(name for name, _ in _ALERT_COLUMNS)
+    + ") SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _ALERT_COLUMNS)
+    + ") ON CONFLICT ON CONSTRAINT uq_alerts_source_event_rule DO NOTHING RETURNING alert_id"
+)
+
+
 async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
     """Insert alerts with one statement; returns the ids of those inserted. An alert whose
     source event already raised its rule (a replay that bypassed the inbox) is skipped."""
     if not rows:
         return set()
-    result = await session.execute(
-        insert(Alert)
-        .values(list(rows))
-        .on_conflict_do_nothing(constraint="uq_alerts_source_event_rule")
-        .returning(col(Alert.alert_id))
-    )
+    columns = {
+        name: [row[name] if kind != "varchar" else str(row[name]) for row in rows]
+        for name, kind in _ALERT_COLUMNS
+    }
+    result = await session.execute(_INSERT_ALERTS, columns)
     return set(result.scalars())
 
 

@@ -222,22 +222,31 @@ class Standing:
 
 async def update_standing(session: AsyncSession, standings: Sequence[Standing]) -> None:
     """Save the loans' standing in one statement, and their `next_due_on`: the soonest open
-    task after this transaction's writes (a completed task can make it later)."""
+    task after this transaction's writes (a completed task can make it later). `updated_at`
+    moves only for loans whose standing changed."""
     if not standings:
         return
     await session.execute(
         text(
+            # A loan whose standing this batch does not change is not written: at month end
+            # most postings are paid on a loan that was already current, and rewriting its
+            # row would cost a new row version and its WAL for nothing.
             "UPDATE scheduler.loans AS l SET"
-            " days_past_due = COALESCE(s.days_past_due, l.days_past_due),"
-            " last_repayment_status = COALESCE(s.status, l.last_repayment_status),"
-            " last_visit_on = GREATEST(l.last_visit_on, s.last_visit_on),"
-            " next_due_on = (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
-            "                WHERE t.loan_id = l.loan_id AND t.status = 'open'),"
-            " updated_at = CASE WHEN s.status IS NULL THEN l.updated_at ELSE now() END"
-            " FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:dpds AS integer[]),"
-            "             CAST(:statuses AS varchar[]), CAST(:visited AS date[]))"
-            "      AS s(loan_id, days_past_due, status, last_visit_on)"
-            " WHERE l.loan_id = s.loan_id"
+            " days_past_due = n.days_past_due, last_repayment_status = n.status,"
+            " last_visit_on = n.last_visit_on, next_due_on = n.next_due_on, updated_at = now()"
+            " FROM (SELECT c.loan_id,"
+            "              COALESCE(s.days_past_due, c.days_past_due) AS days_past_due,"
+            "              COALESCE(s.status, c.last_repayment_status) AS status,"
+            "              GREATEST(c.last_visit_on, s.last_visit_on) AS last_visit_on,"
+            "              (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
+            "               WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on"
+            "       FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:dpds AS integer[]),"
+            "                   CAST(:statuses AS varchar[]), CAST(:visited AS date[]))"
+            "            AS s(loan_id, days_past_due, status, last_visit_on)"
+            "       JOIN scheduler.loans AS c ON c.loan_id = s.loan_id) AS n"
+            " WHERE l.loan_id = n.loan_id"
+            " AND (l.days_past_due, l.last_repayment_status, l.last_visit_on, l.next_due_on)"
+            "     IS DISTINCT FROM (n.days_past_due, n.status, n.last_visit_on, n.next_due_on)"
         ),
         {
             "loan_ids": [s.loan_id for s in standings],

@@ -80,7 +80,12 @@ async def _alert_reader(bootstrap: str) -> AIOKafkaConsumer:
     """A reader of every partition of alert-raised, from its current end (no group: no
     join to wait for)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        # The instrument must not add its own wait: the embedded broker holds an empty
+        # fetch for the whole wait even when records arrive (shared/kafka.py).
+        fetch_max_wait_ms=10,
     )
     await consumer.start()
     await consumer.topics()
