@@ -88,13 +88,12 @@ VISIT_CHECKS: dict[str, str] = {
     },
 }
 VISIT_CHECKS["review_state"] = check_in("review_state", ReviewState)
-VISIT_CHECKS["version"] = "version >= 1 AND (version = 1) = (corrects_visit_id IS NULL)"
+# A first version corrects nothing; every later one corrects its predecessor.
+VERSION_CHECK = "version >= 1 AND (version = 1) = (corrects_visit_id IS NULL)"
 REPORT_CHECKS: dict[str, str] = {"kind": check_in("kind", ReportKind)}
-REVIEW_CHECKS: dict[str, str] = {
-    "decision": check_in("decision", ReviewDecision),
-    # A returned visit says why: its agent has to know what to correct.
-    "reason": "decision = 'approve' OR reason IS NOT NULL",
-}
+REVIEW_CHECKS: dict[str, str] = {"decision": check_in("decision", ReviewDecision)}
+# A returned visit says why: its agent has to know what to correct.
+REASON_CHECK = "decision = 'approve' OR reason IS NOT NULL"
 EVIDENCE_CHECKS: dict[str, str] = {
     "kind": check_in("kind", EvidenceKind),
     "content_type": "content_type IN ({})".format(", ".join(f"'{t}'" for t in ALLOWED_TYPES)),
@@ -141,6 +140,7 @@ class Visit(VisitsTable, table=True):
             "ix_visits_region_review_created", "region", "review_state", "created_at", "visit_id"
         ),
         *(CheckConstraint(sql, name=name) for name, sql in VISIT_CHECKS.items()),
+        CheckConstraint(VERSION_CHECK, name="version"),
     )
 
     visit_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -275,6 +275,7 @@ class VisitReview(VisitsTable, table=True):
         UniqueConstraint("visit_id", name="uq_visit_reviews_visit_id"),
         UniqueConstraint("loan_id", "seq", name="uq_visit_reviews_loan_seq"),
         *(CheckConstraint(sql, name=name) for name, sql in REVIEW_CHECKS.items()),
+        CheckConstraint(REASON_CHECK, name="reason"),
     )
 
     review_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

@@ -269,12 +269,14 @@ async def test_review_state_filter_pages_a_supervisors_queue(system: System) -> 
     seen: list[str] = []
     cursor: str | None = None
     while True:
-        params = {"loan_id": job.loan_id, "review_state": "pending", "limit": 1}
-        page = await system.visits.get(
-            "/v1/visits",
-            params=params | ({"cursor": cursor} if cursor else {}),
-            headers=job.supervisor,
-        )
+        params: dict[str, str | int] = {
+            "loan_id": job.loan_id,
+            "review_state": "pending",
+            "limit": 1,
+        }
+        if cursor:
+            params["cursor"] = cursor
+        page = await system.visits.get("/v1/visits", params=params, headers=job.supervisor)
         assert page.status_code == 200, page.text
         seen += [v["visit_id"] for v in page.json()["items"]]
         cursor = page.json()["next_cursor"]
