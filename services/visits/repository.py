@@ -608,24 +608,36 @@ async def list_drafts(
     )
 
 
-async def purge_drafts(session: AsyncSession, untouched_since: datetime) -> int:
-    """Delete the drafts nobody has changed since then; how many."""
-    result = await session.execute(
-        delete(VisitDraft).where(col(VisitDraft.updated_at) < untouched_since)
+async def purge_drafts(session: AsyncSession, untouched_since: datetime, batch: int) -> int:
+    """Delete up to `batch` drafts nobody has changed since then; how many."""
+    stale = (
+        select(col(VisitDraft.visit_id))
+        .where(col(VisitDraft.updated_at) < untouched_since)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
     )
+    result = await session.execute(delete(VisitDraft).where(col(VisitDraft.visit_id).in_(stale)))
     return int(getattr(result, "rowcount", 0))
 
 
-async def expire_idempotency_keys(session: AsyncSession, recorded_before: datetime) -> int:
-    """Clear the keys of captures recorded before then; how many. Partners' report ids are
-    their reports' identity (one visit per report, ever) and are kept."""
-    result = await session.execute(
-        update(Visit)
+async def expire_idempotency_keys(
+    session: AsyncSession, recorded_before: datetime, batch: int
+) -> int:
+    """Clear the keys of up to `batch` captures recorded before then; how many. Partners'
+    report ids are their reports' identity (one visit per report, ever) and are kept."""
+    expired = (
+        select(col(Visit.visit_id))
         .where(
             col(Visit.created_at) < recorded_before,
             col(Visit.idempotency_key).is_not(None),
             col(Visit.method) != "third_party",
         )
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        update(Visit)
+        .where(col(Visit.visit_id).in_(expired))
         .values(idempotency_key=None)
         .execution_options(synchronize_session=False)
     )

@@ -6,9 +6,11 @@
   Partners' report ids are never cleared (a report is one visit, ever).
 - Drafts: deleted `DRAFT_RETENTION_DAYS` (30) after their last change.
 
-One sweep is two statements; the worker runs one every `RETENTION_SWEEP_SECONDS`. A sweep
-that fails (the database away) is logged and tried again at the next period: nothing is
-lost by a late sweep, the data is only kept longer.
+The worker sweeps every `RETENTION_SWEEP_SECONDS`, in batches of `SWEEP_BATCH` rows, one
+short transaction each (the first sweep after a deploy may find months of keys; one
+statement over all of them would outlast the statement timeout every hour). A sweep that
+fails (the database away) is logged and tried again at the next period: nothing is lost
+by a late sweep, the data is only kept longer.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from shared.db import unit_of_work, utcnow
 
 log = logging.getLogger(__name__)
 
+# Rows changed per transaction: a fraction of a second of work, short row locks.
+SWEEP_BATCH = 5000
+
 
 @dataclass(frozen=True)
 class Swept:
@@ -34,15 +39,21 @@ class Swept:
 
 
 async def sweep(
-    sessions: async_sessionmaker[AsyncSession], settings: VisitsSettings, now: datetime
+    sessions: async_sessionmaker[AsyncSession],
+    settings: VisitsSettings,
+    now: datetime,
+    batch: int = SWEEP_BATCH,
 ) -> Swept:
-    async with unit_of_work(sessions) as session:
-        keys = await repository.expire_idempotency_keys(
-            session, now - timedelta(days=settings.idempotency_key_days)
-        )
-        drafts = await repository.purge_drafts(
-            session, now - timedelta(days=settings.draft_retention_days)
-        )
+    keys_before = now - timedelta(days=settings.idempotency_key_days)
+    drafts_before = now - timedelta(days=settings.draft_retention_days)
+    keys = drafts = 0
+    while True:
+        async with unit_of_work(sessions) as session:
+            expired = await repository.expire_idempotency_keys(session, keys_before, batch)
+            purged = await repository.purge_drafts(session, drafts_before, batch)
+        keys, drafts = keys + expired, drafts + purged
+        if expired < batch and purged < batch:
+            break
     if keys or drafts:
         log.info("retention: %d idempotency keys expired, %d drafts purged", keys, drafts)
     return Swept(keys, drafts)
