@@ -5,6 +5,7 @@ the correction on `visit-completed` with its task, planned once by the scheduler
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -293,3 +294,27 @@ async def test_review_state_filter_pages_a_supervisors_queue(system: System) -> 
         "/v1/visits", params={"review_state": "done"}, headers=job.headers
     )
     assert_problem(bad, 422)
+
+
+async def test_concurrent_reviews_and_corrections_of_one_version_decide_once(
+    system: System,
+) -> None:
+    job = await assign(system)
+    body = visit_body(job.loan_id)
+    reviewed = (await recorded(system, job, body))["visit_id"]
+    checkers = [supervisor(job.region, sub=f"sup-{n}") for n in range(4)]
+    decisions = await asyncio.gather(
+        *(review(system, who, reviewed, "return", f"reason {n}") for n, who in enumerate(checkers))
+    )
+    assert sorted(r.status_code for r in decisions) == [200, 409, 409, 409]
+    rows = "SELECT count(*) FROM visits.visit_reviews WHERE visit_id = $1"
+    assert await fetchval(system.database_url, rows, uuid.UUID(reviewed)) == 1
+
+    corrections = await asyncio.gather(
+        *(correct(system, job, reviewed, correction_of(body), new_id("K")) for _ in range(4))
+    )
+    assert sorted(r.status_code for r in corrections) == [201, 409, 409, 409]
+    versions = "SELECT count(*) FROM visits.visits WHERE corrects_visit_id = $1"
+    assert await fetchval(system.database_url, versions, uuid.UUID(reviewed)) == 1
+    verified = await verify_loan(system, job.loan_id)
+    assert (verified["intact"], verified["entries_checked"]) == (True, 3)
