@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.visits import evidence, reports, repository, service
+from services.visits import drafts, evidence, reports, repository, review, service
 from services.visits.evidence_store import EvidenceStore
 from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
 from services.visits.rate_limits import RateLimiter
@@ -18,7 +18,12 @@ from services.visits.repository import VisitFilter
 from services.visits.schemas import (
     ChainProof,
     ChainVerification,
+    CorrectionIn,
+    DraftIn,
+    DraftOut,
     EvidenceOut,
+    ReviewIn,
+    ReviewState,
     ThirdPartyReportIn,
     ThirdPartyReportOut,
     VisitIn,
@@ -43,6 +48,8 @@ Reader = Annotated[Principal, Depends(require_roles(*repository.READERS))]
 # GPS/telematics platforms, ride-hailing registries, credit bureaus.
 Partner = Annotated[Principal, Depends(require_roles("integration"))]
 Auditor = Annotated[Principal, Depends(require_roles(*repository.AUDITORS))]
+# The checker of maker-checker.
+Reviewer = Annotated[Principal, Depends(require_roles("supervisor"))]
 # Visible ASCII only: the key is stored and compared byte for byte, and control or
 # non-ASCII bytes in a header are someone probing, not an app.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
@@ -53,9 +60,10 @@ IdempotencyKey = Annotated[
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description=(
             "Chosen by the app per capture (1 to 255 visible ASCII characters); scoped to "
-            "the agent. Resend it on retry. It does not expire: a queued capture sent days "
-            "later still replays the visit it recorded, and the key cannot be reused for "
-            "another visit."
+            "the agent. Resend it on retry. It is honoured for `IDEMPOTENCY_KEY_DAYS` (7) "
+            "after the capture; later the same key records a new capture, unless the body "
+            "carries the client-generated `visit_id` it was first sent with, which always "
+            "replays."
         ),
     ),
 ]
@@ -138,6 +146,12 @@ async def record_visit(
     field visit lists at least one photo (`body.evidence`). They are attached to the visit
     and its chain entry commits to their SHA-256s.
 
+    `visit_id` may be chosen by the device (offline-first): resending it replays the visit
+    whatever the key, and even after the key has expired; another agent's id is a 409.
+
+    The visit is published on `visit-completed` at once; its supervisor reviews it after
+    (`POST /v1/visits/{visit_id}/review`); it is `pending` until then.
+
     At most `VISIT_CAPTURES_PER_MINUTE` (60) a minute per caller and API process: a 429
     with Retry-After past it."""
     sessions = _sessions(request)
@@ -211,11 +225,16 @@ async def list_visits(
     started_before: Annotated[
         AwareDatetime | None, Query(description="Visits that started before this instant.")
     ] = None,
+    review_state: Annotated[
+        ReviewState | None,
+        Query(description="`pending` is a supervisor's queue, `returned` an agent's to-do."),
+    ] = None,
     cursor: Annotated[CursorText | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[VisitOut]:
-    """Visits in the order recorded, filtered by loan, agent, method, outcome and when they
-    started; an agent always gets its own, a supervisor its region's."""
+    """Visits in the order recorded, filtered by loan, agent, method, outcome, review state
+    and when they started; an agent always gets its own, a supervisor its region's. Every
+    version of a corrected visit is listed (`superseded` ones too)."""
     page = await repository.list_visits(
         session,
         who,
@@ -226,12 +245,149 @@ async def list_visits(
             outcome=outcome,
             started_from=started_from,
             started_before=started_before,
+            review_state=review_state,
         ),
         cursor=cursor,
         limit=limit,
         to_item=lambda visit: visit,
     )
     return Page(items=await service.views_of(session, page.items), next_cursor=page.next_cursor)
+
+
+@router.post(
+    "/visits/{visit_id}/review",
+    response_model=VisitOut,
+    responses=problems(403, 404, 409),
+)
+async def review_visit(
+    visit_id: uuid.UUID, body: ReviewIn, request: Request, response: Response, who: Reviewer
+) -> VisitOut:
+    """The supervisor of the visit's region approves the version or returns it to its agent
+    (`reason` required to return). Not a visit the supervisor recorded itself (403); another
+    region's visit looks absent (404); a version is reviewed once (409; the same decision
+    resent by the same supervisor answers 200 with `Idempotent-Replayed: true`), and a
+    superseded version not at all (409). The decision is chained (see `/v1/visits/verify`).
+    It publishes nothing: the visit was published when it was submitted."""
+    async with unit_of_work(_sessions(request)) as session:
+        visit, decided = await review.review_visit(session, who, visit_id, body)
+        view = await service.view_of(session, visit)
+    if not decided:
+        response.headers["Idempotent-Replayed"] = "true"
+    return view
+
+
+@router.post(
+    "/visits/{visit_id}/corrections",
+    response_model=VisitOut,
+    status_code=201,
+    responses={**problems(403, 404, 409), **RATE_LIMITED},
+)
+async def correct_visit(
+    visit_id: uuid.UUID,
+    body: CorrectionIn,
+    idempotency_key: IdempotencyKey,
+    request: Request,
+    response: Response,
+    who: LimitedCapturer,
+) -> VisitOut:
+    """A submitted visit is immutable: its agent corrects it with a new version (the next
+    `version`, `corrects_visit_id` = this one), checked by the capture rules, chained and
+    published on `visit-completed` like any visit, with the corrected version's loan, task
+    and method. The corrected version becomes `superseded` and stays provable. `evidence`
+    may list the corrected version's photos and scans again (they are carried over).
+
+    Only the visit's own agent (403 for a reader who is not; 404 for anyone else); a
+    `pending` or `returned` version only: a superseded one is a 409 (correct the latest),
+    an approved one is final (409). A retry with the same key and body answers 201 with
+    the same version (`Idempotent-Replayed: true`)."""
+    async with unit_of_work(_sessions(request)) as session:
+        visit, created = await review.correct_visit(session, who, visit_id, idempotency_key, body)
+        view = await service.view_of(session, visit)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return view
+
+
+@router.put(
+    "/visit-drafts/{visit_id}",
+    response_model=DraftOut,
+    responses=problems(403, 404, 409),
+)
+async def save_draft(
+    visit_id: uuid.UUID, body: DraftIn, request: Request, who: Capturer
+) -> DraftOut:
+    """Save an unfinished visit under the id the device chose (create or replace it): any
+    of a capture's fields, checked for shape only. It is the caller's alone (another's
+    looks absent), unchained and unpublished until submitted. A submitted id is a 409."""
+    async with unit_of_work(_sessions(request)) as session:
+        return drafts.draft_view(await drafts.save(session, who.sub, visit_id, body))
+
+
+@router.get("/visit-drafts", response_model=Page[DraftOut], responses=problems(403))
+async def list_drafts(
+    session: SessionDep,
+    who: Capturer,
+    cursor: Annotated[CursorText | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[DraftOut]:
+    """The caller's own drafts, in the order created. Drafts untouched for
+    `DRAFT_RETENTION_DAYS` (30) are purged."""
+    page = await repository.list_drafts(session, who.sub, cursor=cursor, limit=limit)
+    return Page(items=[drafts.draft_view(d) for d in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/visit-drafts/{visit_id}", response_model=DraftOut, responses=problems(403, 404))
+async def get_draft(visit_id: uuid.UUID, session: SessionDep, who: Capturer) -> DraftOut:
+    draft = await repository.get_draft(session, who.sub, visit_id)
+    if draft is None:
+        raise not_found("draft")
+    return drafts.draft_view(draft)
+
+
+@router.delete(
+    "/visit-drafts/{visit_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problems(403, 404),
+)
+async def delete_draft(visit_id: uuid.UUID, request: Request, who: Capturer) -> Response:
+    async with unit_of_work(_sessions(request)) as session:
+        if not await repository.delete_draft(session, who.sub, visit_id):
+            raise not_found("draft")
+    return Response(status_code=204)
+
+
+@router.post(
+    "/visit-drafts/{visit_id}/submit",
+    response_model=VisitOut,
+    status_code=201,
+    responses={**problems(403, 404, 409), **RATE_LIMITED},
+)
+async def submit_draft(
+    visit_id: uuid.UUID, request: Request, response: Response, who: LimitedCapturer
+) -> VisitOut:
+    """Submit the draft as a visit with the draft's id: a 422 naming each field still
+    missing or breaking the capture rules; then authorised, chained and published on
+    `visit-completed` like `POST /v1/visits`, and the draft is gone. Submitting again
+    answers 201 with the same visit (`Idempotent-Replayed: true`): the id is the
+    idempotency, so no key is needed."""
+    sessions = _sessions(request)
+    async with unit_of_work(sessions) as session:
+        visit = await drafts.submitted_already(session, who.sub, visit_id)
+        if visit is None:
+            capture = await drafts.as_capture(session, who.sub, visit_id)
+        view = await service.view_of(session, visit) if visit is not None else None
+    if view is None:
+        region = await service.authorize_capture(_scheduler(request), who, capture)
+        async with unit_of_work(sessions) as session:
+            visit, created = await service.record_visit(
+                session, agent_id=who.sub, idempotency_key=None, body=capture, region=region
+            )
+            view = await service.view_of(session, visit)
+        if created:
+            return view
+    response.headers["Idempotent-Replayed"] = "true"
+    return view
 
 
 @router.post(

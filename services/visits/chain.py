@@ -13,7 +13,18 @@ or as a new format beside the old ones. Each entry names its `format`:
 - 1: the visit's recorded fields (`CHAINED_FIELDS`). Entries written before migration 0006.
 - 2: those, plus the loan's `region` and the `evidence` attached to the visit, as
   `[{evidence_id, sha256}]` sorted by id: replacing a photo's bytes (its stored hash), or
-  attaching, detaching or moving evidence afterwards breaks the entry. Every new entry.
+  attaching, detaching or moving evidence afterwards breaks the entry. Entries written
+  before migration 0007.
+- 3: format 2, plus the version's place among the visit's versions (`corrects_visit_id`,
+  `version`); its `evidence` is what is attached to it and what it carries over from the
+  version it corrects. Every new entry.
+
+Supervisors' review decisions are chained too, per loan, in a chain of their own
+(`visit_reviews`, `REVIEW_FIELDS`): each commits to the decision, its reason, reviewer and
+time, and to the reviewed version's own `entry_hash`, so a decision cannot be moved to
+another version or rewritten afterwards. A chain of their own, not entries in the visits'
+chain: a visit's entry is written once, when it is submitted, and stays the proof of what
+was submitted whatever is decided about it later.
 
 An entry whose format was flipped from 2 to 1 no longer matches either: the two forms of
 the same visit hash differently.
@@ -56,8 +67,22 @@ CHAINED_FIELDS = (
 # The fields format 2 adds to CHAINED_FIELDS.
 REGION = "region"
 EVIDENCE = "evidence"
-FORMATS = (1, 2)
-CURRENT_FORMAT = 2
+# The fields format 3 adds to format 2's.
+VERSION_FIELDS = ("corrects_visit_id", "version")
+FORMATS = (1, 2, 3)
+CURRENT_FORMAT = 3
+
+# What a review entry commits to: the decision, and the reviewed version's entry hash.
+REVIEW_FIELDS = (
+    "review_id",
+    "visit_id",
+    "loan_id",
+    "decision",
+    "reason",
+    "reviewed_by",
+    "reviewed_at",
+    "visit_entry_hash",
+)
 
 
 def evidence_items(pairs: Iterable[tuple[uuid.UUID | str, str]]) -> list[dict[str, str]]:
@@ -90,14 +115,23 @@ def payload_hash(visit: Mapping[str, Any], format: int = 1) -> str:
     """SHA-256 of the canonical JSON of the visit's chained fields in `format`; for format
     2, `visit` also carries `region` and `evidence` (`evidence_items`)."""
     document = {name: visit[name] for name in CHAINED_FIELDS}
-    if format == 2:
+    if format not in FORMATS:
+        raise ValueError(f"unknown chain format {format}")
+    if format >= 2:
         document[REGION] = visit[REGION]
         document[EVIDENCE] = evidence_items(
             (item["evidence_id"], item["sha256"]) for item in visit[EVIDENCE]
         )
-    elif format != 1:
-        raise ValueError(f"unknown chain format {format}")
+    if format >= 3:
+        document.update({name: visit[name] for name in VERSION_FIELDS})
     return hashlib.sha256(canonical(document)).hexdigest()
+
+
+def review_payload_hash(review: Mapping[str, Any], format: int = 1) -> str:
+    """SHA-256 of the canonical JSON of a review decision (`REVIEW_FIELDS`); one format."""
+    if format != 1:
+        raise ValueError(f"unknown review chain format {format}")
+    return hashlib.sha256(canonical({name: review[name] for name in REVIEW_FIELDS})).hexdigest()
 
 
 def entry_hash(seq: int, prev_hash: str, payload: str) -> str:
@@ -121,6 +155,13 @@ def next_link(previous: tuple[int, str] | None, visit: Mapping[str, Any], format
     Format 1 by default: migration 0003 chained the visits of its day with it."""
     seq, prev_hash = (previous[0] + 1, previous[1]) if previous else (1, GENESIS)
     payload = payload_hash(visit, format)
+    return Link(seq, prev_hash, payload, entry_hash(seq, prev_hash, payload))
+
+
+def next_review_link(previous: tuple[int, str] | None, review: Mapping[str, Any]) -> Link:
+    """The review decision's entry following the loan's previous decision's."""
+    seq, prev_hash = (previous[0] + 1, previous[1]) if previous else (1, GENESIS)
+    payload = review_payload_hash(review)
     return Link(seq, prev_hash, payload, entry_hash(seq, prev_hash, payload))
 
 
@@ -154,6 +195,11 @@ class Verification:
 
     # The request hash a stored partner's report hashes to (schemas know its canonical form).
     report_hash: Callable[[Mapping[str, Any]], str] | None = None
+    # What an entry's row hashes to: a visit's by default, `review_payload_hash` for the
+    # chain of review decisions (then `formats` is (1,) and `noun` "review").
+    hasher: Callable[[Mapping[str, Any], int], str] = payload_hash
+    formats: tuple[int, ...] = FORMATS
+    noun: str = "visit"
     checked: int = 0
     first_break: Break | None = None
     _loan: str | None = None
@@ -180,10 +226,12 @@ class Verification:
         if entry.prev_hash != expected_prev:
             return "prev_hash is not the previous entry's hash"
         if entry.visit is None:
-            return "the visit row is missing"
-        if entry.format not in FORMATS:
+            return f"the {self.noun} row is missing"
+        if entry.format not in self.formats:
             return f"unknown chain format {entry.format}"
-        if payload_hash(entry.visit, entry.format) != entry.payload_hash:
+        if self.hasher(entry.visit, entry.format) != entry.payload_hash:
+            if self.noun != "visit":
+                return f"the {self.noun} was altered after it was recorded"
             return "the visit row or its evidence was altered after it was recorded"
         if entry_hash(entry.seq, entry.prev_hash, entry.payload_hash) != entry.entry_hash:
             return "entry_hash does not match the entry"

@@ -19,14 +19,15 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
-from services.visits.schemas import ReportKind
+from services.visits.schemas import ReportKind, ReviewDecision, ReviewState
 from shared.db import schema_metadata, utcnow
 from shared.health import health_tables
 from shared.outbox import outbox_table
@@ -86,7 +87,13 @@ VISIT_CHECKS: dict[str, str] = {
         for item, words in _FINDINGS_VOCABULARY
     },
 }
+VISIT_CHECKS["review_state"] = check_in("review_state", ReviewState)
+# A first version corrects nothing; every later one corrects its predecessor.
+VERSION_CHECK = "version >= 1 AND (version = 1) = (corrects_visit_id IS NULL)"
 REPORT_CHECKS: dict[str, str] = {"kind": check_in("kind", ReportKind)}
+REVIEW_CHECKS: dict[str, str] = {"decision": check_in("decision", ReviewDecision)}
+# A returned visit says why: its agent has to know what to correct.
+REASON_CHECK = "decision = 'approve' OR reason IS NOT NULL"
 EVIDENCE_CHECKS: dict[str, str] = {
     "kind": check_in("kind", EvidenceKind),
     "content_type": "content_type IN ({})".format(", ".join(f"'{t}'" for t in ALLOWED_TYPES)),
@@ -99,7 +106,15 @@ class Visit(VisitsTable, table=True):
     """A visit an agent recorded: what was found, how, where and when.
 
     `idempotency_key` and `request_hash` let a mobile client retry a capture safely:
-    the key is scoped per agent, the hash tells a true retry from a reused key.
+    the key is scoped per agent, the hash tells a true retry from a reused key. The key is
+    kept `IDEMPOTENCY_KEY_DAYS` and then cleared by the worker (NULL; the hash stays, it is
+    chained); partners' report ids are never cleared.
+
+    A submitted visit is immutable: a correction is another row, the next `version`, whose
+    `corrects_visit_id` names the version it corrects (at most one correction per version:
+    the versions of a visit are a line, not a tree). `review_state` is where the version
+    stands in the supervisor's review; it is the one column that changes, and it is derived
+    from chained facts (`visit_reviews`, `corrects_visit_id`), so verification checks it.
     """
 
     __tablename__ = "visits"
@@ -107,22 +122,30 @@ class Visit(VisitsTable, table=True):
         UniqueConstraint("agent_id", "idempotency_key", name="uq_visits_agent_idempotency_key"),
         # A task is done by one visit; a second capture for it is a conflict, even while
         # the scheduler has not yet consumed the first visit-completed event.
+        # Corrections carry the task of the version they correct, so only first versions
+        # count here.
         Index(
             "uq_visits_task",
             "task_id",
             unique=True,
-            postgresql_where=text("task_id IS NOT NULL"),
+            postgresql_where=text("task_id IS NOT NULL AND corrects_visit_id IS NULL"),
         ),
+        UniqueConstraint("corrects_visit_id", name="uq_visits_corrects_visit_id"),
         Index("ix_visits_loan_created", "loan_id", "created_at", "visit_id"),
         Index("ix_visits_agent_created", "agent_id", "created_at", "visit_id"),
         Index("ix_visits_created", "created_at", "visit_id"),
         Index("ix_visits_region_created", "region", "created_at", "visit_id"),
+        # A supervisor's review queue: its region's pending versions in the order recorded.
+        Index(
+            "ix_visits_region_review_created", "region", "review_state", "created_at", "visit_id"
+        ),
         *(CheckConstraint(sql, name=name) for name, sql in VISIT_CHECKS.items()),
+        CheckConstraint(VERSION_CHECK, name="version"),
     )
 
     visit_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     agent_id: str = Field(max_length=64)
-    idempotency_key: str = Field(max_length=255)
+    idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str = Field(max_length=64)
     task_id: uuid.UUID | None = None
     loan_id: str = Field(max_length=64)
@@ -142,6 +165,22 @@ class Visit(VisitsTable, table=True):
     # supervisor's reads are narrowed by. NULL on visits recorded before migration 0006,
     # which only ops and admin read.
     region: str | None = Field(default=None, max_length=64)
+    # The version this one corrects (None for a first version), and its number (1, 2, ...).
+    corrects_visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.visits.visit_id")
+    version: int = Field(
+        default=1, sa_column=Column(SmallInteger, nullable=False, server_default=text("1"))
+    )
+    # Evidence of the corrected version this one stands on too (its own uploads are
+    # attached by `evidence.visit_id`): a correction need not re-photograph the car.
+    carried_evidence: list[uuid.UUID] | None = Field(
+        default=None, sa_column=Column(ARRAY(Uuid()), nullable=True)
+    )
+    review_state: ReviewState = Field(
+        default=ReviewState.PENDING,
+        sa_column=Column(
+            Vocabulary(ReviewState, 16), nullable=False, server_default=text("'pending'")
+        ),
+    )
 
 
 class VisitChainEntry(VisitsTable, table=True):
@@ -223,6 +262,62 @@ class Evidence(VisitsTable, table=True):
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.visits.visit_id")
+
+
+class VisitReview(VisitsTable, table=True):
+    """A supervisor's decision on a submitted visit version (maker-checker): append-only,
+    one per version, and chained per loan like the visits (services/visits/chain.py,
+    `REVIEW_FIELDS`), binding the decision to the reviewed version's own chain entry. So a
+    decision altered, removed or inserted with SQL afterwards is found by verification."""
+
+    __tablename__ = "visit_reviews"
+    __table_args__ = (
+        UniqueConstraint("visit_id", name="uq_visit_reviews_visit_id"),
+        UniqueConstraint("loan_id", "seq", name="uq_visit_reviews_loan_seq"),
+        *(CheckConstraint(sql, name=name) for name, sql in REVIEW_CHECKS.items()),
+        CheckConstraint(REASON_CHECK, name="reason"),
+    )
+
+    review_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    visit_id: uuid.UUID = Field(foreign_key="visits.visits.visit_id")
+    loan_id: str = Field(max_length=64)
+    decision: ReviewDecision = Field(
+        sa_column=Column(Vocabulary(ReviewDecision, 16), nullable=False)
+    )
+    # Free text like notes: stored, shown to the agent and readers, never logged.
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    reviewed_by: str = Field(max_length=64)
+    reviewed_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    seq: int
+    prev_hash: str = Field(max_length=64)
+    payload_hash: str = Field(max_length=64)
+    entry_hash: str = Field(max_length=64)
+
+
+class VisitDraft(VisitsTable, table=True):
+    """A visit its agent has begun and not submitted: whatever the app had, unchecked by
+    the capture rules, unchained, announced to nobody. Its id is the device's, and becomes
+    the visit's on submission (the row is deleted in that transaction). Purged by the
+    worker `DRAFT_RETENTION_DAYS` after its last change."""
+
+    __tablename__ = "visit_drafts"
+    __table_args__ = (
+        Index("ix_visit_drafts_agent_updated", "agent_id", "updated_at", "visit_id"),
+        Index("ix_visit_drafts_updated", "updated_at"),
+    )
+
+    visit_id: uuid.UUID = Field(primary_key=True)
+    agent_id: str = Field(max_length=64)
+    loan_id: str | None = Field(default=None, max_length=64)
+    body: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
 
 
 outbox = outbox_table(metadata)

@@ -12,6 +12,10 @@ recorded before that (region NULL) are read by ops and admin only.
 |                                           | is no filter)    | filters          | filters     |
 | `GET /v1/visits/{id}`, `…/{id}/proof`     | its own visit    | its region's     | any visit   |
 | `GET /v1/visits/verify`                   | none (403)       | every chain      | every chain |
+| `POST /v1/visits/{id}/review`             | none (403)       | its region's,    | none (403)  |
+|                                           |                  | not its own      |             |
+| `POST /v1/visits/{id}/corrections`        | its own visit    | one it recorded  | none (403)  |
+| `/v1/visit-drafts…`                       | its own drafts   | its own drafts   | none (403)  |
 | `GET /v1/evidence/{id}`                   | what it uploaded | what it uploaded,| any         |
 |                                           |                  | and its region's |             |
 |                                           |                  | visits'          |             |
@@ -30,14 +34,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, false, func, or_, select, true, update
+from sqlalchemy import ColumnElement, delete, false, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import Label
 from sqlmodel import col
 
 from services.visits import chain
-from services.visits.models import Evidence, ThirdPartyReport, Visit, VisitChainEntry
+from services.visits.models import (
+    Evidence,
+    ThirdPartyReport,
+    Visit,
+    VisitChainEntry,
+    VisitDraft,
+    VisitReview,
+)
+from services.visits.schemas import ReviewState
 from shared.auth import Principal, Role
 from shared.errors import Problem
 from shared.pagination import Page, keyset_page
@@ -108,8 +120,152 @@ async def get_by_idempotency_key(
 
 
 async def get_by_task(session: AsyncSession, task_id: uuid.UUID) -> Visit | None:
-    stmt = select(Visit).where(col(Visit.task_id) == task_id)
+    """The first version of the visit that did the task (corrections carry its task)."""
+    stmt = select(Visit).where(
+        col(Visit.task_id) == task_id, col(Visit.corrects_visit_id).is_(None)
+    )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_by_id(session: AsyncSession, visit_id: uuid.UUID) -> Visit | None:
+    """The visit with this id, whoever recorded it (a client-generated id's replay)."""
+    stmt = select(Visit).where(col(Visit.visit_id) == visit_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lock_visit_visible_to(
+    session: AsyncSession, visit_id: uuid.UUID, who: Principal
+) -> Visit | None:
+    """The visit, locked until the transaction ends, if `who` may read it: a review and a
+    correction of one version (or two of either) are decided one after the other."""
+    stmt = (
+        select(Visit)
+        .where(col(Visit.visit_id) == visit_id, visible_visits(who))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def set_review_state(session: AsyncSession, visit_id: uuid.UUID, state: ReviewState) -> None:
+    await session.execute(
+        update(Visit)
+        .where(col(Visit.visit_id) == visit_id)
+        .values(review_state=state)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def corrections_of(
+    session: AsyncSession, visit_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, uuid.UUID]:
+    """For each of the versions that has been corrected, the version correcting it."""
+    if not visit_ids:
+        return {}
+    stmt = select(col(Visit.corrects_visit_id), col(Visit.visit_id)).where(
+        col(Visit.corrects_visit_id).in_(visit_ids)
+    )
+    rows = (await session.execute(stmt)).all()
+    return {row[0]: row[1] for row in rows if row[0] is not None}
+
+
+# --- review ------------------------------------------------------------------------------
+
+
+async def reviews_of(
+    session: AsyncSession, visit_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, VisitReview]:
+    """The decision on each of the versions that has one, in one query."""
+    if not visit_ids:
+        return {}
+    stmt = select(VisitReview).where(col(VisitReview.visit_id).in_(visit_ids))
+    return {row.visit_id: row for row in (await session.execute(stmt)).scalars()}
+
+
+async def review_chain_head(session: AsyncSession, loan_id: str) -> tuple[int, str] | None:
+    """The seq and entry hash of the loan's last review decision (the caller holds the
+    loan's chain lock), or None before its first."""
+    stmt = (
+        select(col(VisitReview.seq), col(VisitReview.entry_hash))
+        .where(col(VisitReview.loan_id) == loan_id)
+        .order_by(col(VisitReview.seq).desc())
+        .limit(1)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def add_review(session: AsyncSession, review: VisitReview) -> None:
+    session.add(review)
+    await session.flush()
+
+
+async def stored_reviews(
+    session: AsyncSession, loan_id: str | None
+) -> AsyncIterator[chain.StoredEntry]:
+    """Every review decision (of one loan, or all) with what it hashes over, ordered by
+    loan and seq: one streamed query. The reviewed version's entry hash comes from its
+    chain entry, which the visits' own chain vouches for."""
+    fields = [f for f in chain.REVIEW_FIELDS if f != "visit_entry_hash"]
+    columns: list[Any] = [
+        col(VisitReview.seq),
+        col(VisitReview.prev_hash),
+        col(VisitReview.payload_hash),
+        col(VisitReview.entry_hash),
+        *(col(getattr(VisitReview, name)).label(f"r_{name}") for name in fields),
+        col(VisitChainEntry.entry_hash).label("visit_entry_hash"),
+    ]
+    stmt = (
+        select(*columns)
+        .outerjoin(VisitChainEntry, col(VisitChainEntry.visit_id) == col(VisitReview.visit_id))
+        .order_by(col(VisitReview.loan_id), col(VisitReview.seq))
+        .execution_options(yield_per=VERIFY_BATCH)
+    )
+    if loan_id is not None:
+        stmt = stmt.where(col(VisitReview.loan_id) == loan_id)
+    result = await session.stream(stmt)
+    async for row in result.mappings():
+        review = {name: row[f"r_{name}"] for name in fields}
+        review["decision"] = str(review["decision"])
+        review["visit_entry_hash"] = row["visit_entry_hash"]
+        yield chain.StoredEntry(
+            loan_id=row["r_loan_id"],
+            seq=row["seq"],
+            visit_id=row["r_visit_id"],
+            prev_hash=row["prev_hash"],
+            payload_hash=row["payload_hash"],
+            entry_hash=row["entry_hash"],
+            visit=review,
+        )
+
+
+# The review state each version's chained facts give it: corrected → superseded, else its
+# decision's, else pending. What `visits.review_state` must agree with.
+_DERIVED_STATE = """
+    CASE
+        WHEN EXISTS (SELECT 1 FROM visits.visits AS c WHERE c.corrects_visit_id = v.visit_id)
+            THEN 'superseded'
+        WHEN r.decision = 'approve' THEN 'approved'
+        WHEN r.decision = 'return' THEN 'returned'
+        ELSE 'pending'
+    END
+"""
+
+
+async def first_misstated_review(
+    session: AsyncSession, loan_id: str | None
+) -> tuple[str, uuid.UUID, str] | None:
+    """The earliest version whose stored `review_state` is not what its decision and
+    corrections say (a state flipped with SQL): (loan_id, visit_id, stored state)."""
+    sql = (
+        "SELECT v.loan_id, v.visit_id, v.review_state FROM visits.visits AS v"
+        " LEFT JOIN visits.visit_reviews AS r ON r.visit_id = v.visit_id"
+        f" WHERE v.review_state <> {_DERIVED_STATE}"
+        + (" AND v.loan_id = :loan_id" if loan_id is not None else "")
+        + " ORDER BY v.loan_id, v.created_at, v.visit_id LIMIT 1"
+    )
+    row = (await session.execute(text(sql), {"loan_id": loan_id})).one_or_none()
+    return (row[0], row[1], row[2]) if row is not None else None
 
 
 async def add_visit(session: AsyncSession, visit: Visit) -> None:
@@ -128,6 +284,7 @@ class VisitFilter:
     outcome: str | None = None
     started_from: datetime | None = None
     started_before: datetime | None = None
+    review_state: str | None = None
 
 
 async def list_visits(
@@ -148,6 +305,7 @@ async def list_visits(
         (Visit.loan_id, where.loan_id),
         (Visit.method, where.method),
         (Visit.outcome, where.outcome),
+        (Visit.review_state, where.review_state),
     ):
         if value is not None:
             stmt = stmt.where(col(column) == value)
@@ -195,13 +353,15 @@ _REPORT_COLUMNS: list[Label[Any]] = [
     col(getattr(ThirdPartyReport, name)).label(f"r_{name}") for name in REPORTED_FIELDS
 ]
 _VISIT_COLUMNS: list[Label[Any]] = [
-    col(getattr(Visit, name)).label(f"v_{name}") for name in chain.CHAINED_FIELDS
+    col(getattr(Visit, name)).label(f"v_{name}")
+    for name in (*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS)
 ]
 
 
 def _attached_evidence() -> Any:
-    """Per chain entry, the (evidence_id, sha256) of what is attached to its visit, as a
-    JSON array: a correlated subquery PostgreSQL answers from `ix_evidence_visit`."""
+    """Per chain entry, the (evidence_id, sha256) of what is attached to its visit and what
+    it carries over from the version it corrects, as a JSON array: a correlated subquery
+    PostgreSQL answers from `ix_evidence_visit` and the primary key."""
     return (
         select(
             func.coalesce(
@@ -213,7 +373,12 @@ def _attached_evidence() -> Any:
                 func.jsonb_build_array(),
             )
         )
-        .where(col(Evidence.visit_id) == col(VisitChainEntry.visit_id))
+        .where(
+            or_(
+                col(Evidence.visit_id) == col(VisitChainEntry.visit_id),
+                col(Evidence.evidence_id) == func.any(col(Visit.carried_evidence)),
+            )
+        )
         .scalar_subquery()
         .label("evidence")
     )
@@ -253,7 +418,10 @@ async def stored_chain(
     async for row in result.mappings():
         visit = (
             {
-                **{name: row[f"v_{name}"] for name in chain.CHAINED_FIELDS},
+                **{
+                    name: row[f"v_{name}"]
+                    for name in (*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS)
+                },
                 chain.REGION: row["region"],
                 chain.EVIDENCE: row["evidence"],
             }
@@ -358,18 +526,119 @@ async def attach_evidence(
 
 
 async def evidence_of(
-    session: AsyncSession, visit_ids: list[uuid.UUID]
+    session: AsyncSession, visits: list[Visit]
 ) -> dict[uuid.UUID, list[Evidence]]:
-    """The evidence attached to each of the visits (a page of them), in one query."""
-    found: dict[uuid.UUID, list[Evidence]] = {visit_id: [] for visit_id in visit_ids}
-    if not visit_ids:
+    """The evidence each of the visits (a page of them) stands on, attached to it or
+    carried over from the version it corrects, in one query."""
+    found: dict[uuid.UUID, list[Evidence]] = {visit.visit_id: [] for visit in visits}
+    if not visits:
         return found
+    carried_by: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for visit in visits:
+        for evidence_id in visit.carried_evidence or ():
+            carried_by.setdefault(evidence_id, []).append(visit.visit_id)
     stmt = (
         select(Evidence)
-        .where(col(Evidence.visit_id).in_(visit_ids))
-        .order_by(col(Evidence.visit_id), col(Evidence.evidence_id))
+        .where(
+            or_(
+                col(Evidence.visit_id).in_(list(found)),
+                col(Evidence.evidence_id).in_(list(carried_by)),
+            )
+        )
+        .order_by(col(Evidence.evidence_id))
     )
     for row in (await session.execute(stmt)).scalars():
-        if row.visit_id is not None:
+        if row.visit_id in found:
             found[row.visit_id].append(row)
+        for visit_id in carried_by.get(row.evidence_id, ()):
+            found[visit_id].append(row)
+    for rows in found.values():
+        rows.sort(key=lambda row: row.evidence_id)
     return found
+
+
+# --- drafts and retention ----------------------------------------------------------------
+
+
+async def get_draft(session: AsyncSession, agent_id: str, visit_id: uuid.UUID) -> VisitDraft | None:
+    """The agent's draft; another's looks absent."""
+    stmt = select(VisitDraft).where(
+        col(VisitDraft.visit_id) == visit_id, col(VisitDraft.agent_id) == agent_id
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def save_draft(session: AsyncSession, draft: VisitDraft) -> VisitDraft | None:
+    """Insert the draft, or replace the body of the agent's own draft under that id; None
+    when the id is another agent's draft (nothing written). One statement."""
+    stmt = (
+        insert(VisitDraft)
+        .values(draft.model_dump())
+        .on_conflict_do_update(
+            index_elements=[col(VisitDraft.visit_id)],
+            set_={"body": draft.body, "loan_id": draft.loan_id, "updated_at": draft.updated_at},
+            where=col(VisitDraft.agent_id) == draft.agent_id,
+        )
+        .returning(VisitDraft)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return VisitDraft.model_validate(row[0]) if row is not None else None
+
+
+async def delete_draft(session: AsyncSession, agent_id: str, visit_id: uuid.UUID) -> bool:
+    result = await session.execute(
+        delete(VisitDraft).where(
+            col(VisitDraft.visit_id) == visit_id, col(VisitDraft.agent_id) == agent_id
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def list_drafts(
+    session: AsyncSession, agent_id: str, *, cursor: str | None, limit: int
+) -> Page[VisitDraft]:
+    stmt = select(VisitDraft).where(col(VisitDraft.agent_id) == agent_id)
+    return await keyset_page(
+        session,
+        stmt,
+        key=(col(VisitDraft.created_at), col(VisitDraft.visit_id)),
+        cursor=cursor,
+        limit=limit,
+        to_item=lambda draft: draft,
+    )
+
+
+async def purge_drafts(session: AsyncSession, untouched_since: datetime, batch: int) -> int:
+    """Delete up to `batch` drafts nobody has changed since then; how many."""
+    stale = (
+        select(col(VisitDraft.visit_id))
+        .where(col(VisitDraft.updated_at) < untouched_since)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(delete(VisitDraft).where(col(VisitDraft.visit_id).in_(stale)))
+    return int(getattr(result, "rowcount", 0))
+
+
+async def expire_idempotency_keys(
+    session: AsyncSession, recorded_before: datetime, batch: int
+) -> int:
+    """Clear the keys of up to `batch` captures recorded before then; how many. Partners'
+    report ids are their reports' identity (one visit per report, ever) and are kept."""
+    expired = (
+        select(col(Visit.visit_id))
+        .where(
+            col(Visit.created_at) < recorded_before,
+            col(Visit.idempotency_key).is_not(None),
+            col(Visit.method) != "third_party",
+        )
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        update(Visit)
+        .where(col(Visit.visit_id).in_(expired))
+        .values(idempotency_key=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0))

@@ -9,7 +9,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from services.visits.evidence_types import EvidenceKind
 from shared.events import VisitFindings
@@ -61,6 +67,43 @@ class FindingsIn(VisitFindings):
 MAX_EVIDENCE_PER_VISIT = 20
 
 
+def _ended_after_start(value: datetime, info: ValidationInfo) -> datetime:
+    started_at = info.data.get("started_at")
+    if started_at is not None and value < started_at:
+        raise ValueError("must not be before started_at")
+    return value
+
+
+def _listed_once(value: list[uuid.UUID]) -> list[uuid.UUID]:
+    if len(set(value)) != len(value):
+        raise ValueError("lists the same evidence twice")
+    return value
+
+
+class ReviewState(StrEnum):
+    """Where a submitted visit version stands in its supervisor's review (maker-checker)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    # Sent back to its agent with a reason; the agent answers with a correction.
+    RETURNED = "returned"
+    # A later version corrects it: it stays on the record, provable, but is no longer
+    # the visit's current version, and is not reviewed.
+    SUPERSEDED = "superseded"
+
+
+class ReviewDecision(StrEnum):
+    APPROVE = "approve"
+    RETURN = "return"
+
+
+# The state each decision leaves a version in.
+STATE_AFTER: dict[ReviewDecision, ReviewState] = {
+    ReviewDecision.APPROVE: ReviewState.APPROVED,
+    ReviewDecision.RETURN: ReviewState.RETURNED,
+}
+
+
 class VisitIn(Strict):
     model_config = ConfigDict(
         json_schema_extra={
@@ -80,6 +123,10 @@ class VisitIn(Strict):
     )
 
     # Field order matters: the validators below read fields declared before them.
+    # Offline-first: the device may choose the visit's id when it creates it. A capture
+    # sent again with the same id is a replay of that visit, whatever its Idempotency-Key
+    # (and after the key has expired).
+    visit_id: uuid.UUID | None = None
     task_id: uuid.UUID | None = None
     loan_id: LoanId
     method: VisitMethod
@@ -99,30 +146,123 @@ class VisitIn(Strict):
     @field_validator("ended_at")
     @classmethod
     def _not_before_start(cls, value: datetime, info: ValidationInfo) -> datetime:
-        started_at = info.data.get("started_at")
-        if started_at is not None and value < started_at:
-            raise ValueError("must not be before started_at")
-        return value
+        return _ended_after_start(value, info)
 
     @field_validator("evidence")
     @classmethod
     def _each_once(cls, value: list[uuid.UUID]) -> list[uuid.UUID]:
-        if len(set(value)) != len(value):
-            raise ValueError("lists the same evidence twice")
-        return value
+        return _listed_once(value)
 
     def request_hash(self) -> str:
         """SHA-256 of the canonical JSON of the validated body: what an idempotent retry
         must repeat. Defaults are filled in, so omitting a default equals sending it. No
         evidence is left out of it, so a capture queued before evidence existed hashes as
         it did then, and its retry still replays."""
+        # Neither is an absent visit_id: captures queued before either existed hash as then.
+        left_out = {"evidence"} if not self.evidence else set()
+        if self.visit_id is None:
+            left_out.add("visit_id")
         canonical = json.dumps(
-            self.model_dump(mode="json", exclude=None if self.evidence else {"evidence"}),
+            self.model_dump(mode="json", exclude=left_out or None),
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CorrectionIn(Strict):
+    """A new version of a submitted visit: everything the agent found, in full, as a
+    capture (the capture rules apply). Loan, task and method are the corrected version's:
+    a correction restates what a visit found, it does not turn it into another visit.
+    `evidence` may list the corrected version's own photos and scans (they are carried
+    over) as well as new uploads."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "outcome": "completed",
+                    "started_at": "2026-11-20T10:00:00+08:00",
+                    "ended_at": "2026-11-20T10:12:00+08:00",
+                    "findings": {"identity_verified": True, "employment_status": "unstable"},
+                    "notes": "更正：借款人已换工作",
+                }
+            ]
+        }
+    )
+
+    outcome: VisitOutcome
+    started_at: ObservedAt
+    ended_at: ObservedAt
+    findings: FindingsIn
+    geo: GeoPoint | None = None
+    notes: Note | None = None
+    evidence: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_EVIDENCE_PER_VISIT)
+
+    @field_validator("ended_at")
+    @classmethod
+    def _not_before_start(cls, value: datetime, info: ValidationInfo) -> datetime:
+        return _ended_after_start(value, info)
+
+    @field_validator("evidence")
+    @classmethod
+    def _each_once(cls, value: list[uuid.UUID]) -> list[uuid.UUID]:
+        return _listed_once(value)
+
+
+class ReviewIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"decision": "return", "reason": "照片看不清车牌"}]}
+    )
+
+    decision: ReviewDecision
+    # Required to return a visit: its agent has to know what to correct. Validated when
+    # absent too, so a return without one is a 422 naming `body.reason`.
+    reason: Note | None = Field(default=None, validate_default=True)
+
+    @field_validator("reason")
+    @classmethod
+    def _return_says_why(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("decision") == ReviewDecision.RETURN and not (value or "").strip():
+            raise ValueError("required to return a visit")
+        return value
+
+
+class ReviewOut(BaseModel):
+    decision: ReviewDecision
+    reason: MaskedText | None
+    reviewed_by: str
+    reviewed_at: datetime
+
+
+class DraftIn(Strict):
+    """An unfinished visit as the app has it: any of a capture's fields, each checked for
+    its shape only (the capture rules apply at submission)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"loan_id": "L-1", "method": "field", "notes": "到达小区，车不在"}]
+        }
+    )
+
+    task_id: uuid.UUID | None = None
+    loan_id: LoanId | None = None
+    method: VisitMethod | None = None
+    outcome: VisitOutcome | None = None
+    started_at: ObservedAt | None = None
+    ended_at: ObservedAt | None = None
+    findings: FindingsIn | None = None
+    geo: GeoPoint | None = None
+    notes: Note | None = None
+    evidence: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_EVIDENCE_PER_VISIT)
+
+
+class DraftOut(DraftIn):
+    visit_id: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+    notes: MaskedText | None = None
 
 
 class EvidenceRef(BaseModel):
@@ -161,6 +301,14 @@ class VisitOut(BaseModel):
     notes: MaskedText | None
     # What was attached, by id and hash (the bytes: `GET /v1/evidence/{evidence_id}`).
     evidence: list[EvidenceRef] = []
+    # Versions: 1 for a visit as first submitted; a correction names the version it corrects.
+    version: int = 1
+    corrects_visit_id: uuid.UUID | None = None
+    # The version that corrects this one, once there is one (review_state `superseded`).
+    corrected_by: uuid.UUID | None = None
+    review_state: ReviewState = ReviewState.PENDING
+    # The supervisor's decision, once made (a returned visit's reason is here).
+    review: ReviewOut | None = None
 
 
 class ChainProof(BaseModel):

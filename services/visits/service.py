@@ -14,13 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.visits import capture_rules, chain, repository
 from services.visits.evidence_types import EvidenceKind
-from services.visits.models import Evidence, Visit, VisitChainEntry, outbox
+from services.visits.models import Evidence, Visit, VisitChainEntry, VisitReview, outbox
 from services.visits.schemas import (
     ChainBreak,
     ChainProof,
     ChainVerification,
     EvidenceRef,
     GeoPoint,
+    ReviewOut,
+    ReviewState,
     ThirdPartyReportIn,
     VisitIn,
     VisitOut,
@@ -44,7 +46,19 @@ async def earlier_capture(
     The same key with another body is a 409.
     """
     earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
+    if earlier is None and body.visit_id is not None:
+        # The device's own id for the visit: a replay even once the key has expired.
+        earlier = await same_visit_id(session, agent_id, body.visit_id)
     return replay(earlier, body.request_hash()) if earlier is not None else None
+
+
+async def same_visit_id(session: AsyncSession, agent_id: str, visit_id: uuid.UUID) -> Visit | None:
+    """The visit already recorded under a client-generated id, if it is this caller's; a
+    409 if another's (an id is one visit's, whoever chose it)."""
+    earlier = await repository.get_by_id(session, visit_id)
+    if earlier is not None and earlier.agent_id != agent_id:
+        raise Problem(409, "Conflict", "this visit_id is already another visit's")
+    return earlier
 
 
 def check_capture_rules(body: VisitIn) -> None:
@@ -130,18 +144,25 @@ async def record_visit(
     session: AsyncSession,
     *,
     agent_id: str,
-    idempotency_key: str,
+    idempotency_key: str | None,
     body: VisitIn,
-    region: str,
+    region: str | None,
     request_hash: str | None = None,
+    corrects: Visit | None = None,
 ) -> tuple[Visit, bool]:
     """Record a visit (already authorised; `region` is its loan's) with the evidence it
     references, chain it and stage its `visit-completed` event, all in the caller's
     transaction. Returns the visit and whether this call created it: a concurrent retry
-    under the same key that committed first wins, and its visit is returned. `request_hash`
-    is what a retry must repeat (the body's own hash unless given)."""
+    under the same key (or client-generated id) that committed first wins, and its visit
+    is returned. `request_hash` is what a retry must repeat (the body's own hash unless
+    given). `corrects` is the version this one corrects (locked by the caller): the new
+    row is its next version, and may carry over its evidence. `idempotency_key` None is a
+    submitted draft, whose client-generated id is its idempotency."""
     request_hash = request_hash or body.request_hash()
     visit = Visit(
+        visit_id=body.visit_id or uuid.uuid4(),
+        corrects_visit_id=corrects.visit_id if corrects is not None else None,
+        version=corrects.version + 1 if corrects is not None else 1,
         agent_id=agent_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -163,11 +184,18 @@ async def record_visit(
             # The visit first: a retry racing its original fails on the unique key here,
             # before it could take (and wait on) the evidence's locks.
             await repository.add_visit(session, visit)
-            evidence = await _attach_evidence(session, visit, body)
+            evidence = await _attach_evidence(session, visit, body, corrects)
             await _chain(session, visit, evidence)
             await enqueue(session, outbox, _completed_event(visit))
+            if corrects is not None:
+                await repository.set_review_state(
+                    session, corrects.visit_id, ReviewState.SUPERSEDED
+                )
+            if body.visit_id is not None:
+                # Submitted from a draft, or captured directly under a draft's id.
+                await repository.delete_draft(session, agent_id, body.visit_id)
     except IntegrityError as exc:
-        winner = await _concurrent_winner(session, agent_id, idempotency_key, body.task_id)
+        winner = await _concurrent_winner(session, agent_id, idempotency_key, body, corrects)
         if winner is None:
             # Not the error itself: its message carries the bound values, notes included.
             raise RuntimeError(f"unexpected conflict recording a visit: {exc.orig}") from None
@@ -179,18 +207,29 @@ async def record_visit(
     return visit, True
 
 
-async def _attach_evidence(session: AsyncSession, visit: Visit, body: VisitIn) -> list[Evidence]:
+async def _attach_evidence(
+    session: AsyncSession, visit: Visit, body: VisitIn, corrects: Visit | None
+) -> list[Evidence]:
     """Attach the evidence the visit lists: each must be the capturing agent's own upload
-    and on no other visit (another agent's looks absent, as everywhere); a completed field
-    visit must list a photo. A 422 naming `body.evidence[i]` otherwise. The rows are locked,
-    so two visits listing the same photo at once are decided one after the other."""
+    and on no other visit (another agent's looks absent, as everywhere), or, for a
+    correction, what the corrected version stands on (carried over: it stays attached to
+    that version, whose proof must keep holding); a completed field visit must list a
+    photo. A 422 naming `body.evidence[i]` otherwise. The rows are locked, so two visits
+    listing the same photo at once are decided one after the other."""
     wanted = body.evidence
     found = await repository.lock_evidence(session, wanted)
+    carriable = {*(corrects.carried_evidence or ())} if corrects is not None else set[uuid.UUID]()
     errors: list[dict[str, str]] = []
+    carried: list[uuid.UUID] = []
     for index, evidence_id in enumerate(wanted):
         row = found.get(evidence_id)
         if row is None or row.uploaded_by != visit.agent_id:
             message = "no such evidence uploaded by you"
+        elif corrects is not None and (
+            row.visit_id == corrects.visit_id or row.evidence_id in carriable
+        ):
+            carried.append(evidence_id)
+            continue
         elif row.visit_id is not None:
             message = "already attached to another visit"
         else:
@@ -207,7 +246,12 @@ async def _attach_evidence(session: AsyncSession, visit: Visit, body: VisitIn) -
         raise Problem(
             422, "Unprocessable Content", "the visit's evidence cannot be attached", errors=errors
         )
-    await repository.attach_evidence(session, visit.visit_id, wanted)
+    await repository.attach_evidence(
+        session, visit.visit_id, [e for e in wanted if e not in set(carried)]
+    )
+    if carried:
+        visit.carried_evidence = carried
+        await session.flush()
     return attached
 
 
@@ -218,7 +262,7 @@ async def _chain(session: AsyncSession, visit: Visit, evidence: list[Evidence]) 
     await repository.lock_chain_of(session, visit.loan_id)
     head = await repository.chain_head(session, visit.loan_id)
     chained = {
-        **visit.model_dump(include=set(chain.CHAINED_FIELDS)),
+        **visit.model_dump(include={*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS}),
         chain.REGION: visit.region,
         chain.EVIDENCE: chain.evidence_items((row.evidence_id, row.sha256) for row in evidence),
     }
@@ -253,10 +297,22 @@ async def verify_chains(session: AsyncSession, loan_id: str | None) -> ChainVeri
         walk.feed([entry])
         if walk.first_break is not None:
             break
+    reviews = chain.Verification(
+        hasher=chain.review_payload_hash, formats=(1,), noun="review decision"
+    )
+    if walk.first_break is None:
+        async for entry in repository.stored_reviews(session, loan_id):
+            reviews.feed([entry])
+            if reviews.first_break is not None:
+                break
     broken: ChainBreak | None = None
-    if walk.first_break is not None:
-        b = walk.first_break
-        broken = ChainBreak(loan_id=b.loan_id, seq=b.seq, visit_id=b.visit_id, reason=b.reason)
+    first_break = walk.first_break or reviews.first_break
+    if first_break is not None:
+        b = first_break
+        prefix = "review chain: " if b is reviews.first_break else ""
+        broken = ChainBreak(
+            loan_id=b.loan_id, seq=b.seq, visit_id=b.visit_id, reason=prefix + b.reason
+        )
     else:
         stray = await repository.first_unchained_visit(session, loan_id)
         if stray is not None:
@@ -266,13 +322,25 @@ async def verify_chains(session: AsyncSession, loan_id: str | None) -> ChainVeri
                 visit_id=stray.visit_id,
                 reason="the visit has no chain entry (written outside the service)",
             )
+    if broken is None:
+        misstated = await repository.first_misstated_review(session, loan_id)
+        if misstated is not None:
+            broken = ChainBreak(
+                loan_id=misstated[0],
+                seq=None,
+                visit_id=misstated[1],
+                reason=(
+                    f"review_state {misstated[2]} disagrees with the chained review "
+                    "decisions and corrections"
+                ),
+            )
     if broken is not None:
         log.warning(
             "visit chain broken at loan %s seq %s: %s", broken.loan_id, broken.seq, broken.reason
         )
     return ChainVerification(
         loan_id=loan_id,
-        entries_checked=walk.checked,
+        entries_checked=walk.checked + reviews.checked,
         intact=broken is None,
         first_break=broken,
     )
@@ -288,15 +356,27 @@ def _report_hash(report: Mapping[str, Any]) -> str:
 
 
 async def _concurrent_winner(
-    session: AsyncSession, agent_id: str, idempotency_key: str, task_id: uuid.UUID | None
+    session: AsyncSession,
+    agent_id: str,
+    idempotency_key: str | None,
+    body: VisitIn,
+    corrects: Visit | None,
 ) -> Visit | None:
-    """The visit a concurrent request committed first under the same key (a retry racing
-    the original); a 409 if it was another capture of the same task."""
-    # Read committed: this statement sees the row the other transaction committed.
-    earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
-    if earlier is not None:
-        return earlier
-    if task_id is not None and await repository.get_by_task(session, task_id) is not None:
+    """The visit a concurrent request committed first under the same key or client id (a
+    retry racing the original); a 409 if it was another capture of the same task, or
+    another correction of the same version."""
+    # Read committed: these statements see the row the other transaction committed.
+    if idempotency_key is not None:
+        earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
+        if earlier is not None:
+            return earlier
+    if body.visit_id is not None:
+        earlier = await same_visit_id(session, agent_id, body.visit_id)
+        if earlier is not None:
+            return earlier
+    if corrects is not None:
+        raise Problem(409, "Conflict", "this version has already been corrected")
+    if body.task_id is not None and await repository.get_by_task(session, body.task_id):
         raise Problem(409, "Conflict", "a visit has already been recorded for this task")
     return None
 
@@ -331,14 +411,31 @@ async def view_of(session: AsyncSession, visit: Visit) -> VisitOut:
 
 
 async def views_of(session: AsyncSession, visits: list[Visit]) -> list[VisitOut]:
-    """Visits as the API shows them (a page of them): their evidence in one query."""
-    evidence = await repository.evidence_of(session, [visit.visit_id for visit in visits])
-    return [visit_view(visit, evidence[visit.visit_id]) for visit in visits]
+    """Visits as the API shows them (a page of them): their evidence, review decisions and
+    correcting versions in one query each."""
+    ids = [visit.visit_id for visit in visits]
+    evidence = await repository.evidence_of(session, visits)
+    reviews = await repository.reviews_of(session, ids)
+    corrected_by = await repository.corrections_of(session, ids)
+    return [
+        visit_view(
+            visit,
+            evidence[visit.visit_id],
+            reviews.get(visit.visit_id),
+            corrected_by.get(visit.visit_id),
+        )
+        for visit in visits
+    ]
 
 
-def visit_view(visit: Visit, evidence: list[Evidence] | None = None) -> VisitOut:
-    """The visit as the API shows it, with the evidence attached to it (read by the caller:
-    `view_of`, `views_of`)."""
+def visit_view(
+    visit: Visit,
+    evidence: list[Evidence] | None = None,
+    review: VisitReview | None = None,
+    corrected_by: uuid.UUID | None = None,
+) -> VisitOut:
+    """The visit as the API shows it, with the evidence it stands on, its review decision
+    and the version correcting it (read by the caller: `view_of`, `views_of`)."""
     geo = (
         GeoPoint(lat=visit.geo_lat, lon=visit.geo_lon)
         if visit.geo_lat is not None and visit.geo_lon is not None
@@ -361,4 +458,18 @@ def visit_view(visit: Visit, evidence: list[Evidence] | None = None) -> VisitOut
             EvidenceRef(evidence_id=row.evidence_id, kind=row.kind, sha256=row.sha256)
             for row in evidence or []
         ],
+        version=visit.version,
+        corrects_visit_id=visit.corrects_visit_id,
+        corrected_by=corrected_by,
+        review_state=visit.review_state,
+        review=(
+            ReviewOut(
+                decision=review.decision,
+                reason=review.reason,
+                reviewed_by=review.reviewed_by,
+                reviewed_at=review.reviewed_at,
+            )
+            if review is not None
+            else None
+        ),
     )

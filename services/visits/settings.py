@@ -18,3 +18,8 @@ class VisitsSettings(ServiceSettings):
     # Per agent and API process (services/visits/rate_limits.py says why per process).
     visit_captures_per_minute: int = Field(default=60, gt=0)
     evidence_uploads_per_minute: int = Field(default=120, gt=0)
+    # Retention (services/visits/retention.py): a capture's Idempotency-Key is honoured
+    # this long; an untouched draft is kept this long; the worker sweeps this often.
+    idempotency_key_days: int = Field(default=7, gt=0)
+    draft_retention_days: int = Field(default=30, gt=0)
+    retention_sweep_seconds: float = Field(default=3600, gt=0)

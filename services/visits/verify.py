@@ -1,4 +1,5 @@
-"""Verify the tamper-evident record of visits from the stored rows.
+"""Verify the tamper-evident record of visits (and of supervisors' review decisions) from
+the stored rows.
 
 `python -m services.visits.verify [--loan L]` prints the result as JSON and exits 0 when
 every chain holds, 1 at the first entry that does not (the same check as

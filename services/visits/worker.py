@@ -1,18 +1,27 @@
-"""Visits worker: relays the outbox (`visit-completed`) to Kafka.
+"""Visits worker: relays the outbox (`visit-completed`) to Kafka, and sweeps expired
+idempotency keys and stale drafts (retention.py).
 
 `python -m services.visits.worker`
 """
 
 from __future__ import annotations
 
+import asyncio
+
+from services.visits import retention
 from services.visits.models import health, outbox
 from services.visits.settings import VisitsSettings
 from shared.worker import worker_main, worker_resources
 
 
 async def run_worker(settings: VisitsSettings) -> None:
-    async with worker_resources(settings, health=health) as resources:
-        await resources.relay(outbox).run()
+    # A task group: if the relay stops with an error, the sweeps stop with it.
+    async with (
+        worker_resources(settings, health=health) as resources,
+        asyncio.TaskGroup() as group,
+    ):
+        group.create_task(resources.relay(outbox).run())
+        group.create_task(retention.run(resources.sessions, settings))
 
 
 if __name__ == "__main__":

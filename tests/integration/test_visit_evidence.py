@@ -239,7 +239,7 @@ async def test_the_chain_finds_a_photo_swapped_in_the_database(system: System) -
     assert recorded.status_code == 201, recorded.text
     visit_id = recorded.json()["visit_id"]
     proof = await system.visits.get(f"/v1/visits/{visit_id}/proof", headers=job.headers)
-    assert proof.json()["format"] == 2
+    assert proof.json()["format"] == 3
     assert (await verify_loan(system, job.loan_id))["intact"] is True
 
     db = system.database_url

@@ -11,8 +11,8 @@ from enum import StrEnum
 import asyncpg
 import pytest
 
-from services.visits.models import REPORT_CHECKS, VISIT_CHECKS
-from services.visits.schemas import ReportKind
+from services.visits.models import REPORT_CHECKS, REVIEW_CHECKS, VISIT_CHECKS
+from services.visits.schemas import ReportKind, ReviewDecision, ReviewState
 from shared.vocabulary import (
     EmploymentStatus,
     IncomeChange,
@@ -33,6 +33,8 @@ EXPECTED: dict[str, type[StrEnum]] = {
     "ck_visits_findings_vehicle_usage": VehicleUsage,
     "ck_visits_findings_vehicle_condition": VehicleCondition,
     "ck_third_party_reports_kind": ReportKind,
+    "ck_visits_review_state": ReviewState,
+    "ck_visit_reviews_decision": ReviewDecision,
 }
 
 INSERT_VISIT = """
@@ -44,9 +46,11 @@ returning visit_id
 
 
 def test_the_models_declare_a_check_for_every_vocabulary_column() -> None:
-    declared = {f"ck_visits_{name}" for name in VISIT_CHECKS} | {
-        f"ck_third_party_reports_{name}" for name in REPORT_CHECKS
-    }
+    declared = (
+        {f"ck_visits_{name}" for name in VISIT_CHECKS}
+        | {f"ck_third_party_reports_{name}" for name in REPORT_CHECKS}
+        | {f"ck_visit_reviews_{name}" for name in REVIEW_CHECKS}
+    )
     assert declared == set(EXPECTED)
 
 

@@ -94,7 +94,7 @@ def test_format_2_commits_to_the_region_and_the_evidence_hashes() -> None:
     # The same visit under format 1 hashes otherwise: flipping an entry's format is found.
     assert chain.payload_hash(v2, 1) == chain.payload_hash(visit, 1) != reference
     with pytest.raises(ValueError, match="unknown chain format"):
-        chain.payload_hash(v2, 3)
+        chain.payload_hash(v2, 4)
 
 
 def test_a_bucket_per_caller_refills_at_its_rate() -> None:
