@@ -40,7 +40,7 @@ class Report:
 
     def table(self) -> str:
         header = (
-            f"{'metric':34s} {'value':>12s} {'unit':10s} {'target':>14s} {'ratio':>7s}  verdict"
+            f"{'metric':42s} {'value':>12s} {'unit':10s} {'target':>14s} {'ratio':>7s}  verdict"
         )
         return "\n".join([header, "-" * len(header), *map(render, self.rows)])
 
@@ -67,7 +67,7 @@ def render(row: Row) -> str:
         ratio = f"{row.ratio:7.3f}" if row.ratio is not None else "      -"
         verdict = "meets" if row.ratio is not None and row.ratio >= 1.0 else "MISSES"
     return (
-        f"{row.metric:34s} {_number(row.value):>12s} {row.unit:10s} {target:>14s} "
+        f"{row.metric:42s} {_number(row.value):>12s} {row.unit:10s} {target:>14s} "
         f"{ratio:>7s}  {verdict}"
     ).rstrip()
 

@@ -1,8 +1,13 @@
-"""Throughput side by side: the raw consumer alone, then both workers on the same postings.
+"""Throughput side by side: the raw consumer alone, each worker alone, then both workers
+together on the same kind of postings.
 
 Fair on a 2-core machine: each path gets the machine without the other's load. The raw
-consumer reads a twin topic while the workers have nothing to do; then the same bytes go to
-`repayment-posted`, where both workers consume them together, as they are deployed.
+consumer reads a twin topic while the workers have nothing to do; then a burst of the same
+size and shape goes to `repayment-posted` while the other worker is frozen (SIGSTOP: it
+takes no CPU, and catches up once resumed, before the next measurement), so each worker's
+ratio to raw compares like with like. Finally both workers consume one burst together, as
+they are deployed; that figure is printed for what it is, two consumers sharing two cores
+with PostgreSQL and the broker.
 Each clock starts at the first send and stops when the path's table holds every posting.
 The CPU seconds of each consumer process say what its events cost apart from contention
 (the PostgreSQL backends' CPU is not in them).
@@ -57,8 +62,9 @@ async def measure(bench: Bench) -> None:
     burst = bench.take(n)
     bench.report.note(
         f"each path alone: the raw consumer on {RAW_TOPIC} (a twin topic) while the workers "
-        f"idle, then the same {n} postings on repayment-posted to both workers together, as "
-        "deployed; each clock runs from the first send until the path's table holds them all"
+        f"idle, then {n} postings on repayment-posted to each worker while the other is frozen, "
+        "then to both together, as deployed; each clock runs from the first send until the "
+        "path's table holds them all"
     )
     raw = await start_raw(bench)
     before = await bench.raw_applied()
@@ -78,16 +84,33 @@ async def measure(bench: Bench) -> None:
     bench.report.add(Row("raw consumer", raw_rate, "events/s"))
     bench.report.note(f"raw: {count} of {n} in {ended - started:.2f}s, {raw_cpu:.2f} CPU s")
 
-    await _workers(bench, burst, raw_rate, n / raw_cpu if raw_cpu > 0 else 0.0)
+    raw_per_cpu = n / raw_cpu if raw_cpu > 0 else 0.0
+    for consumer in CONSUMERS:
+        others = [bench.procs[WORKERS[c]] for c in CONSUMERS if c != consumer]
+        for proc in others:
+            proc.pause()
+        try:
+            await _workers(bench, bench.take(n), raw_rate, raw_per_cpu, (consumer,), "alone")
+        finally:
+            for proc in others:
+                proc.resume()
+        outcome = await drain(bench, JOIN_WITHIN)
+        bench.report.note(f"after {consumer} alone, the others caught up: {outcome}")
+    await _workers(bench, burst, raw_rate, raw_per_cpu, CONSUMERS, "both running")
 
 
 async def _workers(
-    bench: Bench, burst: list[workload.Posting], raw_rate: float, raw_per_cpu: float
+    bench: Bench,
+    burst: list[workload.Posting],
+    raw_rate: float,
+    raw_per_cpu: float,
+    consumers: tuple[str, ...],
+    how: str,
 ) -> None:
     n = len(burst)
-    procs = {c: bench.procs[WORKERS[c]] for c in CONSUMERS}
-    before = {c: await bench.applied(c) for c in CONSUMERS}
-    cpu = {c: procs[c].cpu_seconds() for c in CONSUMERS}
+    procs = {c: bench.procs[WORKERS[c]] for c in consumers}
+    before = {c: await bench.applied(c) for c in consumers}
+    cpu = {c: procs[c].cpu_seconds() for c in consumers}
     started = time.monotonic()
     deliveries = await bench.post(burst)
 
@@ -103,15 +126,17 @@ async def _workers(
         )
         used = procs[consumer].cpu_seconds() - cpu[consumer]
         rate = count / (ended - started)
-        bench.report.add(Row(f"{consumer} worker", rate, "events/s"))
-        bench.report.add(Row(f"{consumer} worker / raw", rate / raw_rate, "x raw", 0.5))
+        # The target is each worker's own rate; together they share the cores.
+        target = 0.5 if how == "alone" else None
+        bench.report.add(Row(f"{consumer} worker ({how})", rate, "events/s"))
+        bench.report.add(Row(f"{consumer} worker ({how}) / raw", rate / raw_rate, "x raw", target))
         per_cpu = count / used if used > 0 else 0.0
         bench.report.note(
-            f"{consumer}: {count} of {n} in {ended - started:.2f}s, {used:.2f} CPU s "
+            f"{consumer} ({how}): {count} of {n} in {ended - started:.2f}s, {used:.2f} CPU s "
             f"({per_cpu:,.0f} events per CPU s; raw {raw_per_cpu:,.0f})"
         )
 
     async with asyncio.TaskGroup() as group:
-        for consumer in CONSUMERS:
+        for consumer in consumers:
             group.create_task(one(consumer))
     await asyncio.gather(*deliveries)
