@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import date
 from decimal import Decimal
 
+from services.scheduler import policy
 from services.scheduler.loan_import import numbered_lines, parse_line
-from services.scheduler.registration import digest_key, loan_to_value, registration_digest
+from services.scheduler.registration import (
+    digest_key,
+    first_follow_ups,
+    loan_to_value,
+    registration_digest,
+)
 from services.scheduler.schemas import LoanImportLine, LoanIn, RejectedLine
 from tests.support import loan_body
 
@@ -79,3 +86,15 @@ def test_loan_to_value_rounds_half_up_and_has_none_for_a_car_worth_nothing() -> 
     assert loan_to_value(Decimal("1"), Decimal("32")) == Decimal("0.0313")  # 0.03125 up
     assert loan_to_value(Decimal("1"), Decimal("0")) is None
     assert loan_to_value(Decimal("9999999999999999"), Decimal("0.01")) is None
+
+
+def test_each_disbursement_date_is_planned_once_as_the_policy_plans_it() -> None:
+    days = [date(2026, 1, 31), date(2026, 1, 31), date(2026, 3, 1)]
+    bodies = [LoanIn.model_validate(loan_body(region="SH", disbursed_on=day)) for day in days]
+    plans = first_follow_ups(bodies)
+    assert sorted(plans) == [date(2026, 1, 31), date(2026, 3, 1)]
+    for day, plan in plans.items():
+        planned = policy.first_follow_up(day)
+        assert (plan.method, plan.due_on) == (planned.method, planned.due_on)
+        assert json.loads(plan.reason) == planned.reason
+    assert plans[date(2026, 1, 31)].due_on == date(2026, 2, 28)
