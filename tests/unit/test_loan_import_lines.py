@@ -10,12 +10,16 @@ from decimal import Decimal
 from services.scheduler import policy
 from services.scheduler.loan_import import numbered_lines, parse_line
 from services.scheduler.registration import (
+    _REGISTERED,
+    _loan_columns,
     digest_key,
     first_follow_ups,
     loan_to_value,
     registration_digest,
 )
 from services.scheduler.schemas import LoanImportLine, LoanIn, RejectedLine
+from shared.pii import PiiCipher
+from shared.settings import DEV_PII_KEY
 from tests.support import loan_body
 
 
@@ -98,3 +102,27 @@ def test_each_disbursement_date_is_planned_once_as_the_policy_plans_it() -> None
         assert (plan.method, plan.due_on) == (planned.method, planned.due_on)
         assert json.loads(plan.reason) == planned.reason
     assert plans[date(2026, 1, 31)].due_on == date(2026, 2, 28)
+
+
+def test_the_upsert_rows_are_one_list_per_registered_column_with_the_pii_sealed() -> None:
+    cipher = PiiCipher(DEV_PII_KEY)
+    bodies = []
+    for n in range(3):
+        body = loan_body(region=f"R{n}")
+        borrower = {**body["borrower"], "name": f"王{n}", "phone": f"1380000000{n}"}
+        bodies.append(LoanIn.model_validate({**body, "borrower": borrower}))
+    fresh = [(f"L-{n}", body, f"digest-{n}") for n, body in enumerate(bodies)]
+    columns = _loan_columns(cipher, fresh, first_follow_ups(bodies))
+    assert list(columns) == [name for name, _ in _REGISTERED]
+    assert all(len(values) == len(fresh) for values in columns.values())
+    assert columns["region"] == ["R0", "R1", "R2"]
+    for n, body in enumerate(bodies):
+        borrower = body.borrower
+        for column, plain in (
+            ("borrower_name_enc", borrower.name),
+            ("national_id_enc", borrower.national_id),
+            ("phone_enc", borrower.phone),
+        ):
+            sealed = columns[column][n]
+            assert isinstance(sealed, str) and plain not in sealed
+            assert cipher.decrypt(sealed) == plain
