@@ -106,22 +106,21 @@ def test_each_disbursement_date_is_planned_once_as_the_policy_plans_it() -> None
 
 def test_the_upsert_rows_are_one_list_per_registered_column_with_the_pii_sealed() -> None:
     cipher = PiiCipher(DEV_PII_KEY)
-    bodies = []
+    bodies: list[LoanIn] = []
     for n in range(3):
-        body = loan_body(region=f"R{n}")
-        borrower = {**body["borrower"], "name": f"王{n}", "phone": f"1380000000{n}"}
-        bodies.append(LoanIn.model_validate({**body, "borrower": borrower}))
-    fresh = [(f"L-{n}", body, f"digest-{n}") for n, body in enumerate(bodies)]
+        sent = loan_body(region=f"R{n}")
+        borrower = {**sent["borrower"], "name": f"王{n}", "phone": f"1380000000{n}"}
+        bodies.append(LoanIn.model_validate({**sent, "borrower": borrower}))
+    fresh = [(f"L-{n}", loan, f"digest-{n}") for n, loan in enumerate(bodies)]
     columns = _loan_columns(cipher, fresh, first_follow_ups(bodies))
     assert list(columns) == [name for name, _ in _REGISTERED]
     assert all(len(values) == len(fresh) for values in columns.values())
     assert columns["region"] == ["R0", "R1", "R2"]
-    for n, body in enumerate(bodies):
-        borrower = body.borrower
+    for n, loan in enumerate(bodies):
         for column, plain in (
-            ("borrower_name_enc", borrower.name),
-            ("national_id_enc", borrower.national_id),
-            ("phone_enc", borrower.phone),
+            ("borrower_name_enc", loan.borrower.name),
+            ("national_id_enc", loan.borrower.national_id),
+            ("phone_enc", loan.borrower.phone),
         ):
             sealed = columns[column][n]
             assert isinstance(sealed, str) and plain not in sealed
