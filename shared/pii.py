@@ -8,79 +8,30 @@ rest, in responses and in logs alike.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import os
 import re
-import time
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-_BLOCK = 16  # AES block and IV size, bytes
-_FERNET_VERSION = b"\x80"
 
 
 class PiiCipher:
     def __init__(self, key: str) -> None:
         self._fernet = Fernet(key.encode())
-        # The two halves of a Fernet key (its specification): HMAC-SHA256 key, AES-128 key.
-        raw = base64.urlsafe_b64decode(key.encode())
-        self._mac = hmac.new(raw[:_BLOCK], digestmod=hashlib.sha256)
-        # AES applied to single blocks; `encrypt_many` chains them as CBC does.
-        self._aes_block = Cipher(algorithms.AES(raw[_BLOCK:]), modes.ECB()).encryptor()
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
 
     def encrypt_many(self, plaintexts: Sequence[str]) -> list[str]:
-        """Fernet tokens of `plaintexts`, each with its own random IV, as `encrypt` makes
-        them (Fernet's `decrypt` reads them), at a third of the cost.
-
-        An import encrypts three fields of every new loan, and `Fernet.encrypt` spends most
-        of its time setting up a cipher and an HMAC for one block or two. Here CBC runs over
-        the whole batch a block position at a time: C1 = AES(P1 xor IV), Cn = AES(Pn xor
-        Cn-1), with one AES call per position for all the tokens that reach it."""
-        if not plaintexts:
-            return []
-        padded = [_pkcs7(text.encode()) for text in plaintexts]
-        ivs = os.urandom(_BLOCK * len(padded))
-        chained = [ivs[i : i + _BLOCK] for i in range(0, len(ivs), _BLOCK)]
-        ciphertexts: list[list[bytes]] = [[] for _ in padded]
-        reaching = list(range(len(padded)))
-        offset = 0
-        while reaching:
-            blocks = b"".join(padded[i][offset : offset + _BLOCK] for i in reaching)
-            previous = b"".join(chained[i] for i in reaching)
-            mixed = int.from_bytes(blocks, "big") ^ int.from_bytes(previous, "big")
-            out = self._aes_block.update(mixed.to_bytes(len(blocks), "big"))
-            for n, i in enumerate(reaching):
-                chained[i] = out[n * _BLOCK : (n + 1) * _BLOCK]
-                ciphertexts[i].append(chained[i])
-            offset += _BLOCK
-            reaching = [i for i in reaching if len(padded[i]) > offset]
-        issued = _FERNET_VERSION + int(time.time()).to_bytes(8, "big")
-        tokens = []
-        for n, blocks_of_one in enumerate(ciphertexts):
-            signed = issued + ivs[n * _BLOCK : (n + 1) * _BLOCK] + b"".join(blocks_of_one)
-            mac = self._mac.copy()
-            mac.update(signed)
-            tokens.append(base64.urlsafe_b64encode(signed + mac.digest()).decode())
-        return tokens
+        """A Fernet token of each of `plaintexts`, each with its own IV. Fernet itself does
+        the work: a faster hand-made CBC was measured (5 µs a field less) and not kept,
+        since cryptography's own construction is worth more than 1.5 s of a 100,000-loan
+        import."""
+        return [self.encrypt(text) for text in plaintexts]
 
     def decrypt(self, token: str) -> str:
         return self._fernet.decrypt(token.encode()).decode()
-
-
-def _pkcs7(data: bytes) -> bytes:
-    """`data` padded to whole AES blocks (PKCS #7, as Fernet pads): 1 to 16 bytes, each
-    holding their count."""
-    count = _BLOCK - len(data) % _BLOCK
-    return data + bytes([count]) * count
 
 
 def mask_tail(value: str, visible: int = 4) -> str:
