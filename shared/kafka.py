@@ -72,7 +72,7 @@ class TopicHandler(Generic[E]):
 Handler = TopicHandler[Any]
 
 # Records a topic's batch holds at most (CONSUMER_BATCH_SIZE); one transaction applies it.
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 1000
 # How long an idle consumer waits for records before its loop turns again (the wait ends as
 # soon as any arrive).
 IDLE_WAIT_MS = 500

@@ -45,7 +45,7 @@ class ServiceSettings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_stale_seconds: float = Field(default=30.0, gt=0)
     # Records of one topic a consumer applies in one transaction (shared/kafka.py).
-    consumer_batch_size: int = Field(default=500, ge=1, le=10_000)
+    consumer_batch_size: int = Field(default=1000, ge=1, le=10_000)
     # How long the broker may hold a consumer's empty fetch (shared/kafka.py says why short).
     consumer_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
 

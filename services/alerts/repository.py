@@ -152,10 +152,14 @@ async def known_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[
     """What the rules know of each of these loans that has facts, in one query."""
     if not loan_ids:
         return {}
+    # One array parameter: an IN list of a batch's ids would be rendered into the statement
+    # anew for every batch.
     rows = await session.execute(
-        select(col(LoanFacts.loan_id), col(LoanFacts.agreed_usage)).where(
-            col(LoanFacts.loan_id).in_(sorted(loan_ids))
-        )
+        text(
+            "SELECT loan_id, agreed_usage FROM alerts.loan_facts"
+            " WHERE loan_id = ANY(CAST(:loan_ids AS varchar[]))"
+        ),
+        {"loan_ids": sorted(loan_ids)},
     )
     return {loan_id: KnownLoan(AgreedUsage(usage)) for loan_id, usage in rows.all()}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,7 +156,12 @@ async def _raise(
     now = datetime.now(UTC)
     rows = [
         {
-            **asdict(draft),
+            # Spelt out: dataclasses.asdict copies deeply and cost a twentieth of the CPU.
+            "rule": draft.rule,
+            "category": draft.category,
+            "severity": draft.severity,
+            "reason": draft.reason,
+            "recommended_action": draft.recommended_action,
             "alert_id": uuid.uuid4(),
             "loan_id": source.loan_id,
             "source_event_id": source.event_id,
