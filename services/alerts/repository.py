@@ -10,6 +10,7 @@ is where a narrower rule (a supervisor's region, say) would go, applied by every
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -20,8 +21,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.alerts.models import Alert, LoanFacts, ParkedEvent, inbox
+from services.alerts.models import (
+    Alert,
+    AlertHistory,
+    LoanFacts,
+    ParkedEvent,
+    RepaymentMemory,
+    VisitMemory,
+    inbox,
+)
 from services.alerts.rules import KnownLoan
+from services.alerts.triage import ACTIVE
 from shared.auth import Principal, Role
 from shared.pagination import Page, keyset_page
 from shared.vocabulary import AgreedUsage
@@ -43,28 +53,81 @@ def visible_alerts(who: Principal) -> ColumnElement[bool]:
 # --- alerts -------------------------------------------------------------------------------
 
 
-# The alert columns a rule fills, with their PostgreSQL types: rows travel as one array per
-# column, so the statement is the same text for any number of alerts (compiled once, cached
-# by the driver) and takes ten parameters whatever the batch.
+# Rows travel as one array per column (`unnest`): a statement is the same text for any
+# number of alerts (compiled once, cached by the driver) and takes one parameter a column
+# whatever the batch. JSON travels as text and is cast in the statement.
 _ALERT_COLUMNS = (
     ("alert_id", "uuid"),
     ("loan_id", "varchar"),
+    ("family", "varchar"),
     ("rule", "varchar"),
     ("category", "varchar"),
     ("severity", "varchar"),
     ("status", "varchar"),
     ("reason", "text"),
     ("recommended_action", "varchar"),
+    ("facts", "jsonb"),
+    ("rule_version", "int"),
     ("source_event_id", "uuid"),
     ("created_at", "timestamptz"),
+    ("occurrences", "int"),
+    ("last_seen_at", "timestamptz"),
+    ("last_raised_at", "timestamptz"),
+    ("resolved_at", "timestamptz"),
+    ("resolved_by", "varchar"),
+    ("resolution_action", "varchar"),
+    ("resolution_note", "varchar"),
 )
+# What a batch may change on an alert it found active.
+_CHANGED_COLUMNS = tuple(
+    (name, kind)
+    for name, kind in _ALERT_COLUMNS
+    if name not in ("loan_id", "family", "category", "source_event_id", "created_at")
+)
+
+
+def _unnest(columns: Sequence[tuple[str, str]]) -> str:
+    arrays = ", ".join(
+        f"CAST(:{name} AS {'text' if kind == 'jsonb' else kind}[])" for name, kind in columns
+    )
+    return f"unnest({arrays}) AS u({', '.join(name for name, _ in columns)})"
+
+
+def _value(name: str, kind: str) -> str:
+    return f"u.{name}::jsonb" if kind == "jsonb" else f"u.{name}"
+
+
 _INSERT_ALERTS = text(
     "INSERT INTO alerts.alerts ("
     + ", ".join(name for name, _ in _ALERT_COLUMNS)
-    + ") SELECT * FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _ALERT_COLUMNS)
-    + ") ON CONFLICT ON CONSTRAINT uq_alerts_source_event_rule DO NOTHING RETURNING alert_id"
+    + ") SELECT "
+    + ", ".join(_value(name, kind) for name, kind in _ALERT_COLUMNS)
+    + " FROM "
+    + _unnest(_ALERT_COLUMNS)
+    + " ON CONFLICT ON CONSTRAINT uq_alerts_source_event_rule DO NOTHING RETURNING alert_id"
 )
+_UPDATE_ALERTS = text(
+    "UPDATE alerts.alerts AS a SET "
+    + ", ".join(
+        f"{name} = {_value(name, kind)}" for name, kind in _CHANGED_COLUMNS if name != "alert_id"
+    )
+    + ", version = a.version + 1 FROM "
+    + _unnest(_CHANGED_COLUMNS)
+    + " WHERE a.alert_id = u.alert_id"
+)
+
+
+def _arrays(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
+) -> dict[str, list[Any]]:
+    def cell(value: Any, kind: str) -> Any:
+        if value is None:
+            return None
+        if kind == "jsonb":
+            return json.dumps(value, separators=(",", ":"), default=str)
+        return str(value) if kind == "varchar" else value
+
+    return {name: [cell(row[name], kind) for row in rows] for name, kind in columns}
 
 
 async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
@@ -72,12 +135,106 @@ async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -
     source event already raised its rule (a replay that bypassed the inbox) is skipped."""
     if not rows:
         return set()
-    columns = {
-        name: [row[name] if kind != "varchar" else str(row[name]) for row in rows]
-        for name, kind in _ALERT_COLUMNS
-    }
-    result = await session.execute(_INSERT_ALERTS, columns)
+    result = await session.execute(_INSERT_ALERTS, _arrays(rows, _ALERT_COLUMNS))
     return set(result.scalars())
+
+
+async def update_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write what a batch changed on active alerts (escalated, counted, cured), with one
+    statement; each changed alert's version moves on (its ETag changes)."""
+    if rows:
+        await session.execute(_UPDATE_ALERTS, _arrays(rows, _CHANGED_COLUMNS))
+
+
+async def active_alerts(session: AsyncSession, loan_ids: Collection[str]) -> list[Alert]:
+    """The active alerts of these loans, locked for the batch (the desk may be working one)."""
+    if not loan_ids:
+        return []
+    stmt = (
+        select(Alert)
+        .where(
+            col(Alert.loan_id).in_(sorted(loan_ids)),
+            col(Alert.status).in_([str(s) for s in ACTIVE]),
+        )
+        .order_by(col(Alert.alert_id))
+        .with_for_update()
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def add_history(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append history lines, a multi-row insert per chunk."""
+    for chunk in _chunks(rows, ROWS_PER_STATEMENT):
+        await session.execute(insert(AlertHistory).values(list(chunk)))
+
+
+async def history_of(session: AsyncSession, alert_id: uuid.UUID) -> list[AlertHistory]:
+    stmt = (
+        select(AlertHistory)
+        .where(col(AlertHistory.alert_id) == alert_id)
+        .order_by(col(AlertHistory.id))
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+# --- the loans' memory --------------------------------------------------------------------
+
+
+async def remember(
+    session: AsyncSession,
+    table: type[RepaymentMemory] | type[VisitMemory],
+    rows: Sequence[Mapping[str, Any]],
+) -> set[uuid.UUID]:
+    """Remember events (in the given order); returns the ids of those not remembered
+    before: only they are applied, so an event applied twice changes nothing."""
+    fresh: set[uuid.UUID] = set()
+    for chunk in _chunks(rows, ROWS_PER_STATEMENT):
+        stmt = (
+            insert(table)
+            .values(list(chunk))
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(col(table.event_id))
+        )
+        fresh |= set((await session.execute(stmt)).scalars())
+    return fresh
+
+
+async def postings_of(session: AsyncSession, loan_ids: Collection[str]) -> list[RepaymentMemory]:
+    """The remembered postings of these loans, in the order they were applied."""
+    if not loan_ids:
+        return []
+    stmt = (
+        select(RepaymentMemory)
+        .where(col(RepaymentMemory.loan_id).in_(sorted(loan_ids)))
+        .order_by(col(RepaymentMemory.seq))
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def visits_of(
+    session: AsyncSession, loan_ids: Collection[str], since: datetime
+) -> list[VisitMemory]:
+    """The remembered visits of these loans that ended after `since`, in applied order."""
+    if not loan_ids:
+        return []
+    stmt = (
+        select(VisitMemory)
+        .where(
+            col(VisitMemory.loan_id).in_(sorted(loan_ids)),
+            col(VisitMemory.ended_at) > since,
+        )
+        .order_by(col(VisitMemory.seq))
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+# PostgreSQL takes at most 32,767 parameters a statement; the multi-row inserts of history
+# and memory have at most 11 columns.
+ROWS_PER_STATEMENT = 2_000
+
+
+def _chunks(rows: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 async def get_alert(

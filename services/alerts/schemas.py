@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -42,3 +43,10 @@ class AlertOut(BaseModel):
     resolution_action: ResolutionAction | None
     # Masked on the way out too: notes stored before masking began are shown masked.
     resolution_note: MaskedText | None
+    family: str
+    rule_version: int | None
+    # The facts that fired the rule (numbers, codes and ids, never PII).
+    facts: dict[str, Any]
+    occurrences: int
+    last_seen_at: datetime
+    assignee: str | None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from services.alerts import service
+from services.alerts import rules, rules_admin, service
 from services.alerts.models import health, inbox, outbox
 from services.alerts.parking import PARKING_ROLE, ParkingSweep
 from services.alerts.settings import AlertsSettings
@@ -32,6 +32,8 @@ from shared.worker import WorkerResources, worker_main, worker_resources
 
 async def run_worker(settings: AlertsSettings) -> None:
     async with worker_resources(settings, health=health) as resources:
+        # The rules this code raises alerts by, under the version every alert records.
+        await rules_admin.load_into(resources.sessions, rules.current())
         consumer = resources.consumer(
             group_id=settings.consumer_group,
             handlers={
