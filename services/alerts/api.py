@@ -5,14 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
 
 from services.alerts import repository, service
 from services.alerts.models import Alert
-from services.alerts.schemas import AlertOut, AlertStatus, ResolveIn
+from services.alerts.schemas import (
+    AlertDetailOut,
+    AlertOut,
+    AlertStatus,
+    AssignIn,
+    ResolveIn,
+    StartIn,
+)
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
-from shared.errors import not_found
+from shared.errors import Problem, not_found
 from shared.events import Category, Severity
 from shared.openapi import problems
 from shared.pagination import CursorText, Page
@@ -53,26 +60,95 @@ async def list_alerts(
     )
 
 
-@router.get("/alerts/{alert_id}", response_model=AlertOut, responses=problems(404))
-async def get_alert(alert_id: uuid.UUID, session: SessionDep, who: Reader) -> AlertOut:
+# The alert's version as its ETag; a write may send it back as If-Match.
+IfMatch = Annotated[str | None, Header(alias="If-Match")]
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """The version an If-Match names (None: no precondition). One that is no version of
+    ours cannot match: 412, as for a stale one."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit() or len(tag) > 9:
+        raise Problem(412, "Precondition Failed", "If-Match names no version of this alert")
+    return int(tag)
+
+
+@router.get("/alerts/{alert_id}", response_model=AlertDetailOut, responses=problems(404))
+async def get_alert(
+    alert_id: uuid.UUID, session: SessionDep, who: Reader, response: Response
+) -> AlertDetailOut:
+    """The alert with its whole history; its ETag is the version a write may name."""
     alert = await repository.get_alert_visible_to(session, alert_id, who)
     if alert is None:
         raise not_found("alert")
-    return _alert_out(alert)
+    history = await service.history(session, alert_id)
+    response.headers["ETag"] = service.etag(alert)
+    return AlertDetailOut.model_validate(
+        {**_alert_out(alert).model_dump(), "history": [h.model_dump() for h in history]}
+    )
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertOut, responses=problems(404, 409))
-async def acknowledge(alert_id: uuid.UUID, session: SessionDep, who: Operator) -> AlertOut:
-    alert = await service.acknowledge(session, alert_id, who.sub)
-    return AlertOut.model_validate(alert, from_attributes=True)
+WRITE_PROBLEMS = problems(404, 409, 412)
 
 
-@router.post("/alerts/{alert_id}/resolve", response_model=AlertOut, responses=problems(404, 409))
-async def resolve(
-    alert_id: uuid.UUID, body: ResolveIn, session: SessionDep, who: Operator
+@router.post("/alerts/{alert_id}/ack", response_model=AlertOut, responses=WRITE_PROBLEMS)
+async def acknowledge(
+    alert_id: uuid.UUID,
+    session: SessionDep,
+    who: Operator,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> AlertOut:
-    alert = await service.resolve(session, alert_id, body, who.sub)
-    return AlertOut.model_validate(alert, from_attributes=True)
+    alert = await service.acknowledge(session, alert_id, who.sub, expected_version(if_match))
+    return _written(alert, response)
+
+
+@router.post("/alerts/{alert_id}/start", response_model=AlertOut, responses=WRITE_PROBLEMS)
+async def start(
+    alert_id: uuid.UUID,
+    body: StartIn,
+    session: SessionDep,
+    who: Operator,
+    response: Response,
+    if_match: IfMatch = None,
+) -> AlertOut:
+    """An acknowledged alert is being worked (in_progress)."""
+    alert = await service.start(session, alert_id, body, who.sub, expected_version(if_match))
+    return _written(alert, response)
+
+
+@router.post("/alerts/{alert_id}/resolve", response_model=AlertOut, responses=WRITE_PROBLEMS)
+async def resolve(
+    alert_id: uuid.UUID,
+    body: ResolveIn,
+    session: SessionDep,
+    who: Operator,
+    response: Response,
+    if_match: IfMatch = None,
+) -> AlertOut:
+    """Resolve with the action taken, or dismiss (action `dismiss`) with the reason."""
+    alert = await service.resolve(session, alert_id, body, who.sub, expected_version(if_match))
+    return _written(alert, response)
+
+
+@router.post("/alerts/{alert_id}/assign", response_model=AlertOut, responses=WRITE_PROBLEMS)
+async def assign(
+    alert_id: uuid.UUID,
+    body: AssignIn,
+    session: SessionDep,
+    who: Operator,
+    response: Response,
+    if_match: IfMatch = None,
+) -> AlertOut:
+    alert = await service.assign(session, alert_id, body, who.sub, expected_version(if_match))
+    return _written(alert, response)
+
+
+def _written(alert: Alert, response: Response) -> AlertOut:
+    response.headers["ETag"] = service.etag(alert)
+    return _alert_out(alert)
 
 
 def _alert_out(alert: Alert) -> AlertOut:

@@ -9,10 +9,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from services.alerts.models import ResolutionAction
-from shared.validation import MaskedText, Note
+from shared.validation import Identifier, MaskedText, Note
 from shared.vocabulary import AlertStatus, Category, RecommendedAction, Severity
 
-__all__ = ["AlertOut", "AlertStatus", "ResolutionAction", "ResolveIn"]
+__all__ = [
+    "AlertDetailOut",
+    "AlertOut",
+    "AlertStatus",
+    "AssignIn",
+    "HistoryOut",
+    "ResolutionAction",
+    "ResolveIn",
+    "StartIn",
+]
 
 
 class ResolveIn(BaseModel):
@@ -22,7 +31,25 @@ class ResolveIn(BaseModel):
     )
 
     action: ResolutionAction
+    # Required to dismiss: the reason it was a false alarm.
     note: Note | None = None
+
+
+class StartIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "calling the borrower"}]}
+    )
+
+    note: Note | None = None
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"assignee": "ops-desk-2"}]}
+    )
+
+    # The desk user's login (a JWT `sub`), not a person's name.
+    assignee: Identifier
 
 
 class AlertOut(BaseModel):
@@ -50,3 +77,19 @@ class AlertOut(BaseModel):
     occurrences: int
     last_seen_at: datetime
     assignee: str | None
+    version: int
+
+
+class HistoryOut(BaseModel):
+    at: datetime
+    who: str
+    action: str
+    from_status: AlertStatus | None
+    to_status: AlertStatus
+    severity: Severity
+    note: MaskedText
+    source_event_id: uuid.UUID | None
+
+
+class AlertDetailOut(AlertOut):
+    history: list[HistoryOut]

@@ -12,17 +12,18 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.alerts import repository, rules
+from services.alerts import lifecycle, repository, rules
 from services.alerts.models import (
     Alert,
+    AlertHistory,
     ParkedEvent,
     RepaymentMemory,
     ResolutionAction,
     VisitMemory,
     outbox,
 )
-from services.alerts.schemas import ResolveIn
-from services.alerts.triage import AlertState, Triage
+from services.alerts.schemas import AssignIn, ResolveIn, StartIn
+from services.alerts.triage import AlertState, HistoryEntry, Triage
 from shared.errors import Problem, not_found
 from shared.events import (
     REPAYMENT_POSTED,
@@ -59,31 +60,137 @@ async def get_alert(
     return alert
 
 
-async def acknowledge(session: AsyncSession, alert_id: uuid.UUID, who: str) -> Alert:
-    """Take an open alert into work. Repeating it is harmless: the first ack is kept."""
+async def _for_work(
+    session: AsyncSession, alert_id: uuid.UUID, expected_version: int | None
+) -> Alert:
+    """The alert locked for a desk write; 412 if the writer saw another version of it
+    (If-Match), so two people cannot overwrite each other unknowingly."""
     alert = await get_alert(session, alert_id, for_update=True)
-    if alert.status in CLOSED:
-        raise Problem(409, "Conflict", f"alert is {alert.status}; it cannot be acknowledged")
-    if alert.status == AlertStatus.OPEN:
-        alert.status = AlertStatus.ACKNOWLEDGED
-        alert.acknowledged_at = datetime.now(UTC)
-        alert.acknowledged_by = who
+    if expected_version is not None and alert.version != expected_version:
+        raise Problem(
+            412,
+            "Precondition Failed",
+            f"alert is at version {alert.version}, not {expected_version}; read it again",
+            headers={"ETag": etag(alert)},
+        )
     return alert
 
 
-async def resolve(session: AsyncSession, alert_id: uuid.UUID, body: ResolveIn, who: str) -> Alert:
-    """Close an open or acknowledged alert with the action taken; `dismiss` marks it a
-    false alarm. A closed alert stays as it was closed (409), so the record is not rewritten."""
-    alert = await get_alert(session, alert_id, for_update=True)
-    if alert.status in CLOSED:
-        raise Problem(409, "Conflict", f"alert is already {alert.status}")
+def etag(alert: Alert) -> str:
+    return f'"{alert.version}"'
+
+
+async def _transition(
+    session: AsyncSession, alert: Alert, to: AlertStatus, who: str, note: str | None
+) -> None:
+    """Move the alert along the lifecycle table and keep the move in its history."""
+    before = AlertStatus(alert.status)
+    try:
+        name = lifecycle.move(before, to)
+    except lifecycle.TransitionRefused as refused:
+        raise Problem(409, "Conflict", str(refused)) from refused
+    now = datetime.now(UTC)
+    alert.status = to
+    alert.version += 1
+    await _history(session, alert, now, who, name, before, note or name)
+
+
+async def _history(
+    session: AsyncSession,
+    alert: Alert,
+    at: datetime,
+    who: str,
+    action: str,
+    before: AlertStatus,
+    note: str,
+) -> None:
+    entry = HistoryEntry(
+        alert.alert_id, at, who, action, before, AlertStatus(alert.status), alert.severity, note
+    )
+    await repository.add_history(session, [asdict(entry)])
+
+
+async def acknowledge(
+    session: AsyncSession, alert_id: uuid.UUID, who: str, expected_version: int | None = None
+) -> Alert:
+    """Take an open alert into work. Repeating it is harmless: the first ack is kept."""
+    alert = await _for_work(session, alert_id, expected_version)
+    if alert.status == AlertStatus.ACKNOWLEDGED:
+        return alert
+    await _transition(session, alert, AlertStatus.ACKNOWLEDGED, who, None)
+    alert.acknowledged_at = datetime.now(UTC)
+    alert.acknowledged_by = who
+    return alert
+
+
+async def start(
+    session: AsyncSession,
+    alert_id: uuid.UUID,
+    body: StartIn,
+    who: str,
+    expected_version: int | None = None,
+) -> Alert:
+    """Someone works the acknowledged alert now (a call, a visit, a plan in the making)."""
+    alert = await _for_work(session, alert_id, expected_version)
+    await _transition(session, alert, AlertStatus.IN_PROGRESS, who, body.note)
+    return alert
+
+
+async def resolve(
+    session: AsyncSession,
+    alert_id: uuid.UUID,
+    body: ResolveIn,
+    who: str,
+    expected_version: int | None = None,
+) -> Alert:
+    """Close an alert with the action taken, or dismiss it as a false alarm (with the
+    reason). A closed alert stays as it was closed (409), so the record is not rewritten."""
+    if body.action == ResolutionAction.CURED:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "only a posting that brings the loan current cures an alert",
+            errors=[{"field": "body.action", "message": "cured is recorded by the service"}],
+        )
     dismissed = body.action == ResolutionAction.DISMISS
-    alert.status = AlertStatus.DISMISSED if dismissed else AlertStatus.RESOLVED
+    if dismissed and not body.note:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "a dismissal needs its reason",
+            errors=[{"field": "body.note", "message": "the reason for dismissing is required"}],
+        )
+    alert = await _for_work(session, alert_id, expected_version)
+    to = AlertStatus.DISMISSED if dismissed else AlertStatus.RESOLVED
+    await _transition(session, alert, to, who, body.note)
     alert.resolved_at = datetime.now(UTC)
     alert.resolved_by = who
     alert.resolution_action = body.action
     alert.resolution_note = body.note
     return alert
+
+
+async def assign(
+    session: AsyncSession,
+    alert_id: uuid.UUID,
+    body: AssignIn,
+    who: str,
+    expected_version: int | None = None,
+) -> Alert:
+    """Give an active alert to someone on the desk (again: to someone else)."""
+    alert = await _for_work(session, alert_id, expected_version)
+    if alert.status in CLOSED:
+        raise Problem(409, "Conflict", f"alert is {alert.status}; it cannot be assigned")
+    before = alert.assignee
+    alert.assignee = body.assignee
+    alert.version += 1
+    note = f"assigned to {body.assignee}" + (f" (was {before})" if before else "")
+    await _history(session, alert, datetime.now(UTC), who, "assigned", alert.status, note)
+    return alert
+
+
+async def history(session: AsyncSession, alert_id: uuid.UUID) -> list[AlertHistory]:
+    return await repository.history_of(session, alert_id)
 
 
 # --- event handlers -----------------------------------------------------------------------
