@@ -74,6 +74,13 @@ class Alert(AlertsTable, table=True):
         Index("ix_alerts_status_severity_created", "status", "severity", "created_at"),
         # One active alert per loan and rule family: a worse finding escalates it, a repeat
         # is counted on it. Alerts from before rule families (no rule_version) are outside.
+        # What the SLA sweep looks at: open alerts not yet in the supervisor queue.
+        Index(
+            "ix_alerts_sla_pending",
+            "severity",
+            "severity_since",
+            postgresql_where=text("status = 'open' AND supervisor_queue_at IS NULL"),
+        ),
         Index(
             "uq_alerts_active_loan_family",
             "loan_id",
@@ -133,6 +140,12 @@ class Alert(AlertsTable, table=True):
     last_raised_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     # Who on the desk works it, and the row version the ETag shows (If-Match compares it).
     assignee: str | None = Field(default=None, max_length=128)
+    # When it took its current severity (its acknowledgement deadline counts from there),
+    # and when it went to the supervisor queue for missing that deadline.
+    severity_since: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    supervisor_queue_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
 
 

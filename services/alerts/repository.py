@@ -73,6 +73,7 @@ _ALERT_COLUMNS = (
     ("occurrences", "int"),
     ("last_seen_at", "timestamptz"),
     ("last_raised_at", "timestamptz"),
+    ("severity_since", "timestamptz"),
     ("resolved_at", "timestamptz"),
     ("resolved_by", "varchar"),
     ("resolution_action", "varchar"),
@@ -175,6 +176,28 @@ async def history_of(session: AsyncSession, alert_id: uuid.UUID) -> list[AlertHi
         .order_by(col(AlertHistory.id))
     )
     return list((await session.execute(stmt)).scalars())
+
+
+_SUPERVISOR_QUEUE = text(
+    "UPDATE alerts.alerts AS a SET supervisor_queue_at = :now, version = a.version + 1 "
+    "FROM unnest(CAST(:severities AS varchar[]), CAST(:cutoffs AS timestamptz[])) "
+    "AS d(severity, cutoff) "
+    "WHERE a.status = 'open' AND a.supervisor_queue_at IS NULL "
+    "AND a.severity = d.severity AND a.severity_since <= d.cutoff "
+    "RETURNING a.alert_id, a.severity, a.severity_since"
+)
+
+
+async def queue_for_supervisor(
+    session: AsyncSession, cutoffs: Mapping[str, datetime], now: datetime
+) -> list[tuple[uuid.UUID, str, datetime]]:
+    """Flag every open alert that has had its severity since before its severity's cutoff
+    (one statement); returns (alert_id, severity, severity_since) of those flagged."""
+    if not cutoffs:
+        return []
+    params = {"now": now, "severities": list(cutoffs), "cutoffs": list(cutoffs.values())}
+    result = await session.execute(_SUPERVISOR_QUEUE, params)
+    return [(row[0], row[1], row[2]) for row in result.all()]
 
 
 # --- the loans' memory --------------------------------------------------------------------

@@ -77,6 +77,9 @@ class AlertOut(BaseModel):
     occurrences: int
     last_seen_at: datetime
     assignee: str | None
+    severity_since: datetime
+    # Set when it waited past its acknowledgement deadline (the SLA of its severity).
+    supervisor_queue_at: datetime | None
     version: int
 
 

@@ -361,6 +361,7 @@ def _state(alert: Alert) -> AlertState:
         occurrences=alert.occurrences,
         last_seen_at=alert.last_seen_at,
         last_raised_at=alert.last_raised_at,
+        severity_since=alert.severity_since,
         resolved_at=alert.resolved_at,
         resolved_by=alert.resolved_by,
         resolution_action=alert.resolution_action,

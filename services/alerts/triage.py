@@ -51,6 +51,8 @@ class AlertState:
     occurrences: int
     last_seen_at: datetime
     last_raised_at: datetime
+    # Processing time, not event time: the desk's acknowledgement deadline counts from it.
+    severity_since: datetime
     resolved_at: datetime | None = None
     resolved_by: str | None = None
     resolution_action: str | None = None
@@ -180,6 +182,7 @@ class Triage:
             occurrences=1,
             last_seen_at=occurred_at,
             last_raised_at=occurred_at,
+            severity_since=self._now,
             new=True,
         )
         self._open[(loan_id, rule.family)] = alert
@@ -193,7 +196,10 @@ class Triage:
         rule = finding.rule
         before = replace(alert)
         alert.rule = rule.code
-        alert.severity = max(alert.severity, rule.severity, key=SEVERITY_RANK.__getitem__)
+        severity = max(alert.severity, rule.severity, key=SEVERITY_RANK.__getitem__)
+        if severity != alert.severity:
+            alert.severity_since = self._now
+        alert.severity = severity
         alert.recommended_action = rule.action
         alert.reason = finding.reason
         alert.facts = dict(finding.facts)

@@ -3,10 +3,14 @@ table with its history, assignment, and ETag / If-Match against lost updates."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from services.alerts.sla import SlaSweep
+from shared.db import make_engine, make_session_factory
+from shared.vocabulary import Severity
 from tests.integration.conftest import System
 from tests.support import auth, eventually, new_id, produce, register_loan, repayment_event
 
@@ -14,9 +18,11 @@ OPS = auth("ops", "ops-desk-1")
 OTHER = auth("ops", "ops-desk-2")
 
 
-async def open_alert(system: System, producer: AIOKafkaProducer) -> dict[str, Any]:
+async def open_alert(
+    system: System, producer: AIOKafkaProducer, days_past_due: int = 45
+) -> dict[str, Any]:
     loan_id = await register_loan(system.scheduler, new_id("DESK"))
-    await produce(producer, repayment_event(loan_id, days_past_due=45))
+    await produce(producer, repayment_event(loan_id, days_past_due=days_past_due))
 
     async def raised() -> dict[str, Any] | None:
         response = await system.alerts.get(f"/v1/alerts?loan_id={loan_id}", headers=OPS)
@@ -117,3 +123,42 @@ async def test_a_write_on_a_stale_version_gets_412_and_one_without_if_match_appl
         f"{url}/assign", json={"assignee": "ops-desk-2"}, headers=OTHER
     )
     assert blind.status_code == 200 and blind.json()["assignee"] == "ops-desk-2"
+
+
+async def test_an_unacknowledged_critical_alert_goes_to_the_supervisor_queue_at_its_deadline(
+    system: System, producer: AIOKafkaProducer
+) -> None:
+    critical = await open_alert(system, producer, days_past_due=95)
+    acked = await open_alert(system, producer, days_past_due=95)
+    medium = await open_alert(system, producer, days_past_due=45)
+    await system.alerts.post(f"/v1/alerts/{acked['alert_id']}/ack", headers=OPS)
+    became = datetime.fromisoformat(critical["severity_since"])
+    now = [became + timedelta(hours=3, minutes=59)]
+    engine = make_engine(system.database_url)
+    sweep = SlaSweep(
+        make_session_factory(engine),
+        {Severity.CRITICAL: timedelta(hours=4)},
+        every_seconds=60,
+        clock=lambda: now[0],
+    )
+    try:
+        await sweep.sweep()  # alerts of earlier tests may be due; this one is not
+        flagged_before = (
+            await system.alerts.get(f"/v1/alerts/{critical['alert_id']}", headers=OPS)
+        ).json()
+        assert flagged_before["supervisor_queue_at"] is None
+        now[0] = became + timedelta(hours=4, seconds=1)  # the clock moves; nobody sleeps
+        assert await sweep.sweep() >= 1
+        assert await sweep.sweep() == 0  # queued once
+    finally:
+        await engine.dispose()
+
+    detail = (await system.alerts.get(f"/v1/alerts/{critical['alert_id']}", headers=OPS)).json()
+    assert datetime.fromisoformat(detail["supervisor_queue_at"]) == now[0]
+    assert detail["status"] == "open"
+    entry = detail["history"][-1]
+    assert (entry["action"], entry["who"]) == ("supervisor_queue", "system")
+    assert "4h00m" in entry["note"] and "critical" in entry["note"]
+    for other in (acked, medium):
+        seen = (await system.alerts.get(f"/v1/alerts/{other['alert_id']}", headers=OPS)).json()
+        assert seen["supervisor_queue_at"] is None
