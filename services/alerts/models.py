@@ -224,6 +224,73 @@ class VisitMemory(AlertsTable, table=True):
     ended_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
+class PlanStatus(StrEnum):
+    PROPOSED = "proposed"
+    APPROVED = "approved"
+
+
+class RepaymentPlan(AlertsTable, table=True):
+    """A repayment plan proposed to resolve an alert: it stands once a second person (not
+    the proposer) approves it, which resolves the alert and announces the plan."""
+
+    __tablename__ = "repayment_plans"
+    __table_args__ = (
+        CheckConstraint(check_in("status", PlanStatus), name="status"),
+        # One plan in the making per alert.
+        Index(
+            "uq_repayment_plans_proposed_alert",
+            "alert_id",
+            unique=True,
+            postgresql_where=text("status = 'proposed'"),
+        ),
+    )
+
+    plan_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    alert_id: uuid.UUID
+    loan_id: str = Field(max_length=64)
+    status: PlanStatus = Field(sa_column=Column(String(16), nullable=False))
+    # The loan's arrears from its postings when proposed, and what the plan pays in all.
+    arrears: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    total: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    installments: list[dict[str, str]] = Field(sa_column=Column(JSONB, nullable=False))
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    proposed_by: str = Field(max_length=128)
+    proposed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    approved_by: str | None = Field(default=None, max_length=128)
+    approved_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class LegalStage(StrEnum):
+    """A legal case's stages, in the only order it may take them."""
+
+    REFERRED = "referred"
+    FILED = "filed"
+    JUDGMENT = "judgment"
+    CLOSED = "closed"
+
+
+class LegalCase(AlertsTable, table=True):
+    """A loan referred to legal from an alert (which the referral resolves), advanced stage
+    by stage; `stages` keeps each step (stage, at, who, note)."""
+
+    __tablename__ = "legal_cases"
+    __table_args__ = (
+        CheckConstraint(check_in("stage", LegalStage), name="stage"),
+        UniqueConstraint("alert_id", name="uq_legal_cases_alert"),
+    )
+
+    case_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    alert_id: uuid.UUID
+    loan_id: str = Field(max_length=64)
+    stage: LegalStage = Field(sa_column=Column(String(16), nullable=False))
+    stages: list[dict[str, str | None]] = Field(sa_column=Column(JSONB, nullable=False))
+    opened_by: str = Field(max_length=128)
+    opened_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 class LoanFacts(AlertsTable, table=True):
     """The alerts service's projection of a loan as the scheduler registered it, from
     `loan-registered`: what the rules need, kept here so that applying an event never

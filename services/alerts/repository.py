@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, delete, exists, func, select, text, true
@@ -24,9 +25,12 @@ from sqlmodel import col
 from services.alerts.models import (
     Alert,
     AlertHistory,
+    LegalCase,
     LoanFacts,
     ParkedEvent,
+    PlanStatus,
     RepaymentMemory,
+    RepaymentPlan,
     VisitMemory,
     inbox,
 )
@@ -198,6 +202,57 @@ async def queue_for_supervisor(
     params = {"now": now, "severities": list(cutoffs), "cutoffs": list(cutoffs.values())}
     result = await session.execute(_SUPERVISOR_QUEUE, params)
     return [(row[0], row[1], row[2]) for row in result.all()]
+
+
+# --- resolutions as records --------------------------------------------------------------
+
+# What a loan owes now by its postings: the latest posting of each installment counts (a
+# late payment replaces the miss); a reversed payment owes the whole installment again.
+_ARREARS = text(
+    "SELECT coalesce(sum(CASE status "
+    "WHEN 'paid' THEN 0 "
+    "WHEN 'reversed' THEN amount_due "
+    "ELSE greatest(amount_due - amount_paid, 0) END), 0) "
+    "FROM (SELECT DISTINCT ON (installment_no) status, amount_due, amount_paid "
+    "FROM alerts.repayment_memory WHERE loan_id = :loan_id "
+    "ORDER BY installment_no, seq DESC) AS latest"
+)
+
+
+async def arrears_of(session: AsyncSession, loan_id: str) -> Decimal:
+    value = (await session.execute(_ARREARS, {"loan_id": loan_id})).scalar_one()
+    return Decimal(value)
+
+
+async def proposed_plan_of(session: AsyncSession, alert_id: uuid.UUID) -> RepaymentPlan | None:
+    stmt = select(RepaymentPlan).where(
+        col(RepaymentPlan.alert_id) == alert_id,
+        col(RepaymentPlan.status) == str(PlanStatus.PROPOSED),
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_plan(
+    session: AsyncSession, plan_id: uuid.UUID, *, for_update: bool = False
+) -> RepaymentPlan | None:
+    stmt = select(RepaymentPlan).where(col(RepaymentPlan.plan_id) == plan_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_case(
+    session: AsyncSession, case_id: uuid.UUID, *, for_update: bool = False
+) -> LegalCase | None:
+    stmt = select(LegalCase).where(col(LegalCase.case_id) == case_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def case_of(session: AsyncSession, alert_id: uuid.UUID) -> LegalCase | None:
+    stmt = select(LegalCase).where(col(LegalCase.alert_id) == alert_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 # --- the loans' memory --------------------------------------------------------------------

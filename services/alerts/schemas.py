@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.alerts.models import ResolutionAction
+from services.alerts.models import LegalStage, PlanStatus, ResolutionAction
 from shared.validation import Identifier, MaskedText, Note
 from shared.vocabulary import AlertStatus, Category, RecommendedAction, Severity
 
@@ -96,3 +97,93 @@ class HistoryOut(BaseModel):
 
 class AlertDetailOut(AlertOut):
     history: list[HistoryOut]
+
+
+# --- resolutions as records ---------------------------------------------------------------
+
+PlanAmount = Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=2)]
+
+
+class PlanInstallmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    due_on: date
+    amount: PlanAmount
+
+
+class RepaymentPlanIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "alert_id": "6f1c1f7e-5a51-4d7e-9d1e-1a2b3c4d5e6f",
+                    "installments": [
+                        {"due_on": "2026-12-15", "amount": "1500.00"},
+                        {"due_on": "2027-01-15", "amount": "1500.00"},
+                    ],
+                    "note": "borrower back at work from December",
+                }
+            ]
+        },
+    )
+
+    alert_id: uuid.UUID
+    installments: list[PlanInstallmentIn] = Field(min_length=1, max_length=60)
+    note: Note | None = None
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> RepaymentPlanIn:
+        days = [i.due_on for i in self.installments]
+        if days != sorted(set(days)):
+            raise ValueError("installments must fall on distinct dates, in order")
+        return self
+
+
+class RepaymentPlanOut(BaseModel):
+    plan_id: uuid.UUID
+    alert_id: uuid.UUID
+    loan_id: str
+    status: PlanStatus
+    arrears: Decimal
+    total: Decimal
+    installments: list[PlanInstallmentIn]
+    note: MaskedText | None
+    proposed_by: str
+    proposed_at: datetime
+    approved_by: str | None
+    approved_at: datetime | None
+
+
+class LegalCaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alert_id: uuid.UUID
+    note: Note | None = None
+
+
+class AdvanceIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"to": "filed", "note": "court 3"}]}
+    )
+
+    to: LegalStage
+    note: Note | None = None
+
+
+class LegalStepOut(BaseModel):
+    stage: LegalStage
+    at: datetime
+    who: str
+    note: MaskedText | None
+
+
+class LegalCaseOut(BaseModel):
+    case_id: uuid.UUID
+    alert_id: uuid.UUID
+    loan_id: str
+    stage: LegalStage
+    stages: list[LegalStepOut]
+    opened_by: str
+    opened_at: datetime
+    updated_at: datetime

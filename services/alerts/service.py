@@ -80,7 +80,7 @@ def etag(alert: Alert) -> str:
     return f'"{alert.version}"'
 
 
-async def _transition(
+async def transition(
     session: AsyncSession, alert: Alert, to: AlertStatus, who: str, note: str | None
 ) -> None:
     """Move the alert along the lifecycle table and keep the move in its history."""
@@ -117,7 +117,7 @@ async def acknowledge(
     alert = await _for_work(session, alert_id, expected_version)
     if alert.status == AlertStatus.ACKNOWLEDGED:
         return alert
-    await _transition(session, alert, AlertStatus.ACKNOWLEDGED, who, None)
+    await transition(session, alert, AlertStatus.ACKNOWLEDGED, who, None)
     alert.acknowledged_at = datetime.now(UTC)
     alert.acknowledged_by = who
     return alert
@@ -132,7 +132,7 @@ async def start(
 ) -> Alert:
     """Someone works the acknowledged alert now (a call, a visit, a plan in the making)."""
     alert = await _for_work(session, alert_id, expected_version)
-    await _transition(session, alert, AlertStatus.IN_PROGRESS, who, body.note)
+    await transition(session, alert, AlertStatus.IN_PROGRESS, who, body.note)
     return alert
 
 
@@ -162,7 +162,7 @@ async def resolve(
         )
     alert = await _for_work(session, alert_id, expected_version)
     to = AlertStatus.DISMISSED if dismissed else AlertStatus.RESOLVED
-    await _transition(session, alert, to, who, body.note)
+    await transition(session, alert, to, who, body.note)
     alert.resolved_at = datetime.now(UTC)
     alert.resolved_by = who
     alert.resolution_action = body.action
