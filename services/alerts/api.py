@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import AwareDatetime
 
 from services.alerts import repository, service
 from services.alerts.models import Alert
@@ -13,6 +15,7 @@ from services.alerts.schemas import (
     AlertDetailOut,
     AlertOut,
     AlertStatus,
+    AlertSummaryOut,
     AssignIn,
     ResolveIn,
     StartIn,
@@ -33,30 +36,65 @@ Reader = Annotated[Principal, Depends(require_roles(*repository.READERS))]
 Operator = Annotated[Principal, Depends(require_roles("ops", "admin"))]
 
 
-@router.get("/alerts", response_model=Page[AlertOut])
-async def list_alerts(
-    session: SessionDep,
-    who: Reader,
+def alert_filter(
     loan_id: Annotated[Identifier | None, Query()] = None,
     status: AlertStatus | None = None,
     severity: Severity | None = None,
     rule: Annotated[Identifier | None, Query()] = None,
     category: Category | None = None,
-    cursor: Annotated[CursorText | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> Page[AlertOut]:
-    """Alerts by filters, oldest first, a page at a time."""
-    return await repository.list_alerts(
-        session,
-        who,
+    region: Annotated[Identifier | None, Query()] = None,
+    assignee: Annotated[Identifier | None, Query()] = None,
+    created_from: Annotated[AwareDatetime | None, Query()] = None,
+    created_before: Annotated[AwareDatetime | None, Query()] = None,
+    supervisor_queue: bool | None = None,
+) -> repository.AlertFilter:
+    """The desk's filters: region is the loan's; created_from inclusive, created_before
+    exclusive; supervisor_queue true for alerts that missed their acknowledgement SLA."""
+    return repository.AlertFilter(
         loan_id=loan_id,
         status=status,
         severity=severity,
         rule=rule,
         category=category,
-        cursor=cursor,
-        limit=limit,
-        to_item=_alert_out,
+        region=region,
+        assignee=assignee,
+        created_from=created_from,
+        created_before=created_before,
+        supervisor_queue=supervisor_queue,
+    )
+
+
+Filters = Annotated[repository.AlertFilter, Depends(alert_filter)]
+
+
+@router.get("/alerts", response_model=Page[AlertOut])
+async def list_alerts(
+    session: SessionDep,
+    who: Reader,
+    filters: Filters,
+    cursor: Annotated[CursorText | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[AlertOut]:
+    """Alerts by filters, oldest first, a page at a time."""
+    return await repository.list_alerts(
+        session, who, filters, cursor=cursor, limit=limit, to_item=_alert_out
+    )
+
+
+@router.get("/alerts/summary", response_model=AlertSummaryOut)
+async def summary(session: SessionDep, who: Reader, filters: Filters) -> AlertSummaryOut:
+    """Counts for the desk's dashboard by rule, severity and status (the same filters)."""
+    rows = await repository.summary(session, who, filters)
+    by: dict[str, Counter[str]] = {"rule": Counter(), "severity": Counter(), "status": Counter()}
+    for rule, severity, status, count in rows:
+        by["rule"][rule] += count
+        by["severity"][severity] += count
+        by["status"][status] += count
+    return AlertSummaryOut(
+        total=sum(by["status"].values()),
+        by_rule=dict(sorted(by["rule"].items())),
+        by_severity=dict(sorted(by["severity"].items())),
+        by_status=dict(sorted(by["status"].items())),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -332,33 +333,74 @@ async def get_alert_visible_to(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+@dataclass(frozen=True)
+class AlertFilter:
+    """What the desk narrows the alerts to; None is no narrowing."""
+
+    loan_id: str | None = None
+    status: str | None = None
+    severity: str | None = None
+    rule: str | None = None
+    category: str | None = None
+    region: str | None = None
+    assignee: str | None = None
+    created_from: datetime | None = None
+    created_before: datetime | None = None
+    supervisor_queue: bool | None = None
+
+    def where(self, who: Principal) -> list[ColumnElement[bool]]:
+        clauses = [visible_alerts(who)]
+        for column, value in (
+            (Alert.loan_id, self.loan_id),
+            (Alert.status, self.status),
+            (Alert.severity, self.severity),
+            (Alert.rule, self.rule),
+            (Alert.category, self.category),
+            (Alert.assignee, self.assignee),
+        ):
+            if value is not None:
+                clauses.append(col(column) == value)
+        if self.region is not None:
+            # The region is the loan's, from the projection of its facts.
+            in_region = select(col(LoanFacts.loan_id)).where(col(LoanFacts.region) == self.region)
+            clauses.append(col(Alert.loan_id).in_(in_region))
+        if self.created_from is not None:
+            clauses.append(col(Alert.created_at) >= self.created_from)
+        if self.created_before is not None:
+            clauses.append(col(Alert.created_at) < self.created_before)
+        if self.supervisor_queue is not None:
+            queued = col(Alert.supervisor_queue_at).is_not(None)
+            clauses.append(queued if self.supervisor_queue else ~queued)
+        return clauses
+
+
 async def list_alerts(
     session: AsyncSession,
     who: Principal,
+    filters: AlertFilter,
     *,
-    loan_id: str | None,
-    status: str | None,
-    severity: str | None,
-    rule: str | None,
-    category: str | None,
     cursor: str | None,
     limit: int,
     to_item: Callable[[Alert], T],
 ) -> Page[T]:
     """A page of the alerts `who` may read, by filters, oldest first."""
-    stmt = select(Alert).where(visible_alerts(who))
-    for column, value in (
-        (Alert.loan_id, loan_id),
-        (Alert.status, status),
-        (Alert.severity, severity),
-        (Alert.rule, rule),
-        (Alert.category, category),
-    ):
-        if value is not None:
-            stmt = stmt.where(col(column) == value)
+    stmt = select(Alert).where(*filters.where(who))
     return await keyset_page(
         session, stmt, key=ALERT_ORDER, cursor=cursor, limit=limit, to_item=to_item
     )
+
+
+async def summary(
+    session: AsyncSession, who: Principal, filters: AlertFilter
+) -> list[tuple[str, str, str, int]]:
+    """(rule, severity, status, count) of the alerts `who` may read, by filters, in one
+    grouped query."""
+    stmt = (
+        select(col(Alert.rule), col(Alert.severity), col(Alert.status), func.count())
+        .where(*filters.where(who))
+        .group_by(col(Alert.rule), col(Alert.severity), col(Alert.status))
+    )
+    return [(r, s, st, int(n)) for r, s, st, n in (await session.execute(stmt)).all()]
 
 
 # --- the projection of loan facts ---------------------------------------------------------

@@ -187,3 +187,10 @@ class LegalCaseOut(BaseModel):
     opened_by: str
     opened_at: datetime
     updated_at: datetime
+
+
+class AlertSummaryOut(BaseModel):
+    total: int
+    by_rule: dict[str, int]
+    by_severity: dict[str, int]
+    by_status: dict[str, int]
