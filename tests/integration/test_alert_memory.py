@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.alerts import rules, service
+from services.alerts import rules, rules_admin, service
 from shared.db import make_engine, make_session_factory, unit_of_work
 from shared.events import LoanRegistered, RepaymentPosted, VisitCompleted
 from tests.alerts_support import desk_of, expected_desk, loan_registered_event
@@ -379,3 +379,15 @@ async def test_a_replay_of_the_same_10000_events_changes_nothing(
     replay = time.perf_counter() - started
     assert await snapshot(system, list(loans)) == before
     print(f"10,000 events: first pass {first_pass:.1f}s, replays {replay:.1f}s")
+
+
+async def test_changed_rules_under_a_loaded_version_are_refused(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    ruleset = rules.current()
+    assert await rules_admin.load_into(sessions, ruleset) is False  # the worker loaded it
+    changed = rules.RULES_FILE.read_text().replace("suppress_days: 7", "suppress_days: 9", 1)
+    with pytest.raises(rules.RuleSetError, match="bump `version`"):
+        await rules_admin.load_into(sessions, rules.parse_rule_set(changed))
+    bumped = changed.replace(f"version: {ruleset.version}", f"version: {ruleset.version + 1000}")
+    assert await rules_admin.load_into(sessions, rules.parse_rule_set(bumped)) is True
