@@ -168,4 +168,24 @@ class LoanRegistered(EventEnvelope):
     ltv: Ratio | None = None
 
 
-Event = RepaymentPosted | VisitCompleted | AlertRaised | LoanRegistered
+class PlanInstallment(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    due_on: BusinessDate
+    amount: Money
+
+
+class RepaymentPlanApproved(EventEnvelope):
+    """A repayment plan the risk desk agreed with a borrower and a second person approved
+    (alerts service): the scheduler plans the follow-up calls around its due dates."""
+
+    event_type: Literal["repayment-plan-approved"] = "repayment-plan-approved"
+    plan_id: uuid.UUID
+    alert_id: uuid.UUID
+    # The arrears the plan covers and its total, decimal strings in CNY.
+    arrears: Money
+    total: Money
+    installments: list[PlanInstallment] = Field(min_length=1, max_length=MAX_INSTALLMENTS)
+
+
+Event = RepaymentPosted | VisitCompleted | AlertRaised | LoanRegistered | RepaymentPlanApproved
