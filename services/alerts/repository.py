@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, delete, exists, func, select, text, true
+from sqlalchemy import ColumnElement, TextClause, delete, exists, func, select, text, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -259,35 +259,80 @@ async def case_of(session: AsyncSession, alert_id: uuid.UUID) -> LegalCase | Non
 # --- the loans' memory --------------------------------------------------------------------
 
 
+# What each memory keeps of an event, with the PostgreSQL types its arrays travel as.
+_MEMORY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "repayment_memory": (
+        ("event_id", "uuid"),
+        ("loan_id", "varchar"),
+        ("installment_no", "integer"),
+        ("status", "varchar"),
+        ("days_past_due", "integer"),
+        ("amount_due", "numeric"),
+        ("amount_paid", "numeric"),
+        ("occurred_at", "timestamptz"),
+    ),
+    "visit_memory": (
+        ("event_id", "uuid"),
+        ("loan_id", "varchar"),
+        ("occasion", "varchar"),
+        ("outcome", "varchar"),
+        ("ended_at", "timestamptz"),
+    ),
+}
+# How many of a loan's latest postings the rules read besides the batch's own: the
+# consecutive-miss rule looks a few installments back, and a loan's whole history (years of
+# postings) must not be read at every posting.
+POSTINGS_REMEMBERED = 64
+
+
+def _remember_statement(table: str) -> TextClause:
+    columns = _MEMORY_COLUMNS[table]
+    # WITH ORDINALITY keeps the given order, so `seq` follows the batch's order.
+    return text(
+        f"INSERT INTO alerts.{table} ({', '.join(name for name, _ in columns)})"
+        f" SELECT {', '.join(name for name, _ in columns)} FROM unnest("
+        + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns)
+        + f") WITH ORDINALITY AS r({', '.join(name for name, _ in columns)}, n) ORDER BY n"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    )
+
+
 async def remember(
     session: AsyncSession,
     table: type[RepaymentMemory] | type[VisitMemory],
     rows: Sequence[Mapping[str, Any]],
 ) -> set[uuid.UUID]:
-    """Remember events (in the given order); returns the ids of those not remembered
-    before: only they are applied, so an event applied twice changes nothing."""
-    fresh: set[uuid.UUID] = set()
-    for chunk in _chunks(rows, ROWS_PER_STATEMENT):
-        stmt = (
-            insert(table)
-            .values(list(chunk))
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(col(table.event_id))
-        )
-        fresh |= set((await session.execute(stmt)).scalars())
-    return fresh
+    """Remember events (in the given order), with one statement whatever their number;
+    returns the ids of those not remembered before: only they are applied, so an event
+    applied twice changes nothing."""
+    if not rows:
+        return set()
+    name = str(table.__tablename__)
+    statement = _remember_statement(name)
+    result = await session.execute(statement, _arrays(rows, _MEMORY_COLUMNS[name]))
+    return set(result.scalars())
 
 
-async def postings_of(session: AsyncSession, loan_ids: Collection[str]) -> list[RepaymentMemory]:
-    """The remembered postings of these loans, in the order they were applied."""
-    if not loan_ids:
+async def postings_of(
+    session: AsyncSession, batch_postings: Mapping[str, int]
+) -> list[RepaymentMemory]:
+    """The latest remembered postings of these loans (loan id -> how many postings of the
+    batch it has: they are remembered already and are read too), oldest first."""
+    if not batch_postings:
         return []
-    stmt = (
-        select(RepaymentMemory)
-        .where(col(RepaymentMemory.loan_id).in_(sorted(loan_ids)))
-        .order_by(col(RepaymentMemory.seq))
+    loan_ids = sorted(batch_postings)
+    stmt = select(RepaymentMemory).from_statement(
+        text(
+            "SELECT m.* FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:keep AS integer[]))"
+            "      AS l(loan_id, keep)"
+            " CROSS JOIN LATERAL (SELECT * FROM alerts.repayment_memory AS r"
+            "      WHERE r.loan_id = l.loan_id ORDER BY r.seq DESC LIMIT l.keep) AS m"
+            " ORDER BY m.seq"
+        )
     )
-    return list((await session.execute(stmt)).scalars())
+    keep = [batch_postings[loan_id] + POSTINGS_REMEMBERED for loan_id in loan_ids]
+    result = await session.execute(stmt, {"loan_ids": loan_ids, "keep": keep})
+    return list(result.scalars())
 
 
 async def visits_of(

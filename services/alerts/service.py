@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -277,7 +277,7 @@ async def _evaluate(
     if not postings and not visits:
         return
     ruleset = rules.current()
-    posting_story = await repository.postings_of(session, {e.loan_id for e in postings})
+    posting_story = await repository.postings_of(session, Counter(e.loan_id for e in postings))
     visit_story = await repository.visits_of(
         session, {e.loan_id for e in visits}, _story_start(visits, ruleset)
     )
