@@ -280,9 +280,9 @@ _MEMORY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 # How many of a loan's latest postings the rules read besides the batch's own: the
-# consecutive-miss rule looks a few installments back, and a loan's whole history (years of
-# postings) must not be read at every posting.
-POSTINGS_REMEMBERED = 64
+# consecutive-miss rule looks a few installments back (a year of monthly postings is ample),
+# and a loan's whole history (years of postings) must not be read at every posting.
+POSTINGS_REMEMBERED = 12
 
 
 def _remember_statement(table: str) -> TextClause:
@@ -313,26 +313,25 @@ async def remember(
     return set(result.scalars())
 
 
-async def postings_of(
-    session: AsyncSession, batch_postings: Mapping[str, int]
-) -> list[RepaymentMemory]:
+async def postings_of(session: AsyncSession, batch_postings: Mapping[str, int]) -> list[Any]:
     """The latest remembered postings of these loans (loan id -> how many postings of the
-    batch it has: they are remembered already and are read too), oldest first."""
+    batch it has: they are remembered already and are read too), oldest first, as plain
+    rows with the memory's columns: thousands a batch, too many to build as ORM objects."""
     if not batch_postings:
         return []
     loan_ids = sorted(batch_postings)
-    stmt = select(RepaymentMemory).from_statement(
+    keep = [batch_postings[loan_id] + POSTINGS_REMEMBERED for loan_id in loan_ids]
+    result = await session.execute(
         text(
             "SELECT m.* FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:keep AS integer[]))"
             "      AS l(loan_id, keep)"
             " CROSS JOIN LATERAL (SELECT * FROM alerts.repayment_memory AS r"
             "      WHERE r.loan_id = l.loan_id ORDER BY r.seq DESC LIMIT l.keep) AS m"
             " ORDER BY m.seq"
-        )
+        ),
+        {"loan_ids": loan_ids, "keep": keep},
     )
-    keep = [batch_postings[loan_id] + POSTINGS_REMEMBERED for loan_id in loan_ids]
-    result = await session.execute(stmt, {"loan_ids": loan_ids, "keep": keep})
-    return list(result.scalars())
+    return list(result.all())
 
 
 async def visits_of(
