@@ -313,14 +313,17 @@ async def remember(
     return set(result.scalars())
 
 
-async def postings_of(session: AsyncSession, batch_postings: Mapping[str, int]) -> list[Any]:
+async def postings_of(
+    session: AsyncSession, batch_postings: Mapping[str, int], lookback: int = POSTINGS_REMEMBERED
+) -> list[Any]:
     """The latest remembered postings of these loans (loan id -> how many postings of the
-    batch it has: they are remembered already and are read too), oldest first, as plain
+    batch it has: they are remembered already and are read too) and `lookback` more,
+    oldest first, as plain
     rows with the memory's columns: thousands a batch, too many to build as ORM objects."""
     if not batch_postings:
         return []
     loan_ids = sorted(batch_postings)
-    keep = [batch_postings[loan_id] + POSTINGS_REMEMBERED for loan_id in loan_ids]
+    keep = [batch_postings[loan_id] + lookback for loan_id in loan_ids]
     result = await session.execute(
         text(
             "SELECT m.* FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:keep AS integer[]))"

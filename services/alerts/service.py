@@ -277,7 +277,12 @@ async def _evaluate(
     if not postings and not visits:
         return
     ruleset = rules.current()
-    posting_story = await repository.postings_of(session, Counter(e.loan_id for e in postings))
+    # The consecutive-miss rule reads the latest posting of a few installments back; a few
+    # postings per installment (a partial, then the rest) are allowed for.
+    lookback = 3 * int(ruleset.rule("missed_consecutive").params["consecutive"])
+    posting_story = await repository.postings_of(
+        session, Counter(e.loan_id for e in postings), lookback
+    )
     visit_story = await repository.visits_of(
         session, {e.loan_id for e in visits}, _story_start(visits, ruleset)
     )

@@ -132,8 +132,12 @@ class Triage:
 
     def cure(self, loan_id: str, event_id: uuid.UUID, note: str) -> None:
         """Resolve the loan's active repayment alerts: the loan is current again."""
-        for key, alert in list(self._open.items()):
-            if key[0] != loan_id or alert.category != Category.REPAYMENT:
+        # The loan's alerts are found by family (a handful), not by walking every open
+        # alert of the batch for each paid posting.
+        for family in self._ruleset.families:
+            key = (loan_id, family)
+            alert = self._open.get(key)
+            if alert is None or alert.category != Category.REPAYMENT:
                 continue
             before = alert.status
             alert.status = AlertStatus.RESOLVED
