@@ -279,10 +279,6 @@ _MEMORY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("ended_at", "timestamptz"),
     ),
 }
-# How many of a loan's latest postings the rules read besides the batch's own: the
-# consecutive-miss rule looks a few installments back (a year of monthly postings is ample),
-# and a loan's whole history (years of postings) must not be read at every posting.
-POSTINGS_REMEMBERED = 12
 
 
 def _remember_statement(table: str) -> TextClause:
@@ -314,7 +310,7 @@ async def remember(
 
 
 async def postings_of(
-    session: AsyncSession, batch_postings: Mapping[str, int], lookback: int = POSTINGS_REMEMBERED
+    session: AsyncSession, batch_postings: Mapping[str, int], lookback: int
 ) -> list[Any]:
     """The latest remembered postings of these loans (loan id -> how many postings of the
     batch it has: they are remembered already and are read too) and `lookback` more,

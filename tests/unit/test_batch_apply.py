@@ -13,8 +13,8 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from shared.batch_apply import BatchApplier, Delivery, InvalidEvents
+from shared.consumer_defaults import DEFAULT_BATCH_SIZE
 from shared.events import RepaymentPosted
-from shared.kafka import DEFAULT_BATCH_SIZE
 from shared.settings import ServiceSettings
 
 MAX_ATTEMPTS = 3
