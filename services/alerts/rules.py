@@ -194,11 +194,18 @@ def cures(posting: RepaymentPosted) -> bool:
     return posting.status == RepaymentStatus.PAID and posting.days_past_due == 0
 
 
+def reads_story(posting: RepaymentPosted) -> bool:
+    """Whether what a posting shows depends on the loan's earlier postings: only a miss
+    does (a run of misses); every other repayment rule looks at the posting alone. Most
+    postings of a month end are paid, so most need no story read back."""
+    return posting.status == RepaymentStatus.MISSED
+
+
 def repayment_findings(
     posting: RepaymentPosted, earlier: Sequence[PostingMemo], ruleset: RuleSet
 ) -> list[Finding]:
-    """What a posting shows, given the loan's earlier postings (oldest first): at most one
-    finding per family (its worst rule)."""
+    """What a posting shows, given the loan's earlier postings (oldest first; only looked
+    at when `reads_story`): at most one finding per family (its worst rule)."""
     facts = _posting_facts(posting)
     reason = _posting_reason(posting)
     found: list[Finding] = []
@@ -217,7 +224,7 @@ def repayment_findings(
 
     consecutive = ruleset.rule("missed_consecutive")
     needed = int(consecutive.params["consecutive"])
-    if posting.status == RepaymentStatus.MISSED:
+    if reads_story(posting):
         # The latest status of each installment (a later posting of one replaces it).
         latest = {memo.installment_no: memo.status for memo in earlier}
         run = [posting.installment_no - back for back in range(1, needed)]
