@@ -129,14 +129,21 @@ _UPDATE_ALERTS = text(
 def _arrays(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> dict[str, list[Any]]:
-    def cell(value: Any, kind: str) -> Any:
-        if value is None:
-            return None
+    # Column by column, each kind's conversion chosen once: a batch has thousands of cells.
+    arrays: dict[str, list[Any]] = {}
+    for name, kind in columns:
+        values = [row[name] for row in rows]
         if kind == "jsonb":
-            return json.dumps(value, separators=(",", ":"), default=str)
-        return str(value) if kind == "varchar" else value
+            values = [None if v is None else _json(v) for v in values]
+        elif kind == "varchar":
+            # Enums travel as their values.
+            values = [None if v is None else str(v) for v in values]
+        arrays[name] = values
+    return arrays
 
-    return {name: [cell(row[name], kind) for row in rows] for name, kind in columns}
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
@@ -148,6 +155,23 @@ async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -
     return set(result.scalars())
 
 
+_COUNTED_COLUMNS = (("alert_id", "uuid"), ("occurrences", "int"), ("last_seen_at", "timestamptz"))
+_COUNT_ALERTS = text(
+    "UPDATE alerts.alerts AS a SET occurrences = u.occurrences,"
+    " last_seen_at = u.last_seen_at, version = a.version + 1 FROM "
+    + _unnest(_COUNTED_COLUMNS)
+    + " WHERE a.alert_id = u.alert_id"
+)
+
+
+async def count_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write the count and last sighting of active alerts a batch only saw again, with one
+    statement of three columns (not every column of the alert: most updates of a month
+    end are these); each one's version moves on."""
+    if rows:
+        await session.execute(_COUNT_ALERTS, _arrays(rows, _COUNTED_COLUMNS))
+
+
 async def update_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write what a batch changed on active alerts (escalated, counted, cured), with one
     statement; each changed alert's version moves on (its ETag changes)."""
@@ -157,7 +181,9 @@ async def update_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]
 
 # An alert as a batch reads it: the columns of triage.AlertState, in its fields' order.
 AlertRow = tuple[Any, ...]
-ALERT_ROW_COLUMNS = tuple(f.name for f in fields(AlertState) if f.name not in ("new", "changed"))
+ALERT_ROW_COLUMNS = tuple(
+    f.name for f in fields(AlertState) if f.name not in ("new", "changed", "rewritten")
+)
 
 _ACTIVE_ALERTS = text(
     "SELECT "

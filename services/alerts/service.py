@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -202,6 +202,7 @@ async def history(session: AsyncSession, alert_id: uuid.UUID) -> list[AlertHisto
 
 # Events a rule looks at; both are about a loan whose facts come by `loan-registered`.
 LoanEvent = RepaymentPosted | VisitCompleted
+E = TypeVar("E", RepaymentPosted, VisitCompleted)
 
 
 async def on_loans_registered(session: AsyncSession, events: Sequence[LoanRegistered]) -> None:
@@ -268,12 +269,16 @@ async def _evaluate(
         return
     postings = [e for e in events if isinstance(e, RepaymentPosted)]
     visits = [e for e in events if isinstance(e, VisitCompleted)]
-    fresh = await repository.remember(
-        session, RepaymentMemory, [_posting_memo_row(e) for e in postings]
+    postings = _fresh(
+        postings,
+        await repository.remember(
+            session, RepaymentMemory, [_posting_memo_row(e) for e in postings]
+        ),
     )
-    fresh |= await repository.remember(session, VisitMemory, [_visit_memo_row(e) for e in visits])
-    postings = [e for e in postings if e.event_id in fresh]
-    visits = [e for e in visits if e.event_id in fresh]
+    visits = _fresh(
+        visits,
+        await repository.remember(session, VisitMemory, [_visit_memo_row(e) for e in visits]),
+    )
     if not postings and not visits:
         return
     ruleset = rules.current()
@@ -295,6 +300,14 @@ async def _evaluate(
     triage = Triage([_state(row) for row in active], ruleset, datetime.now(UTC))
     decide(triage, postings, visits, posting_story, visit_story, known, ruleset)
     await _write(session, triage)
+
+
+def _fresh(events: list[E], fresh: set[uuid.UUID]) -> list[E]:
+    """The events remembered just now. A batch's ids are distinct, so as many fresh ids as
+    events means all of them (the usual case: the inbox let only fresh events through)."""
+    if len(fresh) == len(events):
+        return events
+    return [e for e in events if e.event_id in fresh]
 
 
 def decide(
@@ -327,7 +340,8 @@ def decide(
             earlier = [memo for s, memo in paid_story[posting.loan_id] if s < seq]
         for finding in rules.repayment_findings(posting, earlier, ruleset):
             triage.found(posting.loan_id, posting.event_id, posting.occurred_at, finding)
-        if rules.cures(posting):
+        # The note is written only for a loan with something to cure (few of them).
+        if rules.cures(posting) and triage.has_repayment_alert(posting.loan_id):
             note = (
                 f"cured by posting {posting.event_id}: installment {posting.installment_no} "
                 "paid, 0 days past due"
@@ -344,6 +358,7 @@ def decide(
 async def _write(session: AsyncSession, triage: Triage) -> None:
     """Updates first: a cure closes an alert before the same batch may open its family again."""
     await repository.update_alerts(session, [_alert_row(a) for a in triage.updated])
+    await repository.count_alerts(session, [_count_row(a) for a in triage.counted])
     for chunk in _chunks([_alert_row(a) for a in triage.inserted], ALERTS_PER_STATEMENT):
         await repository.add_alerts(session, chunk)
     await repository.add_history(session, [_fields_of(entry) for entry in triage.history])
@@ -413,8 +428,16 @@ def _fields_of(record: Any) -> dict[str, Any]:
 
 def _alert_row(alert: AlertState) -> dict[str, Any]:
     row = _fields_of(alert)
-    del row["new"], row["changed"]
+    del row["new"], row["changed"], row["rewritten"]
     return row
+
+
+def _count_row(alert: AlertState) -> dict[str, Any]:
+    return {
+        "alert_id": alert.alert_id,
+        "occurrences": alert.occurrences,
+        "last_seen_at": alert.last_seen_at,
+    }
 
 
 def _posting_memo_row(event: RepaymentPosted) -> dict[str, Any]:
