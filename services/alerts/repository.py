@@ -539,14 +539,16 @@ async def known_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[
         return {}
     # One array parameter: an IN list of a batch's ids would be rendered into the statement
     # anew for every batch.
-    rows = await session.execute(
-        text(
-            "SELECT loan_id, agreed_usage FROM alerts.loan_facts"
-            " WHERE loan_id = ANY(CAST(:loan_ids AS varchar[]))"
-        ),
-        {"loan_ids": sorted(loan_ids)},
-    )
-    return {loan_id: KnownLoan(AgreedUsage(usage)) for loan_id, usage in rows.all()}
+    rows = await session.execute(_KNOWN_LOANS, {"loan_ids": sorted(loan_ids)})
+    return {loan_id: _KNOWN[usage] for loan_id, usage in rows.all()}
+
+
+_KNOWN_LOANS = text(
+    "SELECT loan_id, agreed_usage FROM alerts.loan_facts"
+    " WHERE loan_id = ANY(CAST(:loan_ids AS varchar[]))"
+)
+# What is known of a loan is one of a few values (immutable): shared, not built per loan.
+_KNOWN = {str(usage): KnownLoan(usage) for usage in AgreedUsage}
 
 
 # --- events waiting for their loan's facts ------------------------------------------------

@@ -468,11 +468,15 @@ def _posting_memo(row: repository.StoryPosting) -> rules.PostingMemo:
     return rules.PostingMemo(
         event_id=event_id,
         installment_no=installment_no,
-        status=RepaymentStatus(status),
+        status=_REPAYMENT_STATUS[status],
         days_past_due=days_past_due,
         amount_due=str(amount_due),
         amount_paid=str(amount_paid),
     )
+
+
+# A lookup, not an enum call, per row read back.
+_REPAYMENT_STATUS = {str(status): status for status in RepaymentStatus}
 
 
 def _visit_memo(row: VisitMemory) -> rules.VisitMemo:
