@@ -185,11 +185,15 @@ ALERT_ROW_COLUMNS = tuple(
     f.name for f in fields(AlertState) if f.name not in ("new", "changed", "rewritten")
 )
 
+# The loans joined as rows, not `loan_id = ANY(array)`: PostgreSQL read every active alert
+# and compared it with each of the batch's thousand loans (8 ms a batch with 2,000 active
+# alerts, growing with the portfolio); a join looks each loan up (3 ms, EXPLAIN ANALYZE).
 _ACTIVE_ALERTS = text(
     "SELECT "
-    + ", ".join(ALERT_ROW_COLUMNS)
-    + " FROM alerts.alerts WHERE loan_id = ANY(CAST(:loan_ids AS varchar[]))"
-    " AND status = ANY(CAST(:active AS varchar[])) ORDER BY alert_id FOR UPDATE"
+    + ", ".join(f"a.{name}" for name in ALERT_ROW_COLUMNS)
+    + " FROM unnest(CAST(:loan_ids AS varchar[])) AS l(loan_id)"
+    " JOIN alerts.alerts AS a ON a.loan_id = l.loan_id"
+    " WHERE a.status = ANY(CAST(:active AS varchar[])) ORDER BY a.alert_id FOR UPDATE OF a"
 )
 
 
