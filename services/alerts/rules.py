@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,12 @@ class RuleSet:
     families: Mapping[str, Family]
 
     def rule(self, code: str) -> Rule:
-        for family in self.families.values():
-            for rule in family.rules:
-                if rule.code == code:
-                    return rule
-        raise KeyError(code)
+        return self._by_code[code]
+
+    @cached_property
+    def _by_code(self) -> Mapping[str, Rule]:
+        # Looked up several times per event: a dict, not a walk over every family.
+        return {rule.code: rule for family in self.families.values() for rule in family.rules}
 
 
 @dataclass(frozen=True)
@@ -206,38 +207,49 @@ def repayment_findings(
 ) -> list[Finding]:
     """What a posting shows, given the loan's earlier postings (oldest first; only looked
     at when `reads_story`): at most one finding per family (its worst rule)."""
-    facts = _posting_facts(posting)
-    reason = _posting_reason(posting)
-    found: list[Finding] = []
-
+    fired: list[Rule] = []
     arrears = [
         rule
         for rule in ruleset.families["arrears"].rules
         if posting.days_past_due >= int(rule.params["min_dpd"])
     ]
     if arrears and not cures(posting):
-        found.append(Finding(arrears[-1], reason, facts))
+        fired.append(arrears[-1])
     if posting.status == RepaymentStatus.PARTIAL:
-        found.append(Finding(ruleset.rule("partial_payment"), reason, facts))
+        fired.append(ruleset.rule("partial_payment"))
     if posting.status == RepaymentStatus.REVERSED:
-        found.append(Finding(ruleset.rule("payment_reversed"), reason, facts))
+        fired.append(ruleset.rule("payment_reversed"))
+    missed = _missed_run(posting, earlier, ruleset)
+    if not fired and missed is None:
+        return []  # most postings (paid on time): no facts or reason written
 
-    consecutive = ruleset.rule("missed_consecutive")
-    needed = int(consecutive.params["consecutive"])
-    if reads_story(posting):
-        # The latest status of each installment (a later posting of one replaces it).
-        latest = {memo.installment_no: memo.status for memo in earlier}
-        run = [posting.installment_no - back for back in range(1, needed)]
-        if all(latest.get(no) == RepaymentStatus.MISSED for no in run):
-            missed = sorted([*run, posting.installment_no])
-            found.append(
-                Finding(
-                    consecutive,
-                    f"installments {', '.join(map(str, missed))} missed in a row; {reason}",
-                    {**facts, "missed_installments": missed},
-                )
+    facts = _posting_facts(posting)
+    reason = _posting_reason(posting)
+    found = [Finding(rule, reason, facts) for rule in fired]
+    if missed is not None:
+        found.append(
+            Finding(
+                ruleset.rule("missed_consecutive"),
+                f"installments {', '.join(map(str, missed))} missed in a row; {reason}",
+                {**facts, "missed_installments": missed},
             )
+        )
     return found
+
+
+def _missed_run(
+    posting: RepaymentPosted, earlier: Sequence[PostingMemo], ruleset: RuleSet
+) -> list[int] | None:
+    """The installments missed in a row up to this posting, if it completes a run."""
+    if not reads_story(posting):
+        return None
+    needed = int(ruleset.rule("missed_consecutive").params["consecutive"])
+    # The latest status of each installment (a later posting of one replaces it).
+    latest = {memo.installment_no: memo.status for memo in earlier}
+    run = [posting.installment_no - back for back in range(1, needed)]
+    if all(latest.get(no) == RepaymentStatus.MISSED for no in run):
+        return sorted([*run, posting.installment_no])
+    return None
 
 
 # --- visit rules --------------------------------------------------------------------------
