@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -87,9 +87,10 @@ class KnownLoan:
     agreed_usage: AgreedUsage
 
 
-@dataclass(frozen=True)
-class PostingMemo:
-    """A posting the service has applied, as the rules remember it."""
+class PostingMemo(NamedTuple):
+    """A posting the service has applied, as the rules remember it. A tuple: a batch
+    builds thousands from the memory it reads back, and a frozen dataclass costs five
+    times as much to build."""
 
     event_id: uuid.UUID
     installment_no: int
