@@ -357,19 +357,23 @@ def _remember_statement(table: str) -> TextClause:
     )
 
 
+_REMEMBER = {table: _remember_statement(table) for table in _MEMORY_COLUMNS}
+
+
 async def remember(
     session: AsyncSession,
     table: type[RepaymentMemory] | type[VisitMemory],
-    rows: Sequence[Mapping[str, Any]],
+    columns: Mapping[str, Sequence[Any]],
 ) -> set[uuid.UUID]:
-    """Remember events (in the given order), with one statement whatever their number;
-    returns the ids of those not remembered before: only they are applied, so an event
-    applied twice changes nothing."""
-    if not rows:
+    """Remember events (in the given order), given as one array per column of the memory
+    (the batch's events are laid out column by column once, not as a row each), with one
+    statement whatever their number; returns the ids of those not remembered before: only
+    they are applied, so an event applied twice changes nothing."""
+    if not columns["event_id"]:
         return set()
     name = str(table.__tablename__)
-    statement = _remember_statement(name)
-    result = await session.execute(statement, _arrays(rows, _MEMORY_COLUMNS[name]))
+    arrays = {column: columns[column] for column, _ in _MEMORY_COLUMNS[name]}
+    result = await session.execute(_REMEMBER[name], arrays)
     return set(result.scalars())
 
 

@@ -271,14 +271,9 @@ async def _evaluate(
     visits = [e for e in events if isinstance(e, VisitCompleted)]
     postings = _fresh(
         postings,
-        await repository.remember(
-            session, RepaymentMemory, [_posting_memo_row(e) for e in postings]
-        ),
+        await repository.remember(session, RepaymentMemory, _posting_memory(postings)),
     )
-    visits = _fresh(
-        visits,
-        await repository.remember(session, VisitMemory, [_visit_memo_row(e) for e in visits]),
-    )
+    visits = _fresh(visits, await repository.remember(session, VisitMemory, _visit_memory(visits)))
     if not postings and not visits:
         return
     ruleset = rules.current()
@@ -440,26 +435,28 @@ def _count_row(alert: AlertState) -> dict[str, Any]:
     }
 
 
-def _posting_memo_row(event: RepaymentPosted) -> dict[str, Any]:
+def _posting_memory(postings: Sequence[RepaymentPosted]) -> dict[str, list[Any]]:
+    """What the memory keeps of postings, a list per column."""
     return {
-        "event_id": event.event_id,
-        "loan_id": event.loan_id,
-        "installment_no": event.installment_no,
-        "status": str(event.status),
-        "days_past_due": event.days_past_due,
-        "amount_due": event.amount_due,
-        "amount_paid": event.amount_paid,
-        "occurred_at": event.occurred_at,
+        "event_id": [e.event_id for e in postings],
+        "loan_id": [e.loan_id for e in postings],
+        "installment_no": [e.installment_no for e in postings],
+        "status": [str(e.status) for e in postings],
+        "days_past_due": [e.days_past_due for e in postings],
+        "amount_due": [e.amount_due for e in postings],
+        "amount_paid": [e.amount_paid for e in postings],
+        "occurred_at": [e.occurred_at for e in postings],
     }
 
 
-def _visit_memo_row(event: VisitCompleted) -> dict[str, Any]:
+def _visit_memory(visits: Sequence[VisitCompleted]) -> dict[str, list[Any]]:
+    """What the memory keeps of visits, a list per column."""
     return {
-        "event_id": event.event_id,
-        "loan_id": event.loan_id,
-        "occasion": rules.occasion(event),
-        "outcome": str(event.outcome),
-        "ended_at": event.ended_at,
+        "event_id": [e.event_id for e in visits],
+        "loan_id": [e.loan_id for e in visits],
+        "occasion": [rules.occasion(e) for e in visits],
+        "outcome": [str(e.outcome) for e in visits],
+        "ended_at": [e.ended_at for e in visits],
     }
 
 
