@@ -78,8 +78,4 @@ def parking_sweep(settings: AlertsSettings, resources: WorkerResources) -> Parki
 
 
 if __name__ == "__main__":
-    import os
-
-    if os.environ.get("ALERTS_SQLTIME"):
-        import alerts_sqltime_tmp  # noqa
     worker_main(AlertsSettings(), run_worker)
