@@ -75,6 +75,12 @@ class RuleSet:
         return self._by_code[code]
 
     @cached_property
+    def arrears_buckets(self) -> tuple[tuple[int, Rule], ...]:
+        """The arrears rules with their minimum days past due, mildest first (every
+        posting is put in its bucket: read once, not per posting)."""
+        return tuple((int(rule.params["min_dpd"]), rule) for rule in self.families["arrears"].rules)
+
+    @cached_property
     def _by_code(self) -> Mapping[str, Rule]:
         # Looked up several times per event: a dict, not a walk over every family.
         return {rule.code: rule for family in self.families.values() for rule in family.rules}
@@ -209,11 +215,8 @@ def repayment_findings(
     """What a posting shows, given the loan's earlier postings (oldest first; only looked
     at when `reads_story`): at most one finding per family (its worst rule)."""
     fired: list[Rule] = []
-    arrears = [
-        rule
-        for rule in ruleset.families["arrears"].rules
-        if posting.days_past_due >= int(rule.params["min_dpd"])
-    ]
+    dpd = posting.days_past_due
+    arrears = [rule for min_dpd, rule in ruleset.arrears_buckets if dpd >= min_dpd]
     if arrears and not cures(posting):
         fired.append(arrears[-1])
     if posting.status == RepaymentStatus.PARTIAL:
