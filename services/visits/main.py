@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from services.visits.api import EVIDENCE_ROUTE, router
 from services.visits.evidence_store import LocalDirectoryStore
+from services.visits.grants import TaskGrants
 from services.visits.models import health, outbox
 from services.visits.rate_limits import RateLimiter
 from services.visits.settings import VisitsSettings
@@ -47,6 +48,7 @@ def build_app(
         ),
     )
     app.state.evidence_store = LocalDirectoryStore(settings.evidence_dir)
+    app.state.task_grants = TaskGrants()
     app.state.capture_limits = RateLimiter("visit captures", settings.visit_captures_per_minute)
     app.state.upload_limits = RateLimiter("evidence uploads", settings.evidence_uploads_per_minute)
     return app

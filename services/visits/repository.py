@@ -29,14 +29,27 @@ partner's report becomes a visit whose agent is the partner, so no agent sees it
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, delete, false, func, or_, select, text, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    delete,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import Label
 from sqlmodel import col
 
@@ -268,10 +281,31 @@ async def first_misstated_review(
     return (row[0], row[1], row[2]) if row is not None else None
 
 
-async def add_visit(session: AsyncSession, visit: Visit) -> None:
-    """Insert now, so a unique-constraint conflict surfaces here and not at commit."""
-    session.add(visit)
-    await session.flush()
+async def insert_visit(session: AsyncSession, visit: Visit) -> bool:
+    """Insert the visit unless one of its unique keys is taken (idempotency key, visit id,
+    task, corrected version); whether it was. One statement, and no savepoint: a conflict
+    leaves the transaction usable, so the caller can read the row that holds the key. A
+    conflicting row another transaction has not committed yet is waited for (PostgreSQL's
+    speculative insertion), so the loser of a race sees the winner's row afterwards. The
+    row is not added to the session: it is recorded, not edited."""
+    stmt = (
+        insert(Visit)
+        .values(visit.model_dump())
+        .on_conflict_do_nothing()
+        .returning(col(Visit.visit_id))
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
+async def set_carried_evidence(
+    session: AsyncSession, visit_id: uuid.UUID, carried: list[uuid.UUID]
+) -> None:
+    await session.execute(
+        update(Visit)
+        .where(col(Visit.visit_id) == visit_id)
+        .values(carried_evidence=carried)
+        .execution_options(synchronize_session=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -338,9 +372,25 @@ async def chain_head(session: AsyncSession, loan_id: str) -> tuple[int, str] | N
     return (row[0], row[1]) if row is not None else None
 
 
-async def add_chain_entry(session: AsyncSession, entry: VisitChainEntry) -> None:
-    session.add(entry)
-    await session.flush()
+async def add_chain_entry(
+    session: AsyncSession,
+    entry: VisitChainEntry,
+    *,
+    also: Sequence[UpdateBase] = (),
+) -> None:
+    """Insert the chain entry, and with it, in the same statement (one round trip), the
+    other writes of the capture (`also`: its outbox row, its draft's removal): each is a
+    data-modifying CTE, which PostgreSQL runs exactly once whether or not it is read."""
+    stmt: Any = insert(VisitChainEntry).values(entry.model_dump())
+    if not also:
+        await session.execute(stmt)
+        return
+    parts = [stmt.returning(col(VisitChainEntry.seq)).cte("chain_entry")]
+    # PostgreSQL wants a RETURNING on every data-modifying CTE.
+    parts += [write.returning(literal(1)).cte(f"also_{i}") for i, write in enumerate(also)]
+    await session.execute(
+        select(*(select(func.count()).select_from(p).scalar_subquery() for p in parts))
+    )
 
 
 async def get_chain_entry(session: AsyncSession, visit_id: uuid.UUID) -> VisitChainEntry | None:
@@ -585,12 +635,14 @@ async def save_draft(session: AsyncSession, draft: VisitDraft) -> VisitDraft | N
     return VisitDraft.model_validate(row[0]) if row is not None else None
 
 
-async def delete_draft(session: AsyncSession, agent_id: str, visit_id: uuid.UUID) -> bool:
-    result = await session.execute(
-        delete(VisitDraft).where(
-            col(VisitDraft.visit_id) == visit_id, col(VisitDraft.agent_id) == agent_id
-        )
+def draft_deletion(agent_id: str, visit_id: uuid.UUID) -> Delete:
+    return delete(VisitDraft).where(
+        col(VisitDraft.visit_id) == visit_id, col(VisitDraft.agent_id) == agent_id
     )
+
+
+async def delete_draft(session: AsyncSession, agent_id: str, visit_id: uuid.UUID) -> bool:
+    result = await session.execute(draft_deletion(agent_id, visit_id))
     return bool(getattr(result, "rowcount", 0))
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import UpdateBase
 
 from services.visits import capture_rules, chain, repository
 from services.visits.evidence_types import EvidenceKind
+from services.visits.grants import TaskGrants
 from services.visits.models import Evidence, Visit, VisitChainEntry, VisitReview, outbox
 from services.visits.schemas import (
     ChainBreak,
@@ -30,7 +32,7 @@ from services.visits.schemas import (
 from shared.auth import Principal
 from shared.errors import Problem, not_found
 from shared.events import EventEnvelope, VisitCompleted, VisitFindings
-from shared.outbox import enqueue
+from shared.outbox import staging
 from shared.service_client import OwnerUnavailable, ServiceClient
 
 log = logging.getLogger(__name__)
@@ -73,24 +75,28 @@ def check_capture_rules(body: VisitIn) -> None:
         )
 
 
-async def authorize_capture(scheduler: ServiceClient, who: Principal, body: VisitIn) -> str:
+async def authorize_capture(
+    scheduler: ServiceClient, who: Principal, body: VisitIn, grants: TaskGrants | None = None
+) -> str:
     """May `who` record this visit? Asked of the scheduler, which owns loans and tasks, before
     any transaction opens. An agent records visits only on loans it has been given a task for
     (open or done); a supervisor on the loans of the region its token names. A loan or task
     the caller may not touch looks absent (404), so nobody can probe others' portfolios.
-    Returns the loan's region, which the visit keeps (supervisors read by it)."""
+    Returns the loan's region, which the visit keeps (supervisors read by it). `grants`
+    remembers the scheduler's yeses (services/visits/grants.py)."""
     if not who.is_agent:
         repository.supervised_region(who)
     try:
         if body.task_id is not None:
             task = await scheduler.get_json(f"/v1/tasks/{body.task_id}", cached=False)
             _check_task(task, who, body.loan_id)
-        if (
-            who.is_agent
-            and body.task_id is None
-            and not await _has_task_on(scheduler, who.sub, body.loan_id)
-        ):
-            raise not_found("loan")
+        if who.is_agent and body.task_id is None:
+            pair = (who.sub, body.loan_id)
+            if grants is None or pair not in grants:
+                if not await _has_task_on(scheduler, who.sub, body.loan_id):
+                    raise not_found("loan")
+                if grants is not None:
+                    grants.add(pair)
         # Cached for a few seconds by the client: a loan's region does not change per visit.
         loan = await registered_loan(scheduler, body.loan_id)
     except OwnerUnavailable as exc:
@@ -140,6 +146,21 @@ def _check_task(task: dict[str, Any] | None, who: Principal, loan_id: str) -> No
         )
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What `record_visit` did: the visit (this call's, or the one a concurrent retry
+    committed first), whether this call created it, and, when it did, the evidence it
+    stands on (so its view needs no read back)."""
+
+    visit: Visit
+    created: bool
+    evidence: list[Evidence]
+
+    def view(self) -> VisitOut:
+        """The created visit as the API shows it: nothing reviewed or corrected it yet."""
+        return visit_view(self.visit, sorted(self.evidence, key=lambda row: row.evidence_id))
+
+
 async def record_visit(
     session: AsyncSession,
     *,
@@ -149,15 +170,18 @@ async def record_visit(
     region: str | None,
     request_hash: str | None = None,
     corrects: Visit | None = None,
-) -> tuple[Visit, bool]:
+) -> Recorded:
     """Record a visit (already authorised; `region` is its loan's) with the evidence it
     references, chain it and stage its `visit-completed` event, all in the caller's
-    transaction. Returns the visit and whether this call created it: a concurrent retry
-    under the same key (or client-generated id) that committed first wins, and its visit
-    is returned. `request_hash` is what a retry must repeat (the body's own hash unless
-    given). `corrects` is the version this one corrects (locked by the caller): the new
-    row is its next version, and may carry over its evidence. `idempotency_key` None is a
-    submitted draft, whose client-generated id is its idempotency."""
+    transaction. A retry under the same key (or client-generated id), also one racing its
+    original, gets the visit recorded first (`created` False; a 409 if its body differs).
+    `request_hash` is what a retry must repeat (the body's own hash unless given).
+    `corrects` is the version this one corrects (locked by the caller): the new row is its
+    next version, and may carry over its evidence. `idempotency_key` None is a submitted
+    draft, whose client-generated id is its idempotency.
+
+    Five statements on the way of a new capture: the visit, the loan's chain lock, the
+    chain head, then the chain entry with the outbox row (and the draft's removal) as one."""
     request_hash = request_hash or body.request_hash()
     visit = Visit(
         visit_id=body.visit_id or uuid.uuid4(),
@@ -178,33 +202,25 @@ async def record_visit(
         notes=body.notes,
         region=region,
     )
-    try:
-        # A savepoint, so that losing a race leaves the request's transaction usable.
-        async with session.begin_nested():
-            # The visit first: a retry racing its original fails on the unique key here,
-            # before it could take (and wait on) the evidence's locks.
-            await repository.add_visit(session, visit)
-            evidence = await _attach_evidence(session, visit, body, corrects)
-            await _chain(session, visit, evidence)
-            await enqueue(session, outbox, _completed_event(visit))
-            if corrects is not None:
-                await repository.set_review_state(
-                    session, corrects.visit_id, ReviewState.SUPERSEDED
-                )
-            if body.visit_id is not None:
-                # Submitted from a draft, or captured directly under a draft's id.
-                await repository.delete_draft(session, agent_id, body.visit_id)
-    except IntegrityError as exc:
+    # The visit first: a retry (or one racing its original) stops on the unique key here,
+    # before it could take, and wait on, the evidence's and the chain's locks.
+    if not await repository.insert_visit(session, visit):
         winner = await _concurrent_winner(session, agent_id, idempotency_key, body, corrects)
         if winner is None:
-            # Not the error itself: its message carries the bound values, notes included.
-            raise RuntimeError(f"unexpected conflict recording a visit: {exc.orig}") from None
-        log.info("visit capture lost a race to visit %s", winner.visit_id)
-        return replay(winner, request_hash), False
+            raise RuntimeError("a visit's unique key is taken, yet no visit holds it")
+        return Recorded(replay(winner, request_hash), False, [])
+    evidence = await _attach_evidence(session, visit, body, corrects)
+    also: list[UpdateBase] = [staging(outbox, _completed_event(visit))]
+    if corrects is not None:
+        await repository.set_review_state(session, corrects.visit_id, ReviewState.SUPERSEDED)
+    if body.visit_id is not None:
+        # Submitted from a draft, or captured directly under a draft's id.
+        also.append(repository.draft_deletion(agent_id, body.visit_id))
+    await _chain(session, visit, evidence, also)
     log.info(
         "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
     )
-    return visit, True
+    return Recorded(visit, True, evidence)
 
 
 async def _attach_evidence(
@@ -251,14 +267,17 @@ async def _attach_evidence(
     )
     if carried:
         visit.carried_evidence = carried
-        await session.flush()
+        await repository.set_carried_evidence(session, visit.visit_id, carried)
     return attached
 
 
-async def _chain(session: AsyncSession, visit: Visit, evidence: list[Evidence]) -> None:
+async def _chain(
+    session: AsyncSession, visit: Visit, evidence: list[Evidence], also: list[UpdateBase]
+) -> None:
     """Append the visit to its loan's chain (the current format: with its region and its
-    evidence's hashes). The lock is taken after the visit's own insert, so a losing retry
-    fails on its unique key before it waits for anyone's lock."""
+    evidence's hashes), writing `also` with the entry. The lock is taken after the visit's
+    own insert, so a losing retry fails on its unique key before it waits for anyone's
+    lock."""
     await repository.lock_chain_of(session, visit.loan_id)
     head = await repository.chain_head(session, visit.loan_id)
     chained = {
@@ -278,6 +297,7 @@ async def _chain(session: AsyncSession, visit: Visit, evidence: list[Evidence]) 
             entry_hash=link.entry_hash,
             format=chain.CURRENT_FORMAT,
         ),
+        also=also,
     )
 
 

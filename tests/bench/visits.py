@@ -50,7 +50,7 @@ async def measure(bench: Bench) -> None:
     )
     bare_url = _start_bare(bench)
     urls = {"bare": bare_url, "visits": bench.urls["visits"]}
-    for name, url in urls.items():
+    for url in urls.values():
         await _probe(url, pairs[0])
     bench.report.note(
         f"wrk -t{load.threads} -c{load.connections} -d{load.seconds:g}s on each, after "
