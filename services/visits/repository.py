@@ -283,18 +283,22 @@ async def first_misstated_review(
 
 async def insert_visit(session: AsyncSession, visit: Visit) -> bool:
     """Insert the visit unless one of its unique keys is taken (idempotency key, visit id,
-    task, corrected version); whether it was. One statement, and no savepoint: a conflict
-    leaves the transaction usable, so the caller can read the row that holds the key. A
-    conflicting row another transaction has not committed yet is waited for (PostgreSQL's
-    speculative insertion), so the loser of a race sees the winner's row afterwards. The
-    row is not added to the session: it is recorded, not edited."""
-    stmt = (
+    task, corrected version), and then take its loan's chain lock (`lock_chain_of`);
+    whether it was inserted. One statement, and no savepoint: a conflict leaves the
+    transaction usable, so the caller can read the row that holds the key. A conflicting
+    row another transaction has not committed yet is waited for (PostgreSQL's speculative
+    insertion), so the loser of a race sees the winner's row afterwards; it waits holding
+    no chain lock, as the lock is taken only after an insert. The row is not added to the
+    session: it is recorded, not edited."""
+    inserted = (
         insert(Visit)
         .values(visit.model_dump())
         .on_conflict_do_nothing()
-        .returning(col(Visit.visit_id))
+        .returning(col(Visit.loan_id))
+        .cte("inserted")
     )
-    return (await session.execute(stmt)).first() is not None
+    lock = func.pg_advisory_xact_lock(CHAIN_LOCK_CLASS, func.hashtext(inserted.c.loan_id))
+    return (await session.execute(select(lock).select_from(inserted))).first() is not None
 
 
 async def set_carried_evidence(

@@ -180,8 +180,10 @@ async def record_visit(
     next version, and may carry over its evidence. `idempotency_key` None is a submitted
     draft, whose client-generated id is its idempotency.
 
-    Five statements on the way of a new capture: the visit, the loan's chain lock, the
-    chain head, then the chain entry with the outbox row (and the draft's removal) as one."""
+    Three statements for a new capture without evidence: the visit with its loan's chain
+    lock, the chain head, then the chain entry with the outbox row (and the draft's
+    removal). Locks are taken in one order, the chain's then the evidence's, by every
+    capture, so two never wait on each other in a cycle."""
     request_hash = request_hash or body.request_hash()
     visit = Visit(
         visit_id=body.visit_id or uuid.uuid4(),
@@ -275,10 +277,8 @@ async def _chain(
     session: AsyncSession, visit: Visit, evidence: list[Evidence], also: list[UpdateBase]
 ) -> None:
     """Append the visit to its loan's chain (the current format: with its region and its
-    evidence's hashes), writing `also` with the entry. The lock is taken after the visit's
-    own insert, so a losing retry fails on its unique key before it waits for anyone's
-    lock."""
-    await repository.lock_chain_of(session, visit.loan_id)
+    evidence's hashes), writing `also` with the entry. The loan's chain lock is held
+    already: `repository.insert_visit` took it with the visit's insert."""
     head = await repository.chain_head(session, visit.loan_id)
     chained = {
         **visit.model_dump(include={*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS}),

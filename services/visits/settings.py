@@ -15,6 +15,9 @@ class VisitsSettings(ServiceSettings):
     # The LocalDirectoryStore's root (services/visits/evidence_store.py): shared by the
     # replicas of the API, or replaced by an object store.
     evidence_dir: Path = Path(".data/evidence")
+    # Database connections the API keeps open (and as many more at a peak): at least the
+    # requests it serves at once, so none waits for a connection or opens one of its own.
+    db_pool_size: int = Field(default=20, gt=0)
     # Per agent and API process (services/visits/rate_limits.py says why per process).
     visit_captures_per_minute: int = Field(default=60, gt=0)
     evidence_uploads_per_minute: int = Field(default=120, gt=0)
