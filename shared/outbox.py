@@ -27,7 +27,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
-    Insert,
     MetaData,
     String,
     Table,
@@ -73,16 +72,13 @@ def outbox_table(metadata: MetaData) -> Table:
 
 async def enqueue(session: AsyncSession, outbox: Table, event: EventEnvelope) -> None:
     """Stage an event in the caller's transaction; it is published only if that commits."""
-    await session.execute(staging(outbox, event))
-
-
-def staging(outbox: Table, event: EventEnvelope) -> Insert:
-    """The statement `enqueue` runs, for a caller that sends it with its other writes."""
-    return insert(outbox).values(
-        event_id=event.event_id,
-        topic=event.event_type,
-        message_key=event.loan_id,
-        payload=event.model_dump(mode="json"),
+    await session.execute(
+        insert(outbox).values(
+            event_id=event.event_id,
+            topic=event.event_type,
+            message_key=event.loan_id,
+            payload=event.model_dump(mode="json"),
+        )
     )
 
 

@@ -209,6 +209,26 @@ class VisitChainEntry(VisitsTable, table=True):
     )
 
 
+class ChainHead(VisitsTable, table=True):
+    """The last entry of each loan's chain of visits: what the next entry follows.
+
+    A capture appends to its loan's chain with one upsert of this row
+    (services/visits/append.py): PostgreSQL locks the row and applies the update to its
+    latest committed version, so two captures of a loan at once make one chain without a
+    lock of their own or a read of the chain. It holds nothing the chain does not: an
+    altered head shows as a break at the next entry (`prev_hash`), which verification finds.
+    """
+
+    __tablename__ = "chain_heads"
+
+    loan_id: str = Field(primary_key=True, max_length=64)
+    seq: int
+    entry_hash: str = Field(max_length=64)
+    # The entry before the last one's hash: what the last entry's own `prev_hash` is, so
+    # the upsert's RETURNING gives the appended entry whole.
+    prev_hash: str = Field(max_length=64)
+
+
 class ThirdPartyReport(VisitsTable, table=True):
     """A partner's report as it arrived, beside the visit it became (same `visit_id`).
 

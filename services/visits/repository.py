@@ -29,18 +29,16 @@ partner's report becomes a visit whose agent is the partner, so no agent sees it
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
-    Delete,
     delete,
     false,
     func,
-    literal,
     or_,
     select,
     text,
@@ -49,7 +47,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import Label
 from sqlmodel import col
 
@@ -74,7 +71,7 @@ READERS: tuple[Role, ...] = ("agent", "supervisor", "ops", "admin")
 AUDITORS: tuple[Role, ...] = ("supervisor", "ops", "admin")
 VISIT_ORDER = (col(Visit.created_at), col(Visit.visit_id))
 
-# The first key of the two-key advisory locks serialising each loan's chain: its own lock
+# The first key of the two-key advisory locks serialising each loan's review chain: its own lock
 # space, apart from the one-key locks of the outbox relay.
 CHAIN_LOCK_CLASS = 7301
 # Rows fetched per round trip while verifying a whole chain.
@@ -281,37 +278,6 @@ async def first_misstated_review(
     return (row[0], row[1], row[2]) if row is not None else None
 
 
-async def insert_visit(session: AsyncSession, visit: Visit) -> bool:
-    """Insert the visit unless one of its unique keys is taken (idempotency key, visit id,
-    task, corrected version), and then take its loan's chain lock (`lock_chain_of`);
-    whether it was inserted. One statement, and no savepoint: a conflict leaves the
-    transaction usable, so the caller can read the row that holds the key. A conflicting
-    row another transaction has not committed yet is waited for (PostgreSQL's speculative
-    insertion), so the loser of a race sees the winner's row afterwards; it waits holding
-    no chain lock, as the lock is taken only after an insert. The row is not added to the
-    session: it is recorded, not edited."""
-    inserted = (
-        insert(Visit)
-        .values(visit.model_dump())
-        .on_conflict_do_nothing()
-        .returning(col(Visit.loan_id))
-        .cte("inserted")
-    )
-    lock = func.pg_advisory_xact_lock(CHAIN_LOCK_CLASS, func.hashtext(inserted.c.loan_id))
-    return (await session.execute(select(lock).select_from(inserted))).first() is not None
-
-
-async def set_carried_evidence(
-    session: AsyncSession, visit_id: uuid.UUID, carried: list[uuid.UUID]
-) -> None:
-    await session.execute(
-        update(Visit)
-        .where(col(Visit.visit_id) == visit_id)
-        .values(carried_evidence=carried)
-        .execution_options(synchronize_session=False)
-    )
-
-
 @dataclass(frozen=True)
 class VisitFilter:
     """What a list of visits is narrowed to; None leaves a criterion out."""
@@ -357,43 +323,11 @@ async def list_visits(
 
 
 async def lock_chain_of(session: AsyncSession, loan_id: str) -> None:
-    """Serialise appends to one loan's chain until the transaction ends: two visits of a
-    loan recorded at once still make one chain (the unique (loan_id, seq) is the backstop)."""
+    """Serialise appends to one loan's chain of review decisions until the transaction
+    ends: two decisions on a loan at once still make one chain (the unique (loan_id, seq)
+    is the backstop). Visits' own chain is appended through `chain_heads` (append.py)."""
     await session.execute(
         select(func.pg_advisory_xact_lock(CHAIN_LOCK_CLASS, func.hashtext(loan_id)))
-    )
-
-
-async def chain_head(session: AsyncSession, loan_id: str) -> tuple[int, str] | None:
-    """The seq and entry hash of the loan's last entry, or None before its first visit."""
-    stmt = (
-        select(col(VisitChainEntry.seq), col(VisitChainEntry.entry_hash))
-        .where(col(VisitChainEntry.loan_id) == loan_id)
-        .order_by(col(VisitChainEntry.seq).desc())
-        .limit(1)
-    )
-    row = (await session.execute(stmt)).one_or_none()
-    return (row[0], row[1]) if row is not None else None
-
-
-async def add_chain_entry(
-    session: AsyncSession,
-    entry: VisitChainEntry,
-    *,
-    also: Sequence[UpdateBase] = (),
-) -> None:
-    """Insert the chain entry, and with it, in the same statement (one round trip), the
-    other writes of the capture (`also`: its outbox row, its draft's removal): each is a
-    data-modifying CTE, which PostgreSQL runs exactly once whether or not it is read."""
-    stmt: Any = insert(VisitChainEntry).values(entry.model_dump())
-    if not also:
-        await session.execute(stmt)
-        return
-    parts = [stmt.returning(col(VisitChainEntry.seq)).cte("chain_entry")]
-    # PostgreSQL wants a RETURNING on every data-modifying CTE.
-    parts += [write.returning(literal(1)).cte(f"also_{i}") for i, write in enumerate(also)]
-    await session.execute(
-        select(*(select(func.count()).select_from(p).scalar_subquery() for p in parts))
     )
 
 
@@ -639,14 +573,12 @@ async def save_draft(session: AsyncSession, draft: VisitDraft) -> VisitDraft | N
     return VisitDraft.model_validate(row[0]) if row is not None else None
 
 
-def draft_deletion(agent_id: str, visit_id: uuid.UUID) -> Delete:
-    return delete(VisitDraft).where(
-        col(VisitDraft.visit_id) == visit_id, col(VisitDraft.agent_id) == agent_id
-    )
-
-
 async def delete_draft(session: AsyncSession, agent_id: str, visit_id: uuid.UUID) -> bool:
-    result = await session.execute(draft_deletion(agent_id, visit_id))
+    result = await session.execute(
+        delete(VisitDraft).where(
+            col(VisitDraft.visit_id) == visit_id, col(VisitDraft.agent_id) == agent_id
+        )
+    )
     return bool(getattr(result, "rowcount", 0))
 
 

@@ -11,12 +11,11 @@ from urllib.parse import quote, urlencode
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import UpdateBase
 
-from services.visits import capture_rules, chain, repository
+from services.visits import append, capture_rules, chain, repository
 from services.visits.evidence_types import EvidenceKind
 from services.visits.grants import TaskGrants
-from services.visits.models import Evidence, Visit, VisitChainEntry, VisitReview, outbox
+from services.visits.models import Evidence, Visit, VisitReview
 from services.visits.schemas import (
     ChainBreak,
     ChainProof,
@@ -30,9 +29,9 @@ from services.visits.schemas import (
     VisitOut,
 )
 from shared.auth import Principal
+from shared.db import utcnow
 from shared.errors import Problem, not_found
 from shared.events import EventEnvelope, VisitCompleted, VisitFindings
-from shared.outbox import staging
 from shared.service_client import OwnerUnavailable, ServiceClient
 
 log = logging.getLogger(__name__)
@@ -180,10 +179,9 @@ async def record_visit(
     next version, and may carry over its evidence. `idempotency_key` None is a submitted
     draft, whose client-generated id is its idempotency.
 
-    Three statements for a new capture without evidence: the visit with its loan's chain
-    lock, the chain head, then the chain entry with the outbox row (and the draft's
-    removal). Locks are taken in one order, the chain's then the evidence's, by every
-    capture, so two never wait on each other in a cycle."""
+    One statement for a new capture without evidence (services/visits/append.py): the
+    visit, its chain entry, its outbox row and its draft's removal. Listed evidence is
+    locked and checked first, as its hashes are chained, and attached after."""
     request_hash = request_hash or body.request_hash()
     visit = Visit(
         visit_id=body.visit_id or uuid.uuid4(),
@@ -204,36 +202,50 @@ async def record_visit(
         notes=body.notes,
         region=region,
     )
-    # The visit first: a retry (or one racing its original) stops on the unique key here,
-    # before it could take, and wait on, the evidence's and the chain's locks.
-    if not await repository.insert_visit(session, visit):
+    try:
+        evidence, own = await _check_evidence(session, visit, body, corrects)
+    except Problem:
+        # A retry's photos are on the visit its original recorded: replay that one.
+        earlier = await _earlier(session, agent_id, idempotency_key, body)
+        if earlier is None:
+            raise
+        return Recorded(replay(earlier, request_hash), False, [])
+    event = _completed_event(visit)
+    appended = await append.append_visit(
+        session,
+        visit,
+        payload_hash=chain.payload_hash(_chained(visit, evidence), chain.CURRENT_FORMAT),
+        event=event.model_dump(mode="json"),
+        event_id=event.event_id,
+        topic=event.event_type,
+        chained_at=utcnow(),
+        # Submitted from a draft, or captured directly under a draft's id.
+        draft_id=body.visit_id,
+    )
+    if appended is None:
         winner = await _concurrent_winner(session, agent_id, idempotency_key, body, corrects)
         if winner is None:
             raise RuntimeError("a visit's unique key is taken, yet no visit holds it")
         return Recorded(replay(winner, request_hash), False, [])
-    evidence = await _attach_evidence(session, visit, body, corrects)
-    also: list[UpdateBase] = [staging(outbox, _completed_event(visit))]
+    await repository.attach_evidence(session, visit.visit_id, own)
     if corrects is not None:
         await repository.set_review_state(session, corrects.visit_id, ReviewState.SUPERSEDED)
-    if body.visit_id is not None:
-        # Submitted from a draft, or captured directly under a draft's id.
-        also.append(repository.draft_deletion(agent_id, body.visit_id))
-    await _chain(session, visit, evidence, also)
     log.info(
         "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
     )
     return Recorded(visit, True, evidence)
 
 
-async def _attach_evidence(
+async def _check_evidence(
     session: AsyncSession, visit: Visit, body: VisitIn, corrects: Visit | None
-) -> list[Evidence]:
-    """Attach the evidence the visit lists: each must be the capturing agent's own upload
+) -> tuple[list[Evidence], list[uuid.UUID]]:
+    """Check the evidence the visit lists: each must be the capturing agent's own upload
     and on no other visit (another agent's looks absent, as everywhere), or, for a
     correction, what the corrected version stands on (carried over: it stays attached to
-    that version, whose proof must keep holding); a completed field visit must list a
-    photo. A 422 naming `body.evidence[i]` otherwise. The rows are locked, so two visits
-    listing the same photo at once are decided one after the other."""
+    that version, whose proof must keep holding; `visit.carried_evidence` names it); a
+    completed field visit must list a photo. A 422 naming `body.evidence[i]` otherwise.
+    The rows are locked, so two visits listing the same photo at once are decided one
+    after the other. Returns the rows the visit stands on, and the ids to attach to it."""
     wanted = body.evidence
     found = await repository.lock_evidence(session, wanted)
     carriable = {*(corrects.carried_evidence or ())} if corrects is not None else set[uuid.UUID]()
@@ -264,41 +276,19 @@ async def _attach_evidence(
         raise Problem(
             422, "Unprocessable Content", "the visit's evidence cannot be attached", errors=errors
         )
-    await repository.attach_evidence(
-        session, visit.visit_id, [e for e in wanted if e not in set(carried)]
-    )
     if carried:
         visit.carried_evidence = carried
-        await repository.set_carried_evidence(session, visit.visit_id, carried)
-    return attached
+    return attached, [e for e in wanted if e not in set(carried)]
 
 
-async def _chain(
-    session: AsyncSession, visit: Visit, evidence: list[Evidence], also: list[UpdateBase]
-) -> None:
-    """Append the visit to its loan's chain (the current format: with its region and its
-    evidence's hashes), writing `also` with the entry. The loan's chain lock is held
-    already: `repository.insert_visit` took it with the visit's insert."""
-    head = await repository.chain_head(session, visit.loan_id)
-    chained = {
+def _chained(visit: Visit, evidence: list[Evidence]) -> dict[str, Any]:
+    """What the visit's chain entry commits to, in the current format: its recorded fields,
+    its version's place, its loan's region and its evidence's hashes."""
+    return {
         **visit.model_dump(include={*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS}),
         chain.REGION: visit.region,
         chain.EVIDENCE: chain.evidence_items((row.evidence_id, row.sha256) for row in evidence),
     }
-    link = chain.next_link(head, chained, chain.CURRENT_FORMAT)
-    await repository.add_chain_entry(
-        session,
-        VisitChainEntry(
-            visit_id=visit.visit_id,
-            loan_id=visit.loan_id,
-            seq=link.seq,
-            prev_hash=link.prev_hash,
-            payload_hash=link.payload_hash,
-            entry_hash=link.entry_hash,
-            format=chain.CURRENT_FORMAT,
-        ),
-        also=also,
-    )
 
 
 async def proof_of(session: AsyncSession, visit: Visit) -> ChainProof:
@@ -375,6 +365,19 @@ def _report_hash(report: Mapping[str, Any]) -> str:
         return ""
 
 
+async def _earlier(
+    session: AsyncSession, agent_id: str, idempotency_key: str | None, body: VisitIn
+) -> Visit | None:
+    """The visit recorded under the same key or client-generated id, if any."""
+    if idempotency_key is not None:
+        earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
+        if earlier is not None:
+            return earlier
+    if body.visit_id is not None:
+        return await same_visit_id(session, agent_id, body.visit_id)
+    return None
+
+
 async def _concurrent_winner(
     session: AsyncSession,
     agent_id: str,
@@ -386,14 +389,9 @@ async def _concurrent_winner(
     retry racing the original); a 409 if it was another capture of the same task, or
     another correction of the same version."""
     # Read committed: these statements see the row the other transaction committed.
-    if idempotency_key is not None:
-        earlier = await repository.get_by_idempotency_key(session, agent_id, idempotency_key)
-        if earlier is not None:
-            return earlier
-    if body.visit_id is not None:
-        earlier = await same_visit_id(session, agent_id, body.visit_id)
-        if earlier is not None:
-            return earlier
+    earlier = await _earlier(session, agent_id, idempotency_key, body)
+    if earlier is not None:
+        return earlier
     if corrects is not None:
         raise Problem(409, "Conflict", "this version has already been corrected")
     if body.task_id is not None and await repository.get_by_task(session, body.task_id):
