@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -98,6 +99,24 @@ def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     return sessions
 
 
+@asynccontextmanager
+async def _capture_session(
+    sessions: async_sessionmaker[AsyncSession], *, single_statement: bool
+) -> AsyncIterator[AsyncSession]:
+    """The session a capture is recorded in. A capture without evidence writes with one
+    statement (services/visits/append.py), atomic on its own: it runs in autocommit, which
+    spares the BEGIN and COMMIT round trips (a replay's reads after it need no transaction
+    either). With evidence, its rows are locked, checked and attached around that
+    statement: one transaction."""
+    if not single_statement:
+        async with unit_of_work(sessions) as session:
+            yield session
+        return
+    async with sessions() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
 def _grants(request: Request) -> TaskGrants:
     grants: TaskGrants = request.app.state.task_grants
     return grants
@@ -176,8 +195,8 @@ async def record_visit(
             raise refused from None
         response.headers["Idempotent-Replayed"] = "true"
         return view
-    # One transaction: the insert finds a retry by its key or id (service.record_visit).
-    async with unit_of_work(sessions) as session:
+    # The insert finds a retry by its key or id (service.record_visit).
+    async with _capture_session(sessions, single_statement=not body.evidence) as session:
         recorded = await service.record_visit(
             session, agent_id=who.sub, idempotency_key=idempotency_key, body=body, region=region
         )
