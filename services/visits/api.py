@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -127,11 +127,13 @@ def _store(request: Request) -> EvidenceStore:
     return store
 
 
-def _rate_limited(limiter: str) -> Callable[[Request, Principal], Principal]:
+def _rate_limited(limiter: str) -> Callable[[Request, Principal], Awaitable[Principal]]:
     """A dependency: the capturing caller, or a 429 once it has used up its share of this
-    route class (rate_limits). Run before the body is validated or, for an upload, read."""
+    route class (rate_limits). Run before the body is validated or, for an upload, read.
+    A coroutine although it does no I/O: FastAPI runs a plain function in a worker thread,
+    a hand-off per request for a dictionary lookup."""
 
-    def check(request: Request, who: Capturer) -> Principal:
+    async def check(request: Request, who: Capturer) -> Principal:
         limits: RateLimiter = getattr(request.app.state, limiter)
         limits.check(who.sub)
         return who
