@@ -7,11 +7,11 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.visits.api import EVIDENCE_ROUTE, router
-from services.visits.evidence_store import LocalDirectoryStore
 from services.visits.grants import TaskGrants
 from services.visits.models import health, outbox
 from services.visits.rate_limits import RateLimiter
 from services.visits.settings import VisitsSettings
+from services.visits.stores import evidence_store_for
 from shared.app import create_app
 from shared.broker_ledger import relay_role
 from shared.db import SessionLimits
@@ -50,7 +50,7 @@ def build_app(
         ),
         engine_factory=lambda: capture_engine(resolved),
     )
-    app.state.evidence_store = LocalDirectoryStore(settings.evidence_dir)
+    app.state.evidence_store = evidence_store_for(settings)
     app.state.task_grants = TaskGrants()
     app.state.capture_limits = RateLimiter("visit captures", settings.visit_captures_per_minute)
     app.state.upload_limits = RateLimiter("evidence uploads", settings.evidence_uploads_per_minute)

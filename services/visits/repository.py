@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Text,
+    cast,
     delete,
     false,
     func,
@@ -74,6 +76,9 @@ VISIT_ORDER = (col(Visit.created_at), col(Visit.visit_id))
 # The first key of the two-key advisory locks serialising each loan's review chain: its own lock
 # space, apart from the one-key locks of the outbox relay.
 CHAIN_LOCK_CLASS = 7301
+# The first key of the two-key advisory locks on an evidence object (by its SHA-256): held
+# shared by an upload from its put to its commit, exclusively by the cleanup deleting it.
+OBJECT_LOCK_CLASS = 7302
 # Rows fetched per round trip while verifying a whole chain.
 VERIFY_BATCH = 1000
 
@@ -630,3 +635,53 @@ async def expire_idempotency_keys(
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0))
+
+
+# --- unattached evidence -----------------------------------------------------------------
+
+
+async def purge_unattached_evidence(
+    session: AsyncSession, uploaded_before: datetime, batch: int
+) -> list[str]:
+    """Delete up to `batch` uploads attached to no visit since before then, except those
+    a draft of their uploader still lists (it may yet be submitted with them); the SHA-256
+    of each deleted row. A row a capture has locked to attach is skipped, and one deleted
+    here is absent to a capture that then locks it (a 422 naming it)."""
+    listed_by_a_draft = (
+        select(col(VisitDraft.visit_id))
+        .where(
+            col(VisitDraft.agent_id) == col(Evidence.uploaded_by),
+            col(VisitDraft.body)["evidence"].has_key(cast(col(Evidence.evidence_id), Text)),
+        )
+        .exists()
+    )
+    stale = (
+        select(col(Evidence.evidence_id))
+        .where(
+            col(Evidence.visit_id).is_(None),
+            col(Evidence.created_at) < uploaded_before,
+            ~listed_by_a_draft,
+        )
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(Evidence).where(col(Evidence.evidence_id).in_(stale)).returning(col(Evidence.sha256))
+    )
+    return list(result.scalars())
+
+
+async def lock_objects(session: AsyncSession, hashes: list[str], *, shared: bool) -> None:
+    """Lock the evidence objects named by `hashes` until the transaction ends (one order:
+    no deadlock between two callers)."""
+    lock = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
+    for sha256 in sorted(set(hashes)):
+        await session.execute(select(lock(OBJECT_LOCK_CLASS, func.hashtext(sha256))))
+
+
+async def referenced_objects(session: AsyncSession, hashes: list[str]) -> set[str]:
+    """Which of the objects some evidence row still names."""
+    if not hashes:
+        return set()
+    stmt = select(col(Evidence.sha256)).where(col(Evidence.sha256).in_(hashes)).distinct()
+    return set((await session.execute(stmt)).scalars())

@@ -26,3 +26,7 @@ class VisitsSettings(ServiceSettings):
     idempotency_key_days: int = Field(default=7, gt=0)
     draft_retention_days: int = Field(default=30, gt=0)
     retention_sweep_seconds: float = Field(default=3600, gt=0)
+    # An upload no visit (and no draft of its uploader) lists is deleted this long after
+    # it arrived, row and stored bytes (retention.py): a phone uploads its photos with the
+    # visit, or within hours of it when it comes back online.
+    unattached_evidence_days: int = Field(default=7, gt=0)

@@ -1,5 +1,5 @@
 """Visits worker: relays the outbox (`visit-completed`) to Kafka, and sweeps expired
-idempotency keys and stale drafts (retention.py).
+idempotency keys, stale drafts and evidence never attached to a visit (retention.py).
 
 `python -m services.visits.worker`
 """
@@ -11,6 +11,7 @@ import asyncio
 from services.visits import retention
 from services.visits.models import health, outbox
 from services.visits.settings import VisitsSettings
+from services.visits.stores import evidence_store_for
 from shared.worker import worker_main, worker_resources
 
 
@@ -21,7 +22,8 @@ async def run_worker(settings: VisitsSettings) -> None:
         asyncio.TaskGroup() as group,
     ):
         group.create_task(resources.relay(outbox).run())
-        group.create_task(retention.run(resources.sessions, settings))
+        store = evidence_store_for(settings)
+        group.create_task(retention.run(resources.sessions, settings, store))
 
 
 if __name__ == "__main__":
