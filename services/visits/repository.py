@@ -3,7 +3,8 @@
 Reads are narrowed in SQL by `visible_visits` and `visible_evidence`, so a visit or a file
 the reader may not see is absent (a 404, or missing from a list), never fetched and then
 refused. A visit carries its loan's region as the scheduler told it at capture; visits
-recorded before that (region NULL) are read by ops and admin only.
+recorded before that (region NULL) get it from the worker's projection of
+`loan-registered` (regions.py) and are read by ops and admin only until then.
 
 | route                                     | agent            | supervisor       | ops, admin  |
 |-------------------------------------------|------------------|------------------|-------------|

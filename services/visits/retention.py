@@ -12,6 +12,10 @@
   object no row names, which only costs storage (and is reused by the next upload of the
   same bytes).
 
+- The region of visits recorded before migration 0006, from the worker's projection of
+  `loan-registered` (regions.py): set as each loan's event is applied, and here for any
+  such visit whose loan was projected before (a backfill).
+
 The worker sweeps every `RETENTION_SWEEP_SECONDS`, in batches of `SWEEP_BATCH` rows, one
 short transaction each (the first sweep after a deploy may find months of keys; one
 statement over all of them would outlast the statement timeout every hour). A sweep that
@@ -28,7 +32,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.visits import repository
+from services.visits import regions, repository
 from services.visits.evidence_store import EvidenceStore
 from services.visits.settings import VisitsSettings
 from shared.db import unit_of_work, utcnow
@@ -47,6 +51,7 @@ class Swept:
     drafts_purged: int
     evidence_purged: int = 0
     objects_deleted: int = 0
+    regions_filled: int = 0
 
 
 async def sweep(
@@ -66,19 +71,27 @@ async def sweep(
         keys, drafts = keys + expired, drafts + purged
         if expired < batch and purged < batch:
             break
+    regions_filled = 0
+    while True:
+        async with unit_of_work(sessions) as session:
+            filled = await regions.fill_regions(session, batch=batch)
+        regions_filled += filled
+        if filled < batch:
+            break
     evidence, objects = await purge_unattached_evidence(
         sessions, store, now - timedelta(days=settings.unattached_evidence_days), batch
     )
-    if keys or drafts or evidence:
+    if keys or drafts or evidence or regions_filled:
         log.info(
             "retention: %d idempotency keys expired, %d drafts purged, %d unattached "
-            "evidence deleted (%d stored objects)",
+            "evidence deleted (%d stored objects), region filled on %d visits",
             keys,
             drafts,
             evidence,
             objects,
+            regions_filled,
         )
-    return Swept(keys, drafts, evidence, objects)
+    return Swept(keys, drafts, evidence, objects, regions_filled)
 
 
 async def purge_unattached_evidence(

@@ -10,6 +10,8 @@ from shared.settings import ServiceSettings
 
 class VisitsSettings(ServiceSettings):
     service_name: str = "visits"
+    # The worker's consumer group on `loan-registered` (regions.py).
+    consumer_group: str = "visits"
     # An uploaded photo or scan larger than this is refused with a 413 as it streams in
     # (the JSON routes keep `max_body_bytes`): a 12-megapixel phone JPEG is 3 to 6 MB.
     max_evidence_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
