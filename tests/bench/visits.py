@@ -51,10 +51,10 @@ async def measure(bench: Bench) -> None:
     wrk.require_wrk()
     work = bench.procs.log_dir.parent
     captures = [(issue_token(DEV_JWT_SECRET, agent, "agent"), loan) for agent, loan in pairs]
-    lua = wrk.script(work / "visits.lua", captures, PHONE_FINDINGS)
     load = wrk.Load(
         connections=bench.sizes.capture_connections, seconds=bench.sizes.capture_seconds
     )
+    lua = wrk.script(work / "visits.lua", captures, PHONE_FINDINGS, load.threads)
     bare_url = _start_bare(bench)
     urls = {"bare": bare_url, "visits": bench.urls["visits"]}
     for url in urls.values():

@@ -20,10 +20,11 @@ from typing import Any
 
 MARK = "WRK_JSON "
 
-# %s: the (token, loan) pairs as a Lua table, then the findings' JSON.
+# %s: the (token, loan) pairs as a Lua table, the findings' JSON, wrk's thread count.
 _SCRIPT = r"""
 local pairs_ = { %s }
 local findings = [==[%s]==]
+local thread_count = %d
 local counter = 0
 
 -- setup() runs in wrk's main interpreter, once per thread: a distinct seed for each.
@@ -33,9 +34,11 @@ function setup(thread)
   thread:set("tag", threads)
 end
 
+-- Each thread starts its round of the pairs at its own share of it: two requests in
+-- flight on one loan at once are as rare as two agents' visits of one loan at once.
 function init(args)
   math.randomseed(os.time() * 1000 + tag * 7919)
-  counter = tag * 7
+  counter = math.floor((tag - 1) * #pairs_ / thread_count)
 end
 
 local function uuid4()
@@ -102,12 +105,19 @@ class Figures:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def script(path: Path, captures: Sequence[tuple[str, str]], findings: Mapping[str, Any]) -> Path:
-    """Write the Lua script that sends captures as the (token, loan_id) pairs."""
+def script(
+    path: Path,
+    captures: Sequence[tuple[str, str]],
+    findings: Mapping[str, Any],
+    threads: int = Load.threads,
+) -> Path:
+    """Write the Lua script that sends captures as the (token, loan_id) pairs, for wrk
+    running `threads` threads."""
     if not captures:
         raise ValueError("no (token, loan) pair to capture visits with")
     table = ", ".join(f"{{{_lua(token)}, {_lua(loan)}}}" for token, loan in captures)
-    path.write_text(_SCRIPT % (table, json.dumps(findings, separators=(",", ":")), MARK))
+    document = json.dumps(findings, separators=(",", ":"))
+    path.write_text(_SCRIPT % (table, document, threads, MARK))
     return path
 
 
