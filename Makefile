@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-unit lint format bench bench-soak faults clean
+.PHONY: install run test test-unit lint format bench bench-visits bench-soak wrk faults clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -42,9 +42,20 @@ format: install
 
 ## The real workers side by side with a raw consumer, latency, import, memory (~40 min at
 ## full size; shrink with BENCH_LOANS, BENCH_BURST, BENCH_SECONDS, BENCH_IMPORT; tests/bench/).
-bench: install
+bench: install wrk
 	@# The short dev JWT secret warns on every token; production refuses it anyway.
 	$(PY) -W ignore::UserWarning -m tests.bench
+
+## Only the visit capture phase: POST /v1/visits beside a bare insert endpoint under wrk
+## (BENCH_CAPTURE_SECONDS, BENCH_CAPTURE_CONNECTIONS; a small portfolio unless BENCH_LOANS).
+bench-visits: install wrk
+	BENCH_LOANS=$${BENCH_LOANS:-1000} $(PY) -W ignore::UserWarning -m tests.bench visits
+
+## The HTTP load generator of the capture bench, from Debian when it is missing.
+wrk:
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; \
+		else sudo apt-get install -y wrk || { sudo apt-get update && sudo apt-get install -y wrk; }; fi; }
 
 ## 1,000,000 postings through both workers, their memory every 100,000 (BENCH_SOAK=n).
 bench-soak: install

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db import engine_for, make_session_factory, unit_of_work
 from shared.errors import install_problem_handlers
@@ -31,13 +31,15 @@ def create_app(
     on_shutdown: Hook | None = None,
     body_limits: Mapping[str, int] | None = None,
     readiness: ReadinessCheck | None = None,
+    engine_factory: Callable[[], AsyncEngine] | None = None,
 ) -> FastAPI:
     """`body_limits`: request body limits of particular routes (`"POST /v1/loans/import"`)
-    other than `settings.max_body_bytes`."""
+    other than `settings.max_body_bytes`. `engine_factory`: the service's own database
+    engine (pool size, pings) instead of `engine_for(settings)`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = engine_for(settings)
+        engine = engine_factory() if engine_factory is not None else engine_for(settings)
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         if on_startup is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.visits import drafts, evidence, reports, repository, review, service
 from services.visits.evidence_store import EvidenceStore
 from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
+from services.visits.grants import TaskGrants
 from services.visits.rate_limits import RateLimiter
 from services.visits.repository import VisitFilter
 from services.visits.schemas import (
@@ -32,7 +34,7 @@ from services.visits.schemas import (
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
-from shared.errors import not_found
+from shared.errors import Problem, not_found
 from shared.openapi import problem, problems
 from shared.pagination import CursorText, Page
 from shared.service_client import ServiceClient
@@ -97,16 +99,41 @@ def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     return sessions
 
 
+@asynccontextmanager
+async def _capture_session(
+    sessions: async_sessionmaker[AsyncSession], *, single_statement: bool
+) -> AsyncIterator[AsyncSession]:
+    """The session a capture is recorded in. A capture without evidence writes with one
+    statement (services/visits/append.py), atomic on its own: it runs in autocommit, which
+    spares the BEGIN and COMMIT round trips (a replay's reads after it need no transaction
+    either). With evidence, its rows are locked, checked and attached around that
+    statement: one transaction."""
+    if not single_statement:
+        async with unit_of_work(sessions) as session:
+            yield session
+        return
+    async with sessions() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
+def _grants(request: Request) -> TaskGrants:
+    grants: TaskGrants = request.app.state.task_grants
+    return grants
+
+
 def _store(request: Request) -> EvidenceStore:
     store: EvidenceStore = request.app.state.evidence_store
     return store
 
 
-def _rate_limited(limiter: str) -> Callable[[Request, Principal], Principal]:
+def _rate_limited(limiter: str) -> Callable[[Request, Principal], Awaitable[Principal]]:
     """A dependency: the capturing caller, or a 429 once it has used up its share of this
-    route class (rate_limits). Run before the body is validated or, for an upload, read."""
+    route class (rate_limits). Run before the body is validated or, for an upload, read.
+    A coroutine although it does no I/O: FastAPI runs a plain function in a worker thread,
+    a hand-off per request for a dictionary lookup."""
 
-    def check(request: Request, who: Capturer) -> Principal:
+    async def check(request: Request, who: Capturer) -> Principal:
         limits: RateLimiter = getattr(request.app.state, limiter)
         limits.check(who.sub)
         return who
@@ -155,26 +182,29 @@ async def record_visit(
     At most `VISIT_CAPTURES_PER_MINUTE` (60) a minute per caller and API process: a 429
     with Retry-After past it."""
     sessions = _sessions(request)
-    async with unit_of_work(sessions) as session:
-        visit = await service.earlier_capture(session, who.sub, idempotency_key, body)
-        view = await service.view_of(session, visit) if visit is not None else None
-    if view is None:
-        # After the replay lookup: a capture recorded under earlier rules still replays.
+    try:
+        # Before any transaction opens: the scheduler, when it must be asked, is asked with
+        # no database connection held (a slow owner must not hold one and its locks).
         service.check_capture_rules(body)
-        # The scheduler is asked while no transaction is open: a slow owner must not hold
-        # a database connection and its locks.
-        region = await service.authorize_capture(_scheduler(request), who, body)
+        region = await service.authorize_capture(_scheduler(request), who, body, _grants(request))
+    except Problem as refused:
+        # A retry of a recorded visit replays whatever the rules or the scheduler say now:
+        # the visit may have completed its task since, the scheduler may be down.
         async with unit_of_work(sessions) as session:
-            visit, created = await service.record_visit(
-                session,
-                agent_id=who.sub,
-                idempotency_key=idempotency_key,
-                body=body,
-                region=region,
-            )
-            view = await service.view_of(session, visit)
-        if created:
-            return view
+            visit = await service.earlier_capture(session, who.sub, idempotency_key, body)
+            view = await service.view_of(session, visit) if visit is not None else None
+        if view is None:
+            raise refused from None
+        response.headers["Idempotent-Replayed"] = "true"
+        return view
+    # The insert finds a retry by its key or id (service.record_visit).
+    async with _capture_session(sessions, single_statement=not body.evidence) as session:
+        recorded = await service.record_visit(
+            session, agent_id=who.sub, idempotency_key=idempotency_key, body=body, region=region
+        )
+        if recorded.created:
+            return recorded.view()
+        view = await service.view_of(session, recorded.visit)
     response.headers["Idempotent-Replayed"] = "true"
     return view
 
@@ -378,14 +408,16 @@ async def submit_draft(
             capture = await drafts.as_capture(session, who.sub, visit_id)
         view = await service.view_of(session, visit) if visit is not None else None
     if view is None:
-        region = await service.authorize_capture(_scheduler(request), who, capture)
+        region = await service.authorize_capture(
+            _scheduler(request), who, capture, _grants(request)
+        )
         async with unit_of_work(sessions) as session:
-            visit, created = await service.record_visit(
+            recorded = await service.record_visit(
                 session, agent_id=who.sub, idempotency_key=None, body=capture, region=region
             )
-            view = await service.view_of(session, visit)
-        if created:
-            return view
+            if recorded.created:
+                return recorded.view()
+            view = await service.view_of(session, recorded.visit)
     response.headers["Idempotent-Replayed"] = "true"
     return view
 

@@ -75,10 +75,10 @@ async def upload(
     bytes; a crash between the two leaves only an unreferenced object, which the next
     upload of the same file reuses. The same uploader sending the same bytes again (a
     retry from a phone that lost the answer) gets the same evidence back; as another kind
-    it is a 409."""
+    it is a 409. An upload never attached to a visit is deleted after
+    `UNATTACHED_EVIDENCE_DAYS` (services/visits/retention.py)."""
     accepted = accepted_type(declared, data, kind)
     sha256 = hashlib.sha256(data).hexdigest()
-    await store.put(sha256, data)
     candidate = Evidence(
         uploaded_by=who.sub,
         kind=accepted,
@@ -87,6 +87,10 @@ async def upload(
         sha256=sha256,
     )
     async with unit_of_work(sessions) as session:
+        # Held from the put to the commit: a cleanup of the same bytes' object waits
+        # (evidence_store's docstring). The bytes are in memory; the put is a write.
+        await repository.lock_objects(session, [sha256], shared=True)
+        await store.put(sha256, data)
         evidence = await repository.add_evidence(session, candidate)
     created = evidence.evidence_id == candidate.evidence_id
     if not created and evidence.kind != accepted:

@@ -7,8 +7,14 @@ holds the metadata (`visits.evidence`); a store holds only bytes.
 
 `LocalDirectoryStore` is the default (a directory on the API's disk, `EVIDENCE_DIR`). With
 several API replicas the directory must be shared (a volume), or an object store must
-implement the same two methods (put: a PUT of the object named by its hash; get: a GET);
+implement the same three methods (put: a PUT of the object named by its hash; get: a GET;
+delete: a DELETE, for evidence never attached to a visit, services/visits/retention.py);
 nothing else in the service knows where the bytes are.
+
+An object may be shared by several uploads (the same bytes, two agents): it is deleted
+only when no evidence row names it, under an exclusive advisory lock on its hash
+(`repository.lock_objects`), which each upload holds shared from its put to its row's
+commit, so an upload of the same bytes cannot lose its object to a cleanup in between.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ class EvidenceStore(Protocol):
         to it."""
         ...
 
+    async def delete(self, sha256: str) -> None:
+        """Drop the object kept under `sha256`; nothing if there is none."""
+        ...
+
 
 class LocalDirectoryStore:
     """Objects as files `<root>/<ab>/<sha256>`, written to a temporary file, flushed to disk
@@ -57,6 +67,9 @@ class LocalDirectoryStore:
 
     async def get(self, sha256: str) -> bytes | None:
         return await asyncio.to_thread(self._get, sha256)
+
+    async def delete(self, sha256: str) -> None:
+        await asyncio.to_thread(self._path(sha256).unlink, missing_ok=True)
 
     def _put(self, sha256: str, data: bytes) -> None:
         if hashlib.sha256(data).hexdigest() != sha256:

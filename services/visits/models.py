@@ -30,6 +30,7 @@ from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
 from services.visits.schemas import ReportKind, ReviewDecision, ReviewState
 from shared.db import schema_metadata, utcnow
 from shared.health import health_tables
+from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 from shared.vocabulary import (
     EmploymentStatus,
@@ -162,8 +163,9 @@ class Visit(VisitsTable, table=True):
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     # The loan's region when the visit was recorded, as the scheduler told it: what a
-    # supervisor's reads are narrowed by. NULL on visits recorded before migration 0006,
-    # which only ops and admin read.
+    # supervisor's reads are narrowed by. NULL on visits recorded before migration 0006
+    # until the worker fills it from `loan-registered` (regions.py); only ops and admin
+    # read them meanwhile.
     region: str | None = Field(default=None, max_length=64)
     # The version this one corrects (None for a first version), and its number (1, 2, ...).
     corrects_visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.visits.visit_id")
@@ -207,6 +209,39 @@ class VisitChainEntry(VisitsTable, table=True):
     chained_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+class ChainHead(VisitsTable, table=True):
+    """The last entry of each loan's chain of visits: what the next entry follows.
+
+    A capture appends to its loan's chain with one upsert of this row
+    (services/visits/append.py): PostgreSQL locks the row and applies the update to its
+    latest committed version, so two captures of a loan at once make one chain without a
+    lock of their own or a read of the chain. It holds nothing the chain does not: an
+    altered head shows as a break at the next entry (`prev_hash`), which verification finds.
+    """
+
+    __tablename__ = "chain_heads"
+
+    loan_id: str = Field(primary_key=True, max_length=64)
+    seq: int
+    entry_hash: str = Field(max_length=64)
+    # The entry before the last one's hash: what the last entry's own `prev_hash` is, so
+    # the upsert's RETURNING gives the appended entry whole.
+    prev_hash: str = Field(max_length=64)
+
+
+class LoanRegion(VisitsTable, table=True):
+    """Each loan's region as the scheduler last announced it on `loan-registered`: the
+    visits worker's own projection (services/visits/regions.py), which fills the region
+    of visits recorded before migration 0006 so that their region's supervisors read them.
+    The newest announcement wins (`as_of`, the event's `occurred_at`)."""
+
+    __tablename__ = "loan_regions"
+
+    loan_id: str = Field(primary_key=True, max_length=64)
+    region: str = Field(max_length=64)
+    as_of: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class ThirdPartyReport(VisitsTable, table=True):
@@ -321,5 +356,7 @@ class VisitDraft(VisitsTable, table=True):
 
 
 outbox = outbox_table(metadata)
+# Events applied by the visits worker's consumer (`loan-registered`).
+inbox = inbox_table(metadata)
 # Worker heartbeats, broker positions and losses, read by /readyz (shared/health.py).
 health = health_tables(metadata)

@@ -84,7 +84,7 @@ async def record_report(
     """Record the report and its visit (chained, `visit-completed` staged; `region` is the
     loan's) in the caller's transaction; a concurrent resend that committed first is
     returned instead."""
-    visit, created = await service.record_visit(
+    recorded = await service.record_visit(
         session,
         agent_id=body.partner,
         idempotency_key=body.report_id,
@@ -92,7 +92,8 @@ async def record_report(
         region=region,
         request_hash=body.request_hash(),
     )
-    if not created:
+    visit = recorded.visit
+    if not recorded.created:
         return await _report_of(session, visit), False
     report = ThirdPartyReport(
         visit_id=visit.visit_id,

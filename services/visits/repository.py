@@ -3,7 +3,8 @@
 Reads are narrowed in SQL by `visible_visits` and `visible_evidence`, so a visit or a file
 the reader may not see is absent (a 404, or missing from a list), never fetched and then
 refused. A visit carries its loan's region as the scheduler told it at capture; visits
-recorded before that (region NULL) are read by ops and admin only.
+recorded before that (region NULL) get it from the worker's projection of
+`loan-registered` (regions.py) and are read by ops and admin only until then.
 
 | route                                     | agent            | supervisor       | ops, admin  |
 |-------------------------------------------|------------------|------------------|-------------|
@@ -34,7 +35,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, delete, false, func, or_, select, text, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    cast,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import Label
@@ -61,9 +74,12 @@ READERS: tuple[Role, ...] = ("agent", "supervisor", "ops", "admin")
 AUDITORS: tuple[Role, ...] = ("supervisor", "ops", "admin")
 VISIT_ORDER = (col(Visit.created_at), col(Visit.visit_id))
 
-# The first key of the two-key advisory locks serialising each loan's chain: its own lock
+# The first key of the two-key advisory locks serialising each loan's review chain: its own lock
 # space, apart from the one-key locks of the outbox relay.
 CHAIN_LOCK_CLASS = 7301
+# The first key of the two-key advisory locks on an evidence object (by its SHA-256): held
+# shared by an upload from its put to its commit, exclusively by the cleanup deleting it.
+OBJECT_LOCK_CLASS = 7302
 # Rows fetched per round trip while verifying a whole chain.
 VERIFY_BATCH = 1000
 
@@ -268,12 +284,6 @@ async def first_misstated_review(
     return (row[0], row[1], row[2]) if row is not None else None
 
 
-async def add_visit(session: AsyncSession, visit: Visit) -> None:
-    """Insert now, so a unique-constraint conflict surfaces here and not at commit."""
-    session.add(visit)
-    await session.flush()
-
-
 @dataclass(frozen=True)
 class VisitFilter:
     """What a list of visits is narrowed to; None leaves a criterion out."""
@@ -319,28 +329,12 @@ async def list_visits(
 
 
 async def lock_chain_of(session: AsyncSession, loan_id: str) -> None:
-    """Serialise appends to one loan's chain until the transaction ends: two visits of a
-    loan recorded at once still make one chain (the unique (loan_id, seq) is the backstop)."""
+    """Serialise appends to one loan's chain of review decisions until the transaction
+    ends: two decisions on a loan at once still make one chain (the unique (loan_id, seq)
+    is the backstop). Visits' own chain is appended through `chain_heads` (append.py)."""
     await session.execute(
         select(func.pg_advisory_xact_lock(CHAIN_LOCK_CLASS, func.hashtext(loan_id)))
     )
-
-
-async def chain_head(session: AsyncSession, loan_id: str) -> tuple[int, str] | None:
-    """The seq and entry hash of the loan's last entry, or None before its first visit."""
-    stmt = (
-        select(col(VisitChainEntry.seq), col(VisitChainEntry.entry_hash))
-        .where(col(VisitChainEntry.loan_id) == loan_id)
-        .order_by(col(VisitChainEntry.seq).desc())
-        .limit(1)
-    )
-    row = (await session.execute(stmt)).one_or_none()
-    return (row[0], row[1]) if row is not None else None
-
-
-async def add_chain_entry(session: AsyncSession, entry: VisitChainEntry) -> None:
-    session.add(entry)
-    await session.flush()
 
 
 async def get_chain_entry(session: AsyncSession, visit_id: uuid.UUID) -> VisitChainEntry | None:
@@ -642,3 +636,53 @@ async def expire_idempotency_keys(
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0))
+
+
+# --- unattached evidence -----------------------------------------------------------------
+
+
+async def purge_unattached_evidence(
+    session: AsyncSession, uploaded_before: datetime, batch: int
+) -> list[str]:
+    """Delete up to `batch` uploads attached to no visit since before then, except those
+    a draft of their uploader still lists (it may yet be submitted with them); the SHA-256
+    of each deleted row. A row a capture has locked to attach is skipped, and one deleted
+    here is absent to a capture that then locks it (a 422 naming it)."""
+    listed_by_a_draft = (
+        select(col(VisitDraft.visit_id))
+        .where(
+            col(VisitDraft.agent_id) == col(Evidence.uploaded_by),
+            col(VisitDraft.body)["evidence"].has_key(cast(col(Evidence.evidence_id), Text)),
+        )
+        .exists()
+    )
+    stale = (
+        select(col(Evidence.evidence_id))
+        .where(
+            col(Evidence.visit_id).is_(None),
+            col(Evidence.created_at) < uploaded_before,
+            ~listed_by_a_draft,
+        )
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(Evidence).where(col(Evidence.evidence_id).in_(stale)).returning(col(Evidence.sha256))
+    )
+    return list(result.scalars())
+
+
+async def lock_objects(session: AsyncSession, hashes: list[str], *, shared: bool) -> None:
+    """Lock the evidence objects named by `hashes` until the transaction ends (one order:
+    no deadlock between two callers)."""
+    lock = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
+    for sha256 in sorted(set(hashes)):
+        await session.execute(select(lock(OBJECT_LOCK_CLASS, func.hashtext(sha256))))
+
+
+async def referenced_objects(session: AsyncSession, hashes: list[str]) -> set[str]:
+    """Which of the objects some evidence row still names."""
+    if not hashes:
+        return set()
+    stmt = select(col(Evidence.sha256)).where(col(Evidence.sha256).in_(hashes)).distinct()
+    return set((await session.execute(stmt)).scalars())

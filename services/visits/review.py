@@ -137,7 +137,7 @@ async def correct_visit(
         }
     )
     service.check_capture_rules(capture)
-    visit, created = await service.record_visit(
+    recorded = await service.record_visit(
         session,
         agent_id=who.sub,
         idempotency_key=idempotency_key,
@@ -146,6 +146,6 @@ async def correct_visit(
         request_hash=request_hash,
         corrects=original,
     )
-    if created:
-        log.info("visit %s corrected by version %s", visit_id, visit.visit_id)
-    return visit, created
+    if recorded.created:
+        log.info("visit %s corrected by version %s", visit_id, recorded.visit.visit_id)
+    return recorded.visit, recorded.created

@@ -1,4 +1,5 @@
-"""`make bench` (`python -m tests.bench`) and `make bench-soak` (`python -m tests.bench soak`)."""
+"""`make bench` (`python -m tests.bench`), `make bench-soak` (`python -m tests.bench soak`) and
+`make bench-visits` (`python -m tests.bench visits`: only the visit capture phase)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ MAX_IMPORT_BYTES = str(4 * 1024**3)
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
-    parser.add_argument("mode", nargs="?", choices=["all", "soak"], default="all")
+    parser.add_argument("mode", nargs="?", choices=["all", "soak", "visits"], default="all")
     args = parser.parse_args()
     # Line by line also into a file or pipe: a long run shows where it is.
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -104,6 +105,8 @@ def _run(work: Path, sizes: Sizes, report: Report, mode: str) -> None:
             stack.env_extra = {
                 "MAX_IMPORT_BYTES": MAX_IMPORT_BYTES,
                 "PYTHONWARNINGS": "ignore::UserWarning",
+                # The bench's dozen agents capture at the pace of thousands (visits.py).
+                "VISIT_CAPTURES_PER_MINUTE": str(visits.CAPTURE_LIMIT),
             }
             procs.env = stack.env()
             commands = stack.commands()
@@ -153,6 +156,8 @@ async def _phases(
         ]
         if mode == "soak":
             steps = []
+        elif mode == "visits":
+            steps = [steps[2]]
         # BENCH_ONLY=throughput (a phase's first word): one phase, for a quick comparison.
         if only := os.environ.get("BENCH_ONLY"):
             steps = [step for step in steps if step[0].split(":")[0] == only]

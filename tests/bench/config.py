@@ -21,7 +21,8 @@ class Sizes:
     rate: float  # BENCH_RATE: postings/s of the latency phase
     steady_seconds: float  # BENCH_SECONDS: how long the latency phase posts
     import_loans: int  # BENCH_IMPORT: loans in the one-body import
-    visits: int  # BENCH_VISITS: visit captures timed
+    capture_seconds: float  # BENCH_CAPTURE_SECONDS: how long wrk drives each endpoint
+    capture_connections: int  # BENCH_CAPTURE_CONNECTIONS: wrk's concurrent connections
     soak: int  # BENCH_SOAK: postings of the memory soak (0: no soak)
     soak_every: int  # BENCH_SOAK_EVERY: applied postings between memory samples
     missed_share: float = 0.2
@@ -36,7 +37,8 @@ class Sizes:
             rate=_float("BENCH_RATE", 500.0),
             steady_seconds=_float("BENCH_SECONDS", 60.0),
             import_loans=_int("BENCH_IMPORT", 100_000),
-            visits=_int("BENCH_VISITS", 200),
+            capture_seconds=_float("BENCH_CAPTURE_SECONDS", 20.0),
+            capture_connections=_int("BENCH_CAPTURE_CONNECTIONS", 16),
             soak=soak,
             soak_every=_int("BENCH_SOAK_EVERY", max(1, min(100_000, soak // 10 or 1))),
         )

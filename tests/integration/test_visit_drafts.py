@@ -12,6 +12,7 @@ import pytest
 
 from services.visits import retention
 from services.visits.settings import VisitsSettings
+from services.visits.stores import evidence_store_for
 from shared.db import engine_for, make_session_factory, utcnow
 from tests.integration.conftest import System
 from tests.integration.test_visits import assert_problem, assign, post_visit, visit_body
@@ -87,6 +88,7 @@ async def test_a_client_visit_id_replays_after_the_key_expired(system: System) -
     settings = VisitsSettings(env="test", database_url=system.database_url)
     engine = engine_for(settings, pool_size=1)
     sessions = make_session_factory(engine)
+    store = evidence_store_for(settings)
     try:
         visit_id = str(uuid.uuid4())
         body = visit_body(job.loan_id) | {"visit_id": visit_id}
@@ -100,11 +102,11 @@ async def test_a_client_visit_id_replays_after_the_key_expired(system: System) -
         assert put.status_code == 200, put.text
 
         # Within the retention nothing is swept.
-        await retention.sweep(sessions, settings, utcnow() + timedelta(days=6))
+        await retention.sweep(sessions, settings, utcnow() + timedelta(days=6), store)
         assert (await key_of(system, visit_id)) == "K-offline-1"
         # Eight days on, the key is gone (the visit and its chain entry are not); in
         # batches of one here, so the sweep goes round until a batch comes back short.
-        swept = await retention.sweep(sessions, settings, utcnow() + timedelta(days=8), 1)
+        swept = await retention.sweep(sessions, settings, utcnow() + timedelta(days=8), store, 1)
         assert swept.keys_expired >= 2
         assert await key_of(system, visit_id) is None
 
@@ -125,7 +127,7 @@ async def test_a_client_visit_id_replays_after_the_key_expired(system: System) -
 
         # Drafts untouched for 30 days are purged.
         assert (await system.visits.get(draft, headers=job.headers)).status_code == 200
-        purged = await retention.sweep(sessions, settings, utcnow() + timedelta(days=31))
+        purged = await retention.sweep(sessions, settings, utcnow() + timedelta(days=31), store)
         assert purged.drafts_purged >= 1
         assert_problem(await system.visits.get(draft, headers=job.headers), 404)
         verified = await system.visits.get(
