@@ -34,7 +34,13 @@ class Tables:
     """What the consumers did with the suite's postings, counted in their own tables."""
 
     applied: dict[str, int]  # postings in each consumer's inbox
-    missed_with_alert: int  # missed postings that raised an alert
+    # The alerts desk keeps one active alert per loan and rule family: a loan's later misses
+    # escalate or count on its alert instead of raising another. So every applied missed
+    # posting must be remembered exactly once, and every loan with one must have an alert.
+    missed_remembered: int  # rows of applied missed postings in the desk's memory
+    missed_remembered_distinct: int
+    loans_missed: int  # loans with an applied missed posting
+    loans_missed_with_alert: int
     alerts_on_paid: int  # alerts on postings that were paid (must be none)
     duplicate_alerts: int  # alerts beyond one per posting
     open_task_clashes: int  # (loan, method) pairs with more than one open task
@@ -59,10 +65,20 @@ async def read_tables(database_url: str, postings: Iterable[str], missed: Iterab
                 for consumer in CONSUMERS
             }
             alerts = "SELECT {} FROM alerts.alerts WHERE source_event_id = ANY($1::uuid[])"
+            memory = "SELECT {} FROM alerts.repayment_memory WHERE event_id = ANY($1::uuid[])"
             return Tables(
                 applied=applied,
-                missed_with_alert=await conn.fetchval(
-                    alerts.format("count(DISTINCT source_event_id)"), missed_ids
+                missed_remembered=await conn.fetchval(memory.format("count(*)"), missed_ids),
+                missed_remembered_distinct=await conn.fetchval(
+                    memory.format("count(DISTINCT event_id)"), missed_ids
+                ),
+                loans_missed=await conn.fetchval(
+                    memory.format("count(DISTINCT loan_id)"), missed_ids
+                ),
+                loans_missed_with_alert=await conn.fetchval(
+                    "SELECT count(DISTINCT a.loan_id) FROM alerts.alerts AS a WHERE a.loan_id IN"
+                    f" ({memory.format('loan_id')})",
+                    missed_ids,
                 ),
                 alerts_on_paid=await conn.fetchval(alerts.format("count(*)"), paid),
                 duplicate_alerts=await conn.fetchval(

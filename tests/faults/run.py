@@ -331,10 +331,14 @@ async def _verdict(run: Run, scenario: Scenario, drain: float | None) -> Outcome
     applied_missed = await evidence.applied_ids(
         run.database_url, "alerts", [uuid.UUID(m) for m in missed]
     )
-    checks["one alert per applied missed posting"] = (
-        tables.missed_with_alert == len(applied_missed) and tables.duplicate_alerts == 0,
-        f"{tables.missed_with_alert} alerts for {len(applied_missed)} applied missed "
-        f"({len(missed)} sent), {tables.duplicate_alerts} extra",
+    checks["every applied missed posting remembered once, its loan alerted"] = (
+        tables.missed_remembered == tables.missed_remembered_distinct == len(applied_missed)
+        and tables.loans_missed_with_alert == tables.loans_missed
+        and tables.duplicate_alerts == 0,
+        f"{tables.missed_remembered} remembered ({tables.missed_remembered_distinct} distinct) "
+        f"of {len(applied_missed)} applied missed ({len(missed)} sent); "
+        f"{tables.loans_missed_with_alert} of {tables.loans_missed} loans alerted; "
+        f"{tables.duplicate_alerts} extra",
     )
     checks["no alert on a paid posting"] = (tables.alerts_on_paid == 0, str(tables.alerts_on_paid))
     checks["at most one open task per loan and method"] = (
