@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.scheduler import policy_api
 from services.scheduler.api import IMPORT_ROUTE, router
 from services.scheduler.models import health, outbox
 from services.scheduler.registration import digest_key
@@ -22,7 +23,7 @@ def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
     app = create_app(
         settings,
         title="Huifang scheduler",
-        routers=[router],
+        routers=[router, policy_api.router],
         body_limits={IMPORT_ROUTE: settings.max_import_bytes},
         readiness=workers,
     )

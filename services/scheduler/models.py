@@ -7,7 +7,21 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Column, DateTime, Index, Numeric, String, text
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -46,6 +60,7 @@ class Loan(SchedulerTable, table=True):
         CheckConstraint(
             check_in("last_repayment_status", RepaymentStatus), name="last_repayment_status"
         ),
+        CheckConstraint("risk_tier IN ('low', 'medium', 'high')", name="risk_tier"),
     )
 
     loan_id: str = Field(primary_key=True, max_length=64)
@@ -77,6 +92,21 @@ class Loan(SchedulerTable, table=True):
     # Keyed digest of the registration last applied: the same registration again changes
     # nothing (services/scheduler/registration.py).
     registration_digest: str | None = Field(default=None, max_length=64)
+    # The risk tier the visit policy gives the loan (policy.risk_tier), kept as its inputs
+    # change, and what moves it from the tier its facts give: events' shift (a clean record
+    # down, bad findings and alerts up), the on-time installments in a row towards a clean
+    # record, whether the last visit was clean.
+    risk_tier: str | None = Field(default=None, max_length=8)
+    tier_shift: int = Field(
+        default=0, sa_column=Column(SmallInteger, server_default=text("0"), nullable=False)
+    )
+    on_time_streak: int = Field(
+        default=0, sa_column=Column(SmallInteger, server_default=text("0"), nullable=False)
+    )
+    last_visit_clean: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))
+    # The last field inspection and third-party check: their cadences run from these.
+    last_field_on: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    last_third_party_on: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -123,12 +153,15 @@ class VisitTask(SchedulerTable, table=True):
             unique=True,
             postgresql_where=text("status = 'open'"),
         ),
-        # What the dispatcher reads: open tasks without an agent, soonest first.
+        # What the dispatcher reads: open tasks without an agent, soonest first (third-party
+        # checks are for partners, never dispatched).
         Index(
             "ix_visit_tasks_awaiting_dispatch",
             "due_on",
             "task_id",
-            postgresql_where=text("status = 'open' AND agent_id IS NULL"),
+            postgresql_where=text(
+                "status = 'open' AND agent_id IS NULL AND method <> 'third_party'"
+            ),
         ),
         CheckConstraint(check_in("method", VisitMethod), name="method"),
         CheckConstraint(check_in("status", TaskStatus), name="status"),
@@ -153,6 +186,39 @@ class VisitTask(SchedulerTable, table=True):
     completed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+class Policy(SchedulerTable, table=True):
+    """A version of the visit policy: the validated document the planner applies, and the
+    text it was installed from (what the reviewers read)."""
+
+    __tablename__ = "policies"
+
+    version: int | None = Field(
+        default=None, sa_column=Column(Integer, Identity(always=False), primary_key=True)
+    )
+    document: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    installed_by: str = Field(max_length=64)
+    installed_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ReplanRun(SchedulerTable, table=True):
+    """A run of the portfolio re-plan (replan.py) and what it changed."""
+
+    __tablename__ = "replan_runs"
+    __table_args__ = (Index("ix_replan_runs_run_on", "run_on", "policy_version"),)
+
+    run_id: int | None = Field(
+        default=None, sa_column=Column(Integer, Identity(always=False), primary_key=True)
+    )
+    policy_version: int
+    run_on: date
+    started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    finished_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    changes: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 
 inbox = inbox_table(metadata)

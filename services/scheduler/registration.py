@@ -22,14 +22,16 @@ import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.scheduler import policy, repository
+from services.scheduler import policies, policy, replan, repository
 from services.scheduler.models import Loan, VisitTask, outbox
 from services.scheduler.schemas import LoanIn
+from services.scheduler.visit_policy import PolicyInForce
 from shared.events import LoanRegistered
 from shared.outbox import enqueue_many
 from shared.pii import PiiCipher
@@ -185,22 +187,28 @@ async def register_loans(
         if stored.get(loan_id) != digest
     ]
     written: dict[str, bool] = {}
-    if fresh:
-        result = await session.execute(_UPSERT, _loan_columns(cipher, fresh))
+    # The visit policy in force plans the first follow-up and gives the tier.
+    rules = await policies.current_policy(session) if fresh else None
+    if rules is not None:
+        result = await session.execute(_UPSERT, _loan_columns(rules, cipher, fresh))
         written = {loan_id: created for loan_id, created in result}
     created = frozenset(loan_id for loan_id, was_created in written.items() if was_created)
     updated = frozenset(written) - created
     bodies = dict(ordered)
-    if created:
-        await _plan_first_follow_ups(session, [(loan_id, bodies[loan_id]) for loan_id in created])
-    if written:
+    if created and rules is not None:
+        await _plan_first_follow_ups(
+            session, rules, [(loan_id, bodies[loan_id]) for loan_id in created]
+        )
+    if written and rules is not None:
+        # A registration's facts (grade, amounts, term) are the tier's inputs.
+        await replan.recompute_tiers(session, rules, datetime.now(UTC).date(), written)
         events = [loan_registered(loan_id, bodies[loan_id]) for loan_id in sorted(written)]
         await enqueue_many(session, outbox, events)
     return Registered(created, updated, frozenset(ids) - created - updated)
 
 
 def _loan_columns(
-    cipher: PiiCipher, fresh: Sequence[tuple[str, LoanIn, str]]
+    rules: PolicyInForce, cipher: PiiCipher, fresh: Sequence[tuple[str, LoanIn, str]]
 ) -> dict[str, list[object]]:
     """The rows of the upsert, one list per column."""
     columns: dict[str, list[object]] = {name: [] for name, _ in _REGISTERED}
@@ -226,7 +234,7 @@ def _loan_columns(
             body.region,
             body.agreed_usage,
             digest,
-            policy.first_follow_up(body.disbursed_on).due_on,
+            policy.first_follow_up(rules, body.disbursed_on).due_on,
         )
         for column, value in zip(columns.values(), values, strict=True):
             column.append(value)
@@ -234,12 +242,12 @@ def _loan_columns(
 
 
 async def _plan_first_follow_ups(
-    session: AsyncSession, loans: Sequence[tuple[str, LoanIn]]
+    session: AsyncSession, rules: PolicyInForce, loans: Sequence[tuple[str, LoanIn]]
 ) -> None:
     """Each new loan's first follow-up (its `next_due_on` was written with the loan)."""
     rows: dict[str, list[object]] = {"loan_id": [], "method": [], "due_on": [], "reason": []}
     for loan_id, body in sorted(loans, key=lambda item: item[0]):
-        planned = policy.first_follow_up(body.disbursed_on)
+        planned = policy.first_follow_up(rules, body.disbursed_on)
         rows["loan_id"].append(loan_id)
         rows["method"].append(planned.method)
         rows["due_on"].append(planned.due_on)

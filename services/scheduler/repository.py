@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, exists, select, text, true
@@ -108,11 +109,18 @@ async def get_task_and_region(
 
 @dataclass(frozen=True)
 class LoanFacts:
-    """What planning needs of a loan."""
+    """What planning needs of a loan: its standing and the inputs of its risk tier."""
 
     loan_id: str
     credit_grade: str
     days_past_due: int
+    principal: Decimal
+    valuation: Decimal
+    term_months: int
+    disbursed_on: date
+    tier_shift: int
+    on_time_streak: int
+    last_visit_clean: bool | None
 
 
 async def lock_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[str, LoanFacts]:
@@ -121,22 +129,25 @@ async def lock_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[s
     deadlocking."""
     rows = await session.execute(
         text(
-            "SELECT loan_id, credit_grade, days_past_due FROM scheduler.loans"
+            "SELECT loan_id, credit_grade, days_past_due, principal, valuation, term_months,"
+            " disbursed_on, tier_shift, on_time_streak, last_visit_clean FROM scheduler.loans"
             " WHERE loan_id = ANY(CAST(:ids AS varchar[])) ORDER BY loan_id FOR UPDATE"
         ),
         {"ids": sorted(set(loan_ids))},
     )
-    return {r.loan_id: LoanFacts(r.loan_id, r.credit_grade, r.days_past_due) for r in rows}
+    return {r.loan_id: LoanFacts(*r) for r in rows}
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A visit that did the open task `task_id` of `loan_id`."""
+    """A visit that did the open task `task_id` of `loan_id`; a partner's report (method
+    `third_party`, no task named) does the loan's open third-party check."""
 
-    task_id: uuid.UUID
+    task_id: uuid.UUID | None
     loan_id: str
     visit_id: uuid.UUID
     completed_at: datetime
+    method: str = "phone"
 
 
 async def complete_tasks(session: AsyncSession, completions: Sequence[Completion]) -> None:
@@ -148,15 +159,20 @@ async def complete_tasks(session: AsyncSession, completions: Sequence[Completion
             "UPDATE scheduler.visit_tasks AS t"
             " SET status = 'completed', visit_id = v.visit_id, completed_at = v.completed_at"
             " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:loan_ids AS varchar[]),"
-            "             CAST(:visit_ids AS uuid[]), CAST(:completed AS timestamptz[]))"
-            "      AS v(task_id, loan_id, visit_id, completed_at)"
-            " WHERE t.task_id = v.task_id AND t.loan_id = v.loan_id AND t.status = 'open'"
+            "             CAST(:visit_ids AS uuid[]), CAST(:completed AS timestamptz[]),"
+            "             CAST(:methods AS varchar[]))"
+            "      AS v(task_id, loan_id, visit_id, completed_at, method)"
+            " WHERE t.loan_id = v.loan_id AND t.status = 'open'"
+            "   AND (t.task_id = v.task_id"
+            "        OR (v.task_id IS NULL AND v.method = 'third_party'"
+            "            AND t.method = 'third_party'))"
         ),
         {
             "task_ids": [c.task_id for c in completions],
             "loan_ids": [c.loan_id for c in completions],
             "visit_ids": [c.visit_id for c in completions],
             "completed": [c.completed_at for c in completions],
+            "methods": [c.method for c in completions],
         },
     )
 
@@ -212,12 +228,50 @@ async def upsert_tasks(session: AsyncSession, plans: Sequence[TaskPlan]) -> bool
 
 @dataclass(frozen=True)
 class Standing:
-    """What a batch learnt of a loan; None leaves a field as it is."""
+    """What a batch learnt of a loan; None leaves a field as it is (dates only move on)."""
 
     loan_id: str
     days_past_due: int | None = None
     last_repayment_status: str | None = None
     last_visit_on: date | None = None
+    last_field_on: date | None = None
+    last_third_party_on: date | None = None
+    last_visit_clean: bool | None = None
+    on_time_streak: int | None = None
+    tier_shift: int | None = None
+
+
+# (column, array type, how a batch's value merges with the stored one)
+_STANDING: tuple[tuple[str, str, str], ...] = (
+    ("days_past_due", "integer", "COALESCE(s.{c}, c.{c})"),
+    ("last_repayment_status", "varchar", "COALESCE(s.{c}, c.{c})"),
+    ("last_visit_on", "date", "GREATEST(c.{c}, s.{c})"),
+    ("last_field_on", "date", "GREATEST(c.{c}, s.{c})"),
+    ("last_third_party_on", "date", "GREATEST(c.{c}, s.{c})"),
+    ("last_visit_clean", "boolean", "COALESCE(s.{c}, c.{c})"),
+    ("on_time_streak", "smallint", "COALESCE(s.{c}, c.{c})"),
+    ("tier_shift", "smallint", "COALESCE(s.{c}, c.{c})"),
+)
+_STANDING_COLUMNS = [c for c, _, _ in _STANDING]
+# A loan whose standing this batch does not change is not written: at month end most
+# postings are paid on a loan that was already current, and rewriting its row would cost a
+# new row version and its WAL for nothing.
+_UPDATE_STANDING = text(
+    "UPDATE scheduler.loans AS l SET "
+    + ", ".join(f"{c} = n.{c}" for c in _STANDING_COLUMNS)
+    + ", next_due_on = n.next_due_on, updated_at = now()"
+    " FROM (SELECT c.loan_id, "
+    + ", ".join(f"{merge.format(c=c)} AS {c}" for c, _, merge in _STANDING)
+    + ", (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
+    "     WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on"
+    " FROM unnest(CAST(:loan_id AS varchar[]), "
+    + ", ".join(f"CAST(:{c} AS {kind}[])" for c, kind, _ in _STANDING)
+    + f") AS s(loan_id, {', '.join(_STANDING_COLUMNS)})"
+    " JOIN scheduler.loans AS c ON c.loan_id = s.loan_id) AS n"
+    " WHERE l.loan_id = n.loan_id"
+    f" AND (l.{', l.'.join(_STANDING_COLUMNS)}, l.next_due_on)"
+    f" IS DISTINCT FROM (n.{', n.'.join(_STANDING_COLUMNS)}, n.next_due_on)"
+)
 
 
 async def update_standing(session: AsyncSession, standings: Sequence[Standing]) -> None:
@@ -227,33 +281,9 @@ async def update_standing(session: AsyncSession, standings: Sequence[Standing]) 
     if not standings:
         return
     await session.execute(
-        text(
-            # A loan whose standing this batch does not change is not written: at month end
-            # most postings are paid on a loan that was already current, and rewriting its
-            # row would cost a new row version and its WAL for nothing.
-            "UPDATE scheduler.loans AS l SET"
-            " days_past_due = n.days_past_due, last_repayment_status = n.status,"
-            " last_visit_on = n.last_visit_on, next_due_on = n.next_due_on, updated_at = now()"
-            " FROM (SELECT c.loan_id,"
-            "              COALESCE(s.days_past_due, c.days_past_due) AS days_past_due,"
-            "              COALESCE(s.status, c.last_repayment_status) AS status,"
-            "              GREATEST(c.last_visit_on, s.last_visit_on) AS last_visit_on,"
-            "              (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
-            "               WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on"
-            "       FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:dpds AS integer[]),"
-            "                   CAST(:statuses AS varchar[]), CAST(:visited AS date[]))"
-            "            AS s(loan_id, days_past_due, status, last_visit_on)"
-            "       JOIN scheduler.loans AS c ON c.loan_id = s.loan_id) AS n"
-            " WHERE l.loan_id = n.loan_id"
-            " AND (l.days_past_due, l.last_repayment_status, l.last_visit_on, l.next_due_on)"
-            "     IS DISTINCT FROM (n.days_past_due, n.status, n.last_visit_on, n.next_due_on)"
-        ),
-        {
-            "loan_ids": [s.loan_id for s in standings],
-            "dpds": [s.days_past_due for s in standings],
-            "statuses": [s.last_repayment_status for s in standings],
-            "visited": [s.last_visit_on for s in standings],
-        },
+        _UPDATE_STANDING,
+        {"loan_id": [s.loan_id for s in standings]}
+        | {c: [getattr(s, c) for s in standings] for c in _STANDING_COLUMNS},
     )
 
 
@@ -287,7 +317,7 @@ async def waiting_tasks(session: AsyncSession, limit: int) -> list[WaitingTask]:
         text(
             "SELECT t.task_id, l.region, t.method, t.due_on"
             " FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)"
-            " WHERE t.status = 'open' AND t.agent_id IS NULL"
+            " WHERE t.status = 'open' AND t.agent_id IS NULL AND t.method <> 'third_party'"
             "   AND EXISTS (SELECT 1 FROM scheduler.agents AS a WHERE a.active"
             "               AND a.region = l.region AND t.method = ANY(a.methods))"
             " ORDER BY t.due_on, t.task_id LIMIT :limit FOR UPDATE OF t SKIP LOCKED"
@@ -352,6 +382,7 @@ async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, st
             " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]))"
             "      AS v(task_id, agent_id)"
             " WHERE t.task_id = v.task_id AND t.status = 'open' AND t.agent_id IS NULL"
+            "   AND t.method <> 'third_party'"
         ),
         {"task_ids": list(assignments), "agent_ids": list(assignments.values())},
     )

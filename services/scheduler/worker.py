@@ -1,6 +1,6 @@
 """Scheduler worker: plans visits from repayments, completed visits and alerts,
-dispatches the planned tasks to agents, and relays `loan-registered` from the scheduler's
-outbox.
+dispatches the planned tasks to agents, relays `loan-registered` from the scheduler's
+outbox, and re-plans the portfolio once a day and after a new policy version.
 
 `python -m services.scheduler.worker`
 """
@@ -12,6 +12,7 @@ import asyncio
 from services.scheduler import planning
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.models import health, inbox, outbox
+from services.scheduler.replan import DailyReplan
 from services.scheduler.settings import SchedulerSettings
 from shared.events import (
     ALERT_RAISED,
@@ -43,12 +44,19 @@ async def run_worker(settings: SchedulerSettings) -> None:
             batch_size=settings.dispatch_batch_size,
         )
         relay = resources.relay(outbox)
+        replanner = DailyReplan(
+            resources.sessions,
+            settings.database_url,
+            period_seconds=settings.replan_check_seconds,
+            chunk=settings.replan_chunk_loans,
+        )
         # A TaskGroup: if any loop dies, the others are cancelled and the worker exits (and
         # is restarted) instead of limping on half-working.
         async with asyncio.TaskGroup() as group:
             group.create_task(consumer.run(), name="consumer")
             group.create_task(dispatcher.run(), name="dispatcher")
             group.create_task(relay.run(), name="relay")
+            group.create_task(replanner.run(), name="replan")
 
 
 if __name__ == "__main__":

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from services.scheduler import planning, policy
 from services.scheduler.policy import LoanPlan, PlannedVisit, RosterAgent, WaitingTask
 from services.scheduler.repository import LoanFacts
+from services.scheduler.visit_policy import PolicyInForce, default_policy
 from shared.events import AlertRaised, RepaymentPosted, VisitCompleted
 from shared.vocabulary import VisitMethod
 
 POSTED = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 PHONE, FIELD = VisitMethod.PHONE, VisitMethod.FIELD
+P = PolicyInForce(7, default_policy())
+
+
+def facts(loan_id: str, grade: str = "C", dpd: int = 0, **kwargs: Any) -> LoanFacts:
+    """A loan of 80,000 on a car worth 100,000 (LTV 0.8), 36 months from 2026-01-01."""
+    values: dict[str, Any] = {
+        "principal": Decimal("80000.00"),
+        "valuation": Decimal("100000.00"),
+        "term_months": 36,
+        "disbursed_on": date(2026, 1, 1),
+        "tier_shift": 0,
+        "on_time_streak": 0,
+        "last_visit_clean": None,
+    } | kwargs
+    return LoanFacts(loan_id, grade, dpd, **values)
 
 
 def posting(loan_id: str, status: str, dpd: int, when: datetime = POSTED) -> RepaymentPosted:
@@ -86,7 +103,7 @@ def test_of_two_plans_due_the_same_day_the_first_is_kept() -> None:
     second = plan("L-1", PHONE, date(2026, 6, 3), "second")
     [merged] = policy.merge_plans([first, second])
     assert merged.reason["rule"] == "first"
-    assert merged.reason["also"] == [{"rule": "second"}]
+    assert merged.reason["also"] == [{"rule": "second", "inputs": {}, "policy_version": 0}]
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -98,7 +115,7 @@ def test_a_loans_last_posting_in_the_batch_is_its_standing_and_every_miss_plans(
         posting("L-2", "missed", 5),
         posting("L-1", "paid", 0, POSTED + timedelta(days=1)),
     ]
-    batch = planning.plan_repayments(events)
+    batch = planning.plan_repayments(P, events, {"L-1": facts("L-1"), "L-2": facts("L-2")})
     standing = {s.loan_id: s for s in batch.standings}
     assert (standing["L-1"].days_past_due, standing["L-1"].last_repayment_status) == (0, "paid")
     assert (standing["L-2"].days_past_due, standing["L-2"].last_repayment_status) == (5, "missed")
@@ -114,30 +131,33 @@ def test_a_loans_last_posting_in_the_batch_is_its_standing_and_every_miss_plans(
 
 def test_two_misses_of_one_loan_in_a_batch_write_one_task_per_method() -> None:
     events = [posting("L-1", "missed", 31), posting("L-1", "missed", 61, POSTED + timedelta(1))]
-    merged = policy.merge_plans(planning.plan_repayments(events).plans)
+    merged = policy.merge_plans(planning.plan_repayments(P, events, {"L-1": facts("L-1")}).plans)
     assert [(m.method, m.due_on) for m in merged] == [
         (FIELD, date(2026, 6, 8)),
         (PHONE, date(2026, 6, 3)),
     ]
     assert all(m.source_event_id == events[0].event_id for m in merged)
-    assert all(m.reason["also"][0]["days_past_due"] == 61 for m in merged)
+    assert all(m.reason["also"][0]["inputs"]["days_past_due"] == 61 for m in merged)
+    assert all(m.reason["policy_version"] == 7 for m in merged)
 
 
 def test_visits_complete_their_task_once_and_plan_by_the_loans_risk() -> None:
     task = uuid.uuid4()
     loans = {
-        "L-1": LoanFacts("L-1", "E", 0),
-        "L-2": LoanFacts("L-2", "A", 45),
+        "L-1": facts("L-1", "E"),
+        "L-2": facts("L-2", "A", 45),
     }
     events = [
         visit("L-1", task_id=task),
         visit("L-1", task_id=task),  # the same task twice: the first visit did it
         visit("L-2", outcome="borrower_unreachable"),
     ]
-    batch = planning.plan_visits(events, loans)
+    batch = planning.plan_visits(P, events, loans)
     assert [(c.task_id, c.visit_id) for c in batch.completions] == [(task, events[0].visit_id)]
     by_loan = {p.loan_id: p.visit for p in batch.plans}
-    assert (by_loan["L-1"].method, by_loan["L-1"].due_on) == (PHONE, date(2026, 6, 15))
+    # E, LTV 0.8, 31 months left: 3 + 1 + 1 points, high tier: a contact a month later.
+    assert (by_loan["L-1"].method, by_loan["L-1"].due_on) == (PHONE, date(2026, 7, 1))
+    assert by_loan["L-1"].reason["inputs"]["risk_tier"] == "high"
     assert (by_loan["L-2"].method, by_loan["L-2"].reason["rule"]) == (
         FIELD,
         "after_borrower_unreachable",
@@ -165,8 +185,11 @@ def test_only_alerts_recommending_a_visit_plan_and_unknown_loans_are_named() -> 
         )
 
     events = [alert("legal_review"), alert("repossession_review")]
-    [planned] = planning.plan_alerts(events)
+    batch = planning.plan_alerts(P, events, {"L-9": facts("L-9")})
+    [planned] = batch.plans
     assert (planned.source_event_id, planned.visit.method) == (events[1].event_id, FIELD)
+    # Both alerts are high: each moves the loan a tier up (shift +2, the bound).
+    assert [(s.loan_id, s.tier_shift) for s in batch.standings] == [("L-9", 2)]
     refused = planning.unregistered(events, {"L-1"})
     assert refused == {e.event_id: "loan L-9 is not registered with the scheduler" for e in events}
     assert planning.unregistered(events, {"L-9"}) == {}

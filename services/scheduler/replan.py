@@ -1,0 +1,440 @@
+"""The portfolio re-plan: every loan's risk tier and routine visits, set-based in SQL.
+
+`python -m services.scheduler.replan` (the worker also runs it once a day and when a new
+policy version is installed). The loans are taken in chunks of `loan_id` ranges, one
+transaction each, and each chunk costs the same five statements whatever its size:
+
+1. `UPDATE loans … risk_tier`: the tier the policy gives each loan's facts (credit grade,
+   loan-to-value, remaining term) moved by its events' shift (`policy.risk_tier`);
+2. a temporary table of each loan's routine plan by method (`policy.routine_visits`): the
+   contact by its tier's cadence after the last visit (the first follow-up before any), the
+   field inspection and the third-party check by their cadences;
+3. `UPDATE visit_tasks`: open routine tasks follow the plan, either way (a new policy can
+   make them later); tasks of other rules (arrears, alerts, findings, collateral), tasks a
+   supervisor rescheduled by hand and completed history are left as they are;
+4. `INSERT … ON CONFLICT`: routine visits due within the policy's horizon open a task where
+   the loan has none of that method; an open task due later is brought forward (the more
+   urgent plan wins), an earlier one is kept;
+5. `UPDATE loans … next_due_on` where the soonest open task moved.
+
+What each statement changed is counted and reported (and kept in `replan_runs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import sys
+import time
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.scheduler import policies, repository
+from services.scheduler.policy import ROUTINE_RULES
+from services.scheduler.settings import SchedulerSettings
+from services.scheduler.visit_policy import PolicyInForce, Tier
+from shared.db import engine_for, make_session_factory, unit_of_work
+
+log = logging.getLogger(__name__)
+
+CHUNK_LOANS = 50_000
+_TIERS = [t.label for t in sorted(Tier)]
+
+
+@dataclass
+class ReplanChanges:
+    """What a re-plan changed, by kind (counts)."""
+
+    loans: int = 0
+    tiers_changed: int = 0
+    tasks_replanned: int = 0
+    tasks_created: int = 0
+    tasks_advanced: int = 0
+    next_due_changed: int = 0
+
+    def add(self, other: ReplanChanges) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+# --- the loans a statement covers ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The loans of a run: a chunk of loan ids (lo, hi], some loan ids, or a region."""
+
+    lo: str | None = None
+    hi: str | None = None
+    loan_ids: tuple[str, ...] | None = None
+    region: str | None = None
+
+    def where(self, alias: str) -> str:
+        conditions = []
+        if self.lo is not None:
+            conditions.append(f"{alias}.loan_id > :scope_lo")
+        if self.hi is not None:
+            conditions.append(f"{alias}.loan_id <= :scope_hi")
+        if self.loan_ids is not None:
+            conditions.append(f"{alias}.loan_id = ANY(CAST(:scope_ids AS varchar[]))")
+        if self.region is not None:
+            conditions.append(f"{alias}.region = :scope_region")
+        return " AND ".join(conditions) or "true"
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "scope_lo": self.lo,
+            "scope_hi": self.hi,
+            "scope_ids": list(self.loan_ids or ()),
+            "scope_region": self.region,
+        }
+
+
+def policy_params(p: PolicyInForce, today: date) -> dict[str, Any]:
+    """The policy's numbers as bind parameters: the SQL is the same for every version."""
+    risk, tiers = p.rules.risk_tier, p.rules.tiers
+    cadences = [tiers.of(t) for t in sorted(Tier)]
+    return {
+        "today": today,
+        "version": p.version,
+        "grades": [str(g) for g in risk.grade_points],
+        "grade_points": list(risk.grade_points.values()),
+        "ltv_from": [b.from_ratio for b in risk.ltv_bands],
+        "ltv_points": [b.points for b in risk.ltv_bands],
+        "term_from": [b.from_months for b in risk.remaining_term_bands],
+        "term_points": [b.points for b in risk.remaining_term_bands],
+        "medium_from": risk.medium_from,
+        "high_from": risk.high_from,
+        "tiers": _TIERS,
+        "contact_months": [c.contact_every_months for c in cadences],
+        "field_months": [c.field_every_months for c in cadences],
+        "third_party_months": [c.third_party_every_months for c in cadences],
+        "first_months": p.rules.first_follow_up.after_months,
+        "first_method": str(p.rules.first_follow_up.method),
+        "checks": json.dumps([str(c) for c in p.rules.third_party_checks]),
+        "horizon": p.rules.planning.horizon_days,
+        "routine_rules": list(ROUTINE_RULES),
+    }
+
+
+# policy.tier_points and policy.risk_tier, in SQL.
+_TIER_OF = """
+    (CAST(:tiers AS varchar[]))[1 + LEAST(GREATEST(
+        CASE WHEN f.points >= :high_from THEN 2 WHEN f.points >= :medium_from THEN 1 ELSE 0 END
+        + f.tier_shift, 0), 2)]
+"""
+_POINTS = """
+    (CAST(:grade_points AS int[]))[array_position(CAST(:grades AS varchar[]),
+                                                  CAST(l.credit_grade AS varchar))]
+    + COALESCE((SELECT max(b.p) FROM unnest(CAST(:ltv_from AS numeric[]),
+                                            CAST(:ltv_points AS int[])) AS b(f, p)
+                WHERE l.valuation <= 0 OR round(l.principal / l.valuation, 4) >= b.f), 0)
+    + COALESCE((SELECT max(b.p) FROM unnest(CAST(:term_from AS int[]),
+                                            CAST(:term_points AS int[])) AS b(f, p)
+                WHERE GREATEST(l.term_months
+                    - (extract(year FROM age(CAST(:today AS date), l.disbursed_on)) * 12
+                       + extract(month FROM age(CAST(:today AS date), l.disbursed_on)))::int,
+                    0) >= b.f), 0)
+"""
+
+
+def _tier_update(scope: Scope) -> str:
+    return f"""
+    WITH f AS (
+        SELECT l.loan_id, l.tier_shift, {_POINTS} AS points
+        FROM scheduler.loans AS l WHERE {scope.where("l")}
+    ), upd AS (
+        UPDATE scheduler.loans AS l SET risk_tier = t.tier, updated_at = now()
+        FROM (SELECT f.loan_id, {_TIER_OF} AS tier FROM f) AS t
+        WHERE l.loan_id = t.loan_id AND l.risk_tier IS DISTINCT FROM t.tier
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM f) AS loans, (SELECT count(*) FROM upd) AS changed
+    """
+
+
+async def recompute_tiers(
+    session: AsyncSession, p: PolicyInForce, today: date, loan_ids: Collection[str]
+) -> int:
+    """Recompute the tiers of `loan_ids` (their facts or shift changed): one statement."""
+    if not loan_ids:
+        return 0
+    scope = Scope(loan_ids=tuple(sorted(set(loan_ids))))
+    row = (
+        await session.execute(text(_tier_update(scope)), policy_params(p, today) | scope.params())
+    ).one()
+    return int(row.changed)
+
+
+# policy.routine_visits, in SQL: one row per loan and method.
+def _plan_table(scope: Scope) -> str:
+    return f"""
+    CREATE TEMP TABLE replan_plan ON COMMIT DROP AS
+    SELECT l.loan_id, m.method, m.due_on,
+           jsonb_build_object('rule', m.rule, 'inputs', m.inputs,
+                              'policy_version', CAST(:version AS int)) AS reason
+    FROM scheduler.loans AS l
+    CROSS JOIN LATERAL (SELECT array_position(CAST(:tiers AS varchar[]),
+                               CAST(COALESCE(l.risk_tier, 'high') AS varchar)) AS i) AS k
+    CROSS JOIN LATERAL (VALUES
+        (CASE WHEN l.last_visit_on IS NULL THEN CAST(:first_method AS varchar)
+              ELSE 'phone' END,
+         CASE WHEN l.last_visit_on IS NULL
+              THEN (l.disbursed_on + make_interval(months => CAST(:first_months AS int)))::date
+              ELSE (l.last_visit_on
+                    + make_interval(months => (CAST(:contact_months AS int[]))[k.i]))::date
+         END,
+         CASE WHEN l.last_visit_on IS NULL THEN 'first_follow_up' ELSE 'routine_contact' END,
+         CASE WHEN l.last_visit_on IS NULL
+              THEN jsonb_build_object('disbursed_on', l.disbursed_on::text,
+                                      'after_months', CAST(:first_months AS int))
+              ELSE jsonb_build_object('risk_tier', l.risk_tier,
+                                      'last_visit_on', l.last_visit_on::text)
+         END),
+        ('field',
+         (COALESCE(l.last_field_on, l.disbursed_on)
+          + make_interval(months => (CAST(:field_months AS int[]))[k.i]))::date,
+         'field_inspection',
+         jsonb_build_object('risk_tier', l.risk_tier,
+                            'since', COALESCE(l.last_field_on, l.disbursed_on)::text)),
+        ('third_party',
+         (COALESCE(l.last_third_party_on, l.disbursed_on)
+          + make_interval(months => (CAST(:third_party_months AS int[]))[k.i]))::date,
+         'third_party_check',
+         jsonb_build_object('risk_tier', l.risk_tier,
+                            'since', COALESCE(l.last_third_party_on, l.disbursed_on)::text,
+                            'checks', CAST(:checks AS jsonb)))
+    ) AS m(method, due_on, rule, inputs)
+    WHERE {scope.where("l")}
+    """
+
+
+_REPLAN_OPEN = """
+    UPDATE scheduler.visit_tasks AS t SET due_on = p.due_on, reason = p.reason
+    FROM replan_plan AS p
+    WHERE t.loan_id = p.loan_id AND t.method = p.method AND t.status = 'open'
+      AND t.reason ->> 'rule' = ANY(CAST(:routine_rules AS varchar[]))
+      AND NOT t.reason ? 'rescheduled_from'
+      AND (t.due_on, t.reason) IS DISTINCT FROM (p.due_on, p.reason)
+"""
+
+_OPEN_DUE = """
+    WITH w AS (
+        INSERT INTO scheduler.visit_tasks AS t
+            (task_id, loan_id, method, due_on, status, reason, created_at)
+        SELECT gen_random_uuid(), p.loan_id, p.method, p.due_on, 'open', p.reason, now()
+        FROM replan_plan AS p
+        WHERE p.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
+        ORDER BY p.loan_id, p.method
+        ON CONFLICT (loan_id, method) WHERE status = 'open' DO UPDATE
+            SET due_on = excluded.due_on, reason = excluded.reason
+            WHERE excluded.due_on < t.due_on
+        RETURNING (t.xmax = 0) AS created
+    )
+    SELECT count(*) FILTER (WHERE created) AS created,
+           count(*) FILTER (WHERE NOT created) AS advanced
+    FROM w
+"""
+
+
+def _next_due(scope: Scope) -> str:
+    return f"""
+    UPDATE scheduler.loans AS l SET next_due_on = n.next_due_on, updated_at = now()
+    FROM (SELECT l.loan_id, min(t.due_on) AS next_due_on
+          FROM scheduler.loans AS l
+          LEFT JOIN scheduler.visit_tasks AS t ON t.loan_id = l.loan_id AND t.status = 'open'
+          WHERE {scope.where("l")} GROUP BY l.loan_id) AS n
+    WHERE l.loan_id = n.loan_id AND l.next_due_on IS DISTINCT FROM n.next_due_on
+    """
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
+
+
+async def replan_scope(
+    session: AsyncSession, p: PolicyInForce, today: date, scope: Scope
+) -> ReplanChanges:
+    """Re-plan the loans of `scope` in the caller's transaction (five statements)."""
+    params = policy_params(p, today) | scope.params()
+    tiers = (await session.execute(text(_tier_update(scope)), params)).one()
+    await session.execute(text(_plan_table(scope)), params)
+    replanned = await session.execute(text(_REPLAN_OPEN), params)
+    opened = (await session.execute(text(_OPEN_DUE), params)).one()
+    next_due = await session.execute(text(_next_due(scope)), params)
+    await session.execute(text("DROP TABLE replan_plan"))
+    if opened.created or opened.advanced:
+        await repository.notify_dispatch(session)
+    return ReplanChanges(
+        loans=int(tiers.loans),
+        tiers_changed=int(tiers.changed),
+        tasks_replanned=_rowcount(replanned),
+        tasks_created=int(opened.created),
+        tasks_advanced=int(opened.advanced),
+        next_due_changed=_rowcount(next_due),
+    )
+
+
+async def _chunk_end(session: AsyncSession, after: str, size: int) -> str | None:
+    """The last loan id of the chunk after `after` (None: no loans left); an index-only
+    walk of the primary key."""
+    found = await session.execute(
+        text(
+            "SELECT max(loan_id) FROM (SELECT loan_id FROM scheduler.loans"
+            " WHERE loan_id > :after ORDER BY loan_id LIMIT :size) AS c"
+        ),
+        {"after": after, "size": size},
+    )
+    end: str | None = found.scalar_one()
+    return end
+
+
+async def replan_portfolio(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    today: date | None = None,
+    region: str | None = None,
+    chunk: int = CHUNK_LOANS,
+) -> tuple[int, ReplanChanges]:
+    """Re-plan every loan (of `region`, if given), a chunk of loan ids per transaction,
+    by the policy in force; (policy version, what changed), also kept in `replan_runs`."""
+    today = today or datetime.now(UTC).date()
+    started = datetime.now(UTC)
+    async with unit_of_work(sessions) as session:
+        p = await policies.current_policy(session)
+    total = ReplanChanges()
+    after = ""  # loan ids are never empty
+    while True:
+        async with unit_of_work(sessions) as session:
+            end = await _chunk_end(session, after, chunk)
+            if end is None:
+                break
+            chunk_scope = Scope(after or None, end, region=region)
+            total.add(await replan_scope(session, p, today, chunk_scope))
+        after = end
+    async with unit_of_work(sessions) as session:
+        await session.execute(
+            text(
+                "INSERT INTO scheduler.replan_runs"
+                " (policy_version, run_on, started_at, finished_at, changes)"
+                " VALUES (:v, :run_on, :started, now(), CAST(:changes AS jsonb))"
+            ),
+            {
+                "v": p.version,
+                "run_on": today,
+                "started": started,
+                "changes": json.dumps(asdict(total) | {"region": region}),
+            },
+        )
+    return p.version, total
+
+
+async def replan_due(session: AsyncSession, today: date) -> bool:
+    """Whether the portfolio re-plan has not run today for the policy in force."""
+    found = await session.execute(
+        text(
+            "SELECT NOT EXISTS (SELECT 1 FROM scheduler.replan_runs"
+            " WHERE run_on = :today AND changes ->> 'region' IS NULL"
+            " AND policy_version = (SELECT max(version) FROM scheduler.policies))"
+        ),
+        {"today": today},
+    )
+    return bool(found.scalar_one())
+
+
+# One re-plan at a time across the worker's replicas: a session-level advisory lock held on
+# a connection of its own, outside any transaction (a run is many transactions, longer than
+# the idle-in-transaction limit).
+_REPLAN_LOCK = "hashtext('scheduler.replan')"
+
+
+class DailyReplan:
+    """The worker's re-plan: checks every `period_seconds` whether the portfolio has been
+    re-planned today by the policy in force, and re-plans it if not."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        database_url: str,
+        *,
+        period_seconds: float,
+        chunk: int = CHUNK_LOANS,
+    ) -> None:
+        self._sessions = sessions
+        self._dsn = (
+            make_url(database_url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        self._period = period_seconds
+        self._chunk = chunk
+
+    async def run(self) -> None:
+        if self._period <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._period)
+            try:
+                await self.run_once()
+            except Exception as exc:  # noqa: BLE001 - the next check retries
+                log.warning("re-plan failed (%s); retrying later", type(exc).__name__)
+
+    async def run_once(self) -> ReplanChanges | None:
+        """Re-plan if due and no replica is at it; what changed (None: nothing ran)."""
+        today = datetime.now(UTC).date()
+        async with unit_of_work(self._sessions) as session:
+            await policies.current_policy(session)
+            if not await replan_due(session, today):
+                return None
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            if not await conn.fetchval(f"SELECT pg_try_advisory_lock({_REPLAN_LOCK})"):
+                return None
+            try:
+                version, changes = await replan_portfolio(
+                    self._sessions, today=today, chunk=self._chunk
+                )
+            finally:
+                await conn.execute(f"SELECT pg_advisory_unlock({_REPLAN_LOCK})")
+        finally:
+            await conn.close()
+        log.info("re-planned the portfolio by policy %d: %s", version, asdict(changes))
+        return changes
+
+
+async def _main() -> int:
+    settings = SchedulerSettings()
+    engine = engine_for(settings)
+    try:
+        began = time.monotonic()
+        version, changes = await replan_portfolio(
+            make_session_factory(engine), chunk=settings.replan_chunk_loans
+        )
+        # ru_maxrss is in KiB on Linux: the process's peak memory, for `make bench`.
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            json.dumps(
+                {
+                    "policy_version": version,
+                    "seconds": round(time.monotonic() - began, 1),
+                    "peak_rss_mib": round(peak_mib, 1),
+                }
+                | asdict(changes)
+            )
+        )
+    finally:
+        await engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(_main()))
