@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -14,6 +15,8 @@ from services.scheduler.loan_import import MAX_LINE_BYTES, import_lines, numbere
 from services.scheduler.models import VisitTask
 from services.scheduler.registration import Registered, register_loans
 from services.scheduler.schemas import (
+    AbsencesIn,
+    AbsencesOut,
     AgentIn,
     AgentOut,
     ImportResult,
@@ -177,11 +180,23 @@ async def put_agent(
     return AgentOut.model_validate(agent, from_attributes=True)
 
 
+@router.put("/agents/{agent_id}/absences", response_model=AbsencesOut, responses=problems(404))
+async def put_absences(
+    agent_id: AgentIdPath, body: AbsencesIn, session: SessionDep, _: Supervisor
+) -> AbsencesOut:
+    """Replace the agent's absences (leave, training; both days included). Dispatch gives
+    it nothing due on those days, and its open tasks due then go to others."""
+    released = await service.replace_absences(session, agent_id, body)
+    return AbsencesOut(agent_id=agent_id, absences=body.absences, released_tasks=released)
+
+
 @router.get("/tasks", response_model=Page[TaskOut])
 async def list_tasks(
     session: SessionDep, who: Reader, filters: Annotated[TaskQuery, Query()]
 ) -> Page[TaskOut]:
-    """Tasks by filters; an agent always gets its own ("my tasks today": due_to=today)."""
+    """Tasks by filters; an agent always gets its own, soonest due first (overdue and
+    today's lead, marked `overdue`); `region` and `order=due` give a region's work by
+    urgency (a supervisor's view)."""
     return await _task_page(session, who, filters)
 
 
@@ -210,4 +225,6 @@ async def _task_page(session: SessionDep, who: Principal, filters: TaskQuery) ->
 
 
 def _task_out(task: VisitTask) -> TaskOut:
-    return TaskOut.model_validate(task, from_attributes=True)
+    out = TaskOut.model_validate(task, from_attributes=True)
+    out.overdue = task.status == "open" and task.due_on < datetime.now(UTC).date()
+    return out

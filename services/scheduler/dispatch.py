@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -66,7 +67,9 @@ class Dispatcher:
             roster = await repository.dispatch_roster(
                 session, {t.region for t in waiting}, {t.due_on for t in waiting}
             )
-            assigned = await repository.assign_tasks(session, policy.assign_tasks(waiting, roster))
+            today = datetime.now(UTC).date()
+            plan = policy.assign_tasks(waiting, roster, today)
+            assigned = await repository.assign_tasks(session, plan)
             return len(waiting), assigned
 
     async def drain(self) -> int:

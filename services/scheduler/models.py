@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -124,6 +125,9 @@ class Agent(SchedulerTable, table=True):
             + "]::varchar(16)[]",
             name="methods",
         ),
+        CheckConstraint(
+            "working_days <@ ARRAY[1, 2, 3, 4, 5, 6, 7]::smallint[]", name="working_days"
+        ),
     )
 
     agent_id: str = Field(primary_key=True, max_length=64)
@@ -132,9 +136,37 @@ class Agent(SchedulerTable, table=True):
     methods: list[str] = Field(sa_column=Column(ARRAY(String(16)), nullable=False))
     daily_capacity: int
     active: bool = True
+    # ISO weekdays the agent works (1 Monday .. 7 Sunday): dispatch gives it no task due on
+    # another day.
+    working_days: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5, 6, 7],
+        sa_column=Column(
+            ARRAY(SmallInteger),
+            server_default=text("'{1,2,3,4,5,6,7}'::smallint[]"),
+            nullable=False,
+        ),
+    )
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+class AgentAbsence(SchedulerTable, table=True):
+    """Days an agent is away (leave, training), both ends included: no task is due for it
+    then, and its open tasks of those days go back to dispatch."""
+
+    __tablename__ = "agent_absences"
+    __table_args__ = (CheckConstraint("ends_on >= starts_on", name="span"),)
+
+    agent_id: str = Field(
+        sa_column=Column(
+            String(64),
+            ForeignKey("scheduler.agents.agent_id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    starts_on: date = Field(primary_key=True)
+    ends_on: date
 
 
 class VisitTask(SchedulerTable, table=True):

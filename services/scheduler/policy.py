@@ -437,10 +437,13 @@ class AgentLoad:
     open_tasks: int
     due_that_day: int
     daily_capacity: int
+    # Whether the agent has worked this loan before: a borrower keeps its agent.
+    knows_borrower: bool = False
 
 
 def choose_agent(candidates: Sequence[AgentLoad]) -> str | None:
-    """Agents with room on the due day first, then fewest open tasks, then the lowest id.
+    """Agents with room on the due day first, then the borrower's own agent, then fewest
+    open tasks, then the lowest id.
 
     When every able agent is full that day the least loaded still gets the task: capacity
     orders the choice but is not a hard cap, so no task is left without someone to do it;
@@ -450,25 +453,33 @@ def choose_agent(candidates: Sequence[AgentLoad]) -> str | None:
         return None
     best = min(
         candidates,
-        key=lambda a: (a.due_that_day >= a.daily_capacity, a.open_tasks, a.agent_id),
+        key=lambda a: (
+            a.due_that_day >= a.daily_capacity,
+            not a.knows_borrower,
+            a.open_tasks,
+            a.agent_id,
+        ),
     )
     return best.agent_id
 
 
 @dataclass(frozen=True)
 class WaitingTask:
-    """An open task without an agent, with its loan's region."""
+    """An open task without an agent, with its loan's region, and the agent who last had a
+    task of the loan (None: nobody yet)."""
 
     task_id: uuid.UUID
     region: str
     method: str
     due_on: date
+    previous_agent: str | None = None
 
 
 @dataclass(frozen=True)
 class RosterAgent:
     """An active agent and its load: open tasks in all, and open tasks per due day (only
-    the days the dispatcher asked about need be there)."""
+    the days the dispatcher asked about need be there); the ISO weekdays it works and its
+    absences (first and last day)."""
 
     agent_id: str
     region: str
@@ -476,18 +487,59 @@ class RosterAgent:
     daily_capacity: int
     open_tasks: int
     due_by_day: Mapping[date, int]
+    working_days: frozenset[int] = frozenset(range(1, 8))
+    absences: tuple[tuple[date, date], ...] = ()
+
+    def works_on(self, day: date) -> bool:
+        return day.isoweekday() in self.working_days and not any(
+            first <= day <= last for first, last in self.absences
+        )
+
+
+# How far dispatch looks for a day the agent works when nobody able works the due day.
+SEARCH_DAYS = 31
+
+
+def available_day(agent: RosterAgent, due_on: date, today: date) -> date | None:
+    """The day `agent` can do a task due `due_on`: that day if it works then, else the
+    latest working day before it from today on (sooner is never worse for a visit), else
+    the first one after it (and not in the past: an overdue task is done from today)."""
+    if agent.works_on(due_on):
+        return due_on
+    day = due_on - timedelta(days=1)
+    while day >= max(today, due_on - timedelta(days=SEARCH_DAYS)):
+        if agent.works_on(day):
+            return day
+        day -= timedelta(days=1)
+    start = max(due_on + timedelta(days=1), today)
+    for ahead in range(SEARCH_DAYS):
+        day = start + timedelta(days=ahead)
+        if agent.works_on(day):
+            return day
+    return None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    agent_id: str
+    due_on: date
 
 
 def assign_tasks(
-    waiting: Sequence[WaitingTask], roster: Sequence[RosterAgent]
-) -> dict[uuid.UUID, str]:
-    """An agent for each waiting task that has an able one (same region, does the method).
+    waiting: Sequence[WaitingTask], roster: Sequence[RosterAgent], today: date | None = None
+) -> dict[uuid.UUID, Assignment]:
+    """An agent for each waiting task that has an able one (same region, does the method),
+    on a day it works.
 
-    Soonest tasks are served first, each by `choose_agent`, counting the tasks given out so
-    far in this pass, so a pass of hundreds of tasks spreads them as one at a time would.
-    Tasks with no able agent are left out (they keep waiting).
+    Soonest tasks are served first. Agents who work the due day are chosen among by
+    `choose_agent`; when none does, the task moves to the day nearest its due date that an
+    able agent works (earlier first). Loads count the tasks given out so far in this pass,
+    so a pass of hundreds of tasks spreads them as one at a time would. Tasks with no able
+    agent are left out (they keep waiting).
     """
+    today = today or min((t.due_on for t in waiting), default=date.min)
     open_tasks = {a.agent_id: a.open_tasks for a in roster}
+    capacity = {a.agent_id: a.daily_capacity for a in roster}
     due: dict[tuple[str, date], int] = {
         (a.agent_id, day): n for a in roster for day, n in a.due_by_day.items()
     }
@@ -495,23 +547,33 @@ def assign_tasks(
     for agent in roster:
         for method in agent.methods:
             able.setdefault((agent.region, method), []).append(agent)
-    assigned: dict[uuid.UUID, str] = {}
+    assigned: dict[uuid.UUID, Assignment] = {}
     for task in sorted(waiting, key=lambda t: (t.due_on, t.task_id)):
-        candidates = able.get((task.region, task.method), [])
+        days = {
+            a.agent_id: available_day(a, task.due_on, today)
+            for a in able.get((task.region, task.method), [])
+        }
+        reachable = {agent_id: day for agent_id, day in days.items() if day is not None}
+        if not reachable:
+            continue
+        # The day nearest the due date any able agent works, an earlier one on a tie.
+        day = min(reachable.values(), key=lambda d: (abs((d - task.due_on).days), d))
         chosen = choose_agent(
             [
                 AgentLoad(
-                    a.agent_id,
-                    open_tasks[a.agent_id],
-                    due.get((a.agent_id, task.due_on), 0),
-                    a.daily_capacity,
+                    agent_id,
+                    open_tasks[agent_id],
+                    due.get((agent_id, day), 0),
+                    capacity[agent_id],
+                    agent_id == task.previous_agent,
                 )
-                for a in candidates
+                for agent_id, works in reachable.items()
+                if works == day
             ]
         )
-        if chosen is None:
+        if chosen is None:  # pragma: no cover - reachable is never empty here
             continue
-        assigned[task.task_id] = chosen
+        assigned[task.task_id] = Assignment(chosen, day)
         open_tasks[chosen] += 1
-        due[(chosen, task.due_on)] = due.get((chosen, task.due_on), 0) + 1
+        due[(chosen, day)] = due.get((chosen, day), 0) + 1
     return assigned

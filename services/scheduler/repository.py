@@ -15,6 +15,7 @@ list), never fetched and then refused:
 from __future__ import annotations
 
 import json
+import typing
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,21 +23,26 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, exists, select, text, true
+from sqlalchemy import ColumnElement, DateTime, cast, exists, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.scheduler.models import Agent, Loan, VisitTask
-from services.scheduler.policy import RosterAgent, TaskPlan, WaitingTask
+from services.scheduler.policy import Assignment, RosterAgent, TaskPlan, WaitingTask
 from services.scheduler.schemas import TaskQuery
 from shared.auth import Principal, Role
-from shared.pagination import Page, keyset_page
+from shared.pagination import Page, SortKey, keyset_page
 
 T = TypeVar("T")
 
 # Every role reads the scheduler, each narrowed by the rules below.
 READERS: tuple[Role, ...] = ("agent", "supervisor", "ops", "integration", "admin")
 TASK_ORDER = (col(VisitTask.created_at), col(VisitTask.task_id))
+# Soonest due first: the due day as a timestamp, so the list's cursor is the usual one.
+DUE_ORDER = (
+    cast(col(VisitTask.due_on), DateTime(timezone=True)).label("due_at"),
+    col(VisitTask.task_id),
+)
 
 
 def visible_tasks(who: Principal) -> ColumnElement[bool]:
@@ -315,7 +321,11 @@ async def waiting_tasks(session: AsyncSession, limit: int) -> list[WaitingTask]:
     locked by a planner or a supervisor right now are skipped, not waited for."""
     rows = await session.execute(
         text(
-            "SELECT t.task_id, l.region, t.method, t.due_on"
+            "SELECT t.task_id, l.region, t.method, t.due_on,"
+            # The agent who last had a task of this loan: the borrower keeps its agent.
+            "       (SELECT p.agent_id FROM scheduler.visit_tasks AS p"
+            "        WHERE p.loan_id = t.loan_id AND p.agent_id IS NOT NULL"
+            "        ORDER BY p.assigned_at DESC NULLS LAST LIMIT 1) AS previous_agent"
             " FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)"
             " WHERE t.status = 'open' AND t.agent_id IS NULL AND t.method <> 'third_party'"
             "   AND EXISTS (SELECT 1 FROM scheduler.agents AS a WHERE a.active"
@@ -324,7 +334,7 @@ async def waiting_tasks(session: AsyncSession, limit: int) -> list[WaitingTask]:
         ),
         {"limit": limit},
     )
-    return [WaitingTask(r.task_id, r.region, r.method, r.due_on) for r in rows]
+    return [WaitingTask(r.task_id, r.region, r.method, r.due_on, r.previous_agent) for r in rows]
 
 
 async def dispatch_roster(
@@ -337,8 +347,17 @@ async def dispatch_roster(
         text(
             """
             WITH candidates AS (
-                SELECT agent_id, region, methods, daily_capacity FROM scheduler.agents
-                WHERE active AND region = ANY(CAST(:regions AS varchar[]))
+                SELECT a.agent_id, a.region, a.methods, a.daily_capacity, a.working_days,
+                       (SELECT COALESCE(array_agg(b.starts_on ORDER BY b.starts_on), '{}')
+                        FROM scheduler.agent_absences AS b
+                        WHERE b.agent_id = a.agent_id AND b.ends_on >= current_date)
+                           AS absent_from,
+                       (SELECT COALESCE(array_agg(b.ends_on ORDER BY b.starts_on), '{}')
+                        FROM scheduler.agent_absences AS b
+                        WHERE b.agent_id = a.agent_id AND b.ends_on >= current_date)
+                           AS absent_to
+                FROM scheduler.agents AS a
+                WHERE a.active AND a.region = ANY(CAST(:regions AS varchar[]))
             ), per_day AS (
                 SELECT t.agent_id, t.due_on, count(*) AS due_that_day,
                        sum(count(*)) OVER (PARTITION BY t.agent_id) AS open_tasks
@@ -346,14 +365,16 @@ async def dispatch_roster(
                 WHERE t.status = 'open'
                 GROUP BY t.agent_id, t.due_on
             )
-            SELECT c.agent_id, c.region, c.methods, c.daily_capacity,
+            SELECT c.agent_id, c.region, c.methods, c.daily_capacity, c.working_days,
+                   c.absent_from, c.absent_to,
                    COALESCE(max(p.open_tasks), 0) AS open_tasks,
                    array_remove(array_agg(p.due_on) FILTER
                        (WHERE p.due_on = ANY(CAST(:days AS date[]))), NULL) AS days,
                    array_remove(array_agg(p.due_that_day) FILTER
                        (WHERE p.due_on = ANY(CAST(:days AS date[]))), NULL) AS counts
             FROM candidates AS c LEFT JOIN per_day AS p USING (agent_id)
-            GROUP BY c.agent_id, c.region, c.methods, c.daily_capacity
+            GROUP BY c.agent_id, c.region, c.methods, c.daily_capacity, c.working_days,
+                     c.absent_from, c.absent_to
             """
         ),
         {"regions": sorted(set(regions)), "days": sorted(set(days))},
@@ -366,27 +387,91 @@ async def dispatch_roster(
             daily_capacity=r.daily_capacity,
             open_tasks=int(r.open_tasks),
             due_by_day=dict(zip(r.days or [], (int(n) for n in r.counts or []), strict=True)),
+            working_days=frozenset(r.working_days),
+            absences=tuple(zip(r.absent_from, r.absent_to, strict=True)),
         )
         for r in rows
     ]
 
 
-async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, str]) -> int:
-    """Give each task its agent, only where it is still open and without one (a supervisor
-    may have assigned it meanwhile); how many were assigned."""
+async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, Assignment]) -> int:
+    """Give each task its agent (and the day it works, if the due day was not), only where
+    it is still open and without one (a supervisor may have assigned it meanwhile); how
+    many were assigned."""
     if not assignments:
         return 0
     result = await session.execute(
         text(
-            "UPDATE scheduler.visit_tasks AS t SET agent_id = v.agent_id, assigned_at = now()"
-            " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]))"
-            "      AS v(task_id, agent_id)"
+            "UPDATE scheduler.visit_tasks AS t SET agent_id = v.agent_id, assigned_at = now(),"
+            " due_on = v.due_on,"
+            " reason = CASE WHEN v.due_on = t.due_on THEN t.reason"
+            "          ELSE t.reason || jsonb_build_object('moved_from', t.due_on::text,"
+            "                                              'moved_for', 'agent availability')"
+            "          END"
+            " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]),"
+            "             CAST(:due_ons AS date[]))"
+            "      AS v(task_id, agent_id, due_on)"
             " WHERE t.task_id = v.task_id AND t.status = 'open' AND t.agent_id IS NULL"
             "   AND t.method <> 'third_party'"
         ),
-        {"task_ids": list(assignments), "agent_ids": list(assignments.values())},
+        {
+            "task_ids": list(assignments),
+            "agent_ids": [a.agent_id for a in assignments.values()],
+            "due_ons": [a.due_on for a in assignments.values()],
+        },
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# An agent's open tasks it cannot do: it is inactive (departed), or the task is due on a day
+# it does not work or is absent. They go back to dispatch, which finds someone else.
+_RELEASE = text(
+    """
+    UPDATE scheduler.visit_tasks AS t SET agent_id = NULL, assigned_at = NULL
+    FROM scheduler.agents AS a
+    WHERE t.agent_id = a.agent_id AND a.agent_id = ANY(CAST(:agent_ids AS varchar[]))
+      AND t.status = 'open'
+      AND (NOT a.active
+           OR NOT CAST(extract(isodow FROM t.due_on) AS smallint) = ANY(a.working_days)
+           OR EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
+                      WHERE b.agent_id = a.agent_id AND t.due_on BETWEEN b.starts_on
+                                                                    AND b.ends_on))
+    """
+)
+
+
+async def release_tasks(session: AsyncSession, agent_ids: Collection[str]) -> int:
+    """Send the open tasks `agent_ids` cannot do back to dispatch (one statement); how many."""
+    if not agent_ids:
+        return 0
+    result = await session.execute(_RELEASE, {"agent_ids": sorted(set(agent_ids))})
+    released = int(result.rowcount)  # type: ignore[attr-defined]
+    if released:
+        await notify_dispatch(session)
+    return released
+
+
+async def replace_absences(
+    session: AsyncSession, agent_id: str, absences: Sequence[tuple[date, date]]
+) -> None:
+    """The agent's absences become `absences` (two statements whatever their number)."""
+    await session.execute(
+        text("DELETE FROM scheduler.agent_absences WHERE agent_id = :agent_id"),
+        {"agent_id": agent_id},
+    )
+    if absences:
+        await session.execute(
+            text(
+                "INSERT INTO scheduler.agent_absences (agent_id, starts_on, ends_on)"
+                " SELECT :agent_id, s, e FROM unnest(CAST(:starts AS date[]),"
+                "                                    CAST(:ends AS date[])) AS a(s, e)"
+            ),
+            {
+                "agent_id": agent_id,
+                "starts": [a for a, _ in absences],
+                "ends": [b for _, b in absences],
+            },
+        )
 
 
 # --- lists --------------------------------------------------------------------------------
@@ -395,7 +480,9 @@ async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, st
 async def list_tasks(
     session: AsyncSession, who: Principal, query: TaskQuery, *, to_item: Callable[[VisitTask], T]
 ) -> Page[T]:
-    """A page of the tasks `who` may read, narrowed by the query's filters, oldest first."""
+    """A page of the tasks `who` may read, narrowed by the query's filters: for an agent
+    soonest due first (overdue and today's lead), for everyone else oldest first unless
+    `order=due`; `region` narrows to the loans of a region (a supervisor's view)."""
     stmt = select(VisitTask).where(visible_tasks(who))
     # An agent's own tasks are its list: the agent it names is not a filter on them.
     agent_id = None if who.is_agent else query.agent_id
@@ -409,6 +496,16 @@ async def list_tasks(
         stmt = stmt.where(col(VisitTask.due_on) >= query.due_from)
     if query.due_to is not None:
         stmt = stmt.where(col(VisitTask.due_on) <= query.due_to)
+    if query.region is not None:
+        # A supervisor's view of its region's work (`?region=SH&order=due`).
+        stmt = stmt.where(
+            exists().where(
+                col(Loan.loan_id) == col(VisitTask.loan_id), col(Loan.region) == query.region
+            )
+        )
+    order = query.order or ("due" if who.is_agent else "created")
+    # keyset_page orders by any (timestamp, uuid) pair of columns or expressions.
+    key = typing.cast(SortKey, DUE_ORDER) if order == "due" else TASK_ORDER
     return await keyset_page(
-        session, stmt, key=TASK_ORDER, cursor=query.cursor, limit=query.limit, to_item=to_item
+        session, stmt, key=key, cursor=query.cursor, limit=query.limit, to_item=to_item
     )

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from services.scheduler import planning, policy
-from services.scheduler.policy import LoanPlan, PlannedVisit, RosterAgent, WaitingTask
+from services.scheduler.policy import (
+    Assignment,
+    LoanPlan,
+    PlannedVisit,
+    RosterAgent,
+    WaitingTask,
+)
 from services.scheduler.repository import LoanFacts
 from services.scheduler.visit_policy import PolicyInForce, default_policy
 from shared.events import AlertRaised, RepaymentPosted, VisitCompleted
@@ -212,6 +219,10 @@ def agent(
     return RosterAgent(agent_id, region, frozenset(methods), capacity, open_tasks, due or {})
 
 
+def agents_of(assigned: dict[uuid.UUID, Assignment]) -> dict[uuid.UUID, str]:
+    return {task_id: a.agent_id for task_id, a in assigned.items()}
+
+
 def waiting(n: int, *, region: str = "SH", method: str = "phone", day: date = DAY) -> list[Any]:
     return [WaitingTask(uuid.uuid4(), region, method, day) for _ in range(n)]
 
@@ -223,7 +234,7 @@ def test_a_pass_spreads_tasks_by_room_on_the_day_then_load() -> None:
         agent("c", open_tasks=1),
     ]
     tasks = waiting(4)
-    got = policy.assign_tasks(tasks, roster)
+    got = agents_of(policy.assign_tasks(tasks, roster))
     # c (fewest open) takes two and is then full that day too; b takes the rest.
     counts = {a: list(got.values()).count(a) for a in "abc"}
     assert counts == {"a": 0, "b": 2, "c": 2}
@@ -233,7 +244,7 @@ def test_a_pass_spreads_tasks_by_room_on_the_day_then_load() -> None:
 def test_when_every_able_agent_is_full_the_least_loaded_still_gets_the_task() -> None:
     roster = [agent("a", open_tasks=5, due={DAY: 2}), agent("b", open_tasks=4, due={DAY: 2})]
     [task] = waiting(1)
-    assert policy.assign_tasks([task], roster) == {task.task_id: "b"}
+    assert agents_of(policy.assign_tasks([task], roster)) == {task.task_id: "b"}
 
 
 def test_tasks_go_only_to_agents_of_their_region_and_method() -> None:
@@ -243,7 +254,7 @@ def test_tasks_go_only_to_agents_of_their_region_and_method() -> None:
         agent("driver", methods=("field",), open_tasks=9),
     ]
     phone, field, elsewhere = waiting(1), waiting(1, method="field"), waiting(1, region="GZ")
-    got = policy.assign_tasks([*phone, *field, *elsewhere], roster)
+    got = agents_of(policy.assign_tasks([*phone, *field, *elsewhere], roster))
     assert got == {phone[0].task_id: "caller", field[0].task_id: "driver"}  # GZ waits
 
 
@@ -251,7 +262,45 @@ def test_capacity_is_counted_per_due_day() -> None:
     roster = [agent("a", capacity=1), agent("b", capacity=1, open_tasks=1)]
     today = waiting(2)
     tomorrow = waiting(1, day=DAY + timedelta(days=1))
-    got = policy.assign_tasks([*tomorrow, *today], roster)
+    got = agents_of(policy.assign_tasks([*tomorrow, *today], roster))
     # Soonest first: a then b on DAY (each then full), and a has room the day after.
     assert sorted(got[t.task_id] for t in today) == ["a", "b"]
     assert got[tomorrow[0].task_id] == "a"
+
+
+# DAY (2026-07-01) is a Wednesday.
+WEEKDAYS = frozenset({1, 2, 3, 4, 5})
+
+
+def test_nobody_gets_a_task_due_on_a_day_off_or_away() -> None:
+    away = replace(agent("away"), absences=((DAY - timedelta(days=1), DAY + timedelta(days=2)),))
+    weekend_only = replace(agent("weekend"), working_days=frozenset({6, 7}))
+    present = agent("present", open_tasks=50)
+    [task] = waiting(1)
+    got = policy.assign_tasks([task], [away, weekend_only, present], DAY)
+    assert got == {task.task_id: Assignment("present", DAY)}  # busiest, but the one there
+
+
+def test_when_nobody_works_the_due_day_the_task_moves_to_the_nearest_day_someone_does() -> None:
+    saturday = DAY + timedelta(days=3)
+    weekdays = replace(agent("a"), working_days=WEEKDAYS)
+    [task] = waiting(1, day=saturday)
+    # Friday, before the due date: a visit is never made later than planned when it can
+    # be made sooner.
+    assert policy.assign_tasks([task], [weekdays], DAY) == {
+        task.task_id: Assignment("a", DAY + timedelta(days=2))
+    }
+    # Due today with the agent away until Monday: the first day back.
+    back = replace(weekdays, absences=((DAY, DAY + timedelta(days=4)),))
+    [urgent] = waiting(1)
+    assert policy.assign_tasks([urgent], [back], DAY) == {
+        urgent.task_id: Assignment("a", DAY + timedelta(days=5))
+    }
+
+
+def test_a_borrower_keeps_its_agent_while_it_has_room() -> None:
+    roster = [agent("a", open_tasks=0), agent("b", open_tasks=5, capacity=1)]
+    [task] = [replace(t, previous_agent="b") for t in waiting(1)]
+    assert agents_of(policy.assign_tasks([task], roster)) == {task.task_id: "b"}
+    full = [agent("a"), agent("b", open_tasks=5, capacity=1, due={DAY: 1})]
+    assert agents_of(policy.assign_tasks([task], full)) == {task.task_id: "a"}
