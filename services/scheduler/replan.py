@@ -15,7 +15,8 @@ transaction each, and each chunk costs the same five statements whatever its siz
 4. `INSERT … ON CONFLICT`: routine visits due within the policy's horizon open a task where
    the loan has none of that method; an open task due later is brought forward (the more
    urgent plan wins), an earlier one is kept;
-5. `UPDATE loans … next_due_on` where the soonest open task moved.
+5. `UPDATE loans … next_due_on` of the loans whose tasks 3 and 4 changed (none on a
+   steady day).
 
 What each statement changed is counted and reported (and kept in `replan_runs`).
 """
@@ -90,6 +91,10 @@ class Scope:
             conditions.append(f"{alias}.region = :scope_region")
         return " AND ".join(conditions) or "true"
 
+    def task_where(self, alias: str) -> str:
+        """The scope's loan-id conditions on a table of tasks (the region needs the loans)."""
+        return Scope(self.lo, self.hi, self.loan_ids).where(alias)
+
     def params(self) -> dict[str, Any]:
         return {
             "scope_lo": self.lo,
@@ -103,27 +108,25 @@ def policy_params(p: PolicyInForce, today: date) -> dict[str, Any]:
     """The policy's numbers as bind parameters: the SQL is the same for every version."""
     risk, tiers = p.rules.risk_tier, p.rules.tiers
     cadences = [tiers.of(t) for t in sorted(Tier)]
-    return {
-        "today": today,
-        "version": p.version,
-        "grades": [str(g) for g in risk.grade_points],
-        "grade_points": list(risk.grade_points.values()),
-        "ltv_from": [b.from_ratio for b in risk.ltv_bands],
-        "ltv_points": [b.points for b in risk.ltv_bands],
-        "term_from": [b.from_months for b in risk.remaining_term_bands],
-        "term_points": [b.points for b in risk.remaining_term_bands],
-        "medium_from": risk.medium_from,
-        "high_from": risk.high_from,
-        "tiers": _TIERS,
-        "contact_months": [c.contact_every_months for c in cadences],
-        "field_months": [c.field_every_months for c in cadences],
-        "third_party_months": [c.third_party_every_months for c in cadences],
-        "first_months": p.rules.first_follow_up.after_months,
-        "first_method": str(p.rules.first_follow_up.method),
-        "checks": json.dumps([str(c) for c in p.rules.third_party_checks]),
-        "horizon": p.rules.planning.horizon_days,
-        "routine_rules": list(ROUTINE_RULES),
-    }
+    return (
+        {
+            "today": today,
+            "version": p.version,
+            "medium_from": risk.medium_from,
+            "high_from": risk.high_from,
+            "tiers": _TIERS,
+            "contact_months": [c.contact_every_months for c in cadences],
+            "field_months": [c.field_every_months for c in cadences],
+            "third_party_months": [c.third_party_every_months for c in cadences],
+            "first_months": p.rules.first_follow_up.after_months,
+            "first_method": str(p.rules.first_follow_up.method),
+            "checks": json.dumps([str(c) for c in p.rules.third_party_checks]),
+            "horizon": p.rules.planning.horizon_days,
+            "routine_rules": list(ROUTINE_RULES),
+        }
+        | {f"ltv_from_{i}": b.from_ratio for i, b in enumerate(risk.ltv_bands)}
+        | {f"term_from_{i}": b.from_months for i, b in enumerate(risk.remaining_term_bands)}
+    )
 
 
 # policy.tier_points and policy.risk_tier, in SQL.
@@ -132,25 +135,40 @@ _TIER_OF = """
         CASE WHEN f.points >= :high_from THEN 2 WHEN f.points >= :medium_from THEN 1 ELSE 0 END
         + f.tier_shift, 0), 2)]
 """
-_POINTS = """
-    (CAST(:grade_points AS int[]))[array_position(CAST(:grades AS varchar[]),
-                                                  CAST(l.credit_grade AS varchar))]
-    + COALESCE((SELECT max(b.p) FROM unnest(CAST(:ltv_from AS numeric[]),
-                                            CAST(:ltv_points AS int[])) AS b(f, p)
-                WHERE l.valuation <= 0 OR round(l.principal / l.valuation, 4) >= b.f), 0)
-    + COALESCE((SELECT max(b.p) FROM unnest(CAST(:term_from AS int[]),
-                                            CAST(:term_points AS int[])) AS b(f, p)
-                WHERE GREATEST(l.term_months
-                    - (extract(year FROM age(CAST(:today AS date), l.disbursed_on)) * 12
-                       + extract(month FROM age(CAST(:today AS date), l.disbursed_on)))::int,
-                    0) >= b.f), 0)
-"""
 
 
-def _tier_update(scope: Scope) -> str:
+def _points(p: PolicyInForce) -> str:
+    """policy.tier_points as one SQL expression of the loan `l`: CASE expressions with a
+    bind parameter per band (`policy_params` names them), so nothing is looked up per row."""
+    risk = p.rules.risk_tier
+    grade = "CASE l.credit_grade " + " ".join(
+        f"WHEN '{g}' THEN {int(points)}" for g, points in risk.grade_points.items()
+    )
+    ltv = "round(l.principal / NULLIF(l.valuation, 0), 4)"
+    ltv_bands = sorted(enumerate(risk.ltv_bands), key=lambda b: -b[1].points)
+    ltv_case = " ".join(
+        f"WHEN l.valuation <= 0 OR {ltv} >= CAST(:ltv_from_{i} AS numeric) THEN {b.points}"
+        for i, b in ltv_bands
+    )
+    term_bands = sorted(enumerate(risk.remaining_term_bands), key=lambda b: -b[1].points)
+    remaining = (
+        "GREATEST(l.term_months - (extract(year FROM age(CAST(:today AS date), l.disbursed_on))"
+        " * 12 + extract(month FROM age(CAST(:today AS date), l.disbursed_on)))::int, 0)"
+    )
+    term_case = " ".join(
+        f"WHEN {remaining} >= CAST(:term_from_{i} AS int) THEN {b.points}" for i, b in term_bands
+    )
+    return (
+        f"({grade} ELSE 0 END)"
+        + (f" + (CASE {ltv_case} ELSE 0 END)" if ltv_bands else "")
+        + (f" + (CASE {term_case} ELSE 0 END)" if term_bands else "")
+    )
+
+
+def _tier_update(p: PolicyInForce, scope: Scope) -> str:
     return f"""
     WITH f AS (
-        SELECT l.loan_id, l.tier_shift, {_POINTS} AS points
+        SELECT l.loan_id, l.tier_shift, {_points(p)} AS points
         FROM scheduler.loans AS l WHERE {scope.where("l")}
     ), upd AS (
         UPDATE scheduler.loans AS l SET risk_tier = t.tier, updated_at = now()
@@ -170,7 +188,9 @@ async def recompute_tiers(
         return 0
     scope = Scope(loan_ids=tuple(sorted(set(loan_ids))))
     row = (
-        await session.execute(text(_tier_update(scope)), policy_params(p, today) | scope.params())
+        await session.execute(
+            text(_tier_update(p, scope)), policy_params(p, today) | scope.params()
+        )
     ).one()
     return int(row.changed)
 
@@ -218,15 +238,22 @@ def _plan_table(scope: Scope) -> str:
     """
 
 
-_REPLAN_OPEN = """
+def _replan_open(scope: Scope) -> str:
+    # The chunk's loan-id range on the tasks too: an index range scan, not the whole table.
+    return f"""
     UPDATE scheduler.visit_tasks AS t SET due_on = p.due_on, reason = p.reason
     FROM replan_plan AS p
     WHERE t.loan_id = p.loan_id AND t.method = p.method AND t.status = 'open'
+      AND {scope.task_where("t")}
       AND t.reason ->> 'rule' = ANY(CAST(:routine_rules AS varchar[]))
       AND NOT t.reason ? 'rescheduled_from'
       AND (t.due_on, t.reason) IS DISTINCT FROM (p.due_on, p.reason)
-"""
+    RETURNING t.loan_id
+    """
 
+
+# An open task of the method due no later already covers the plan: such rows are left out
+# before the insert (an anti-join), so a steady portfolio costs no conflicting inserts.
 _OPEN_DUE = """
     WITH w AS (
         INSERT INTO scheduler.visit_tasks AS t
@@ -234,27 +261,27 @@ _OPEN_DUE = """
         SELECT gen_random_uuid(), p.loan_id, p.method, p.due_on, 'open', p.reason, now()
         FROM replan_plan AS p
         WHERE p.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
+          AND NOT EXISTS (SELECT 1 FROM scheduler.visit_tasks AS o
+                          WHERE o.loan_id = p.loan_id AND o.method = p.method
+                            AND o.status = 'open' AND o.due_on <= p.due_on)
         ORDER BY p.loan_id, p.method
         ON CONFLICT (loan_id, method) WHERE status = 'open' DO UPDATE
             SET due_on = excluded.due_on, reason = excluded.reason
             WHERE excluded.due_on < t.due_on
-        RETURNING (t.xmax = 0) AS created
+        RETURNING t.loan_id, (t.xmax = 0) AS created
     )
-    SELECT count(*) FILTER (WHERE created) AS created,
-           count(*) FILTER (WHERE NOT created) AS advanced
-    FROM w
+    SELECT loan_id, created FROM w
 """
 
 
-def _next_due(scope: Scope) -> str:
-    return f"""
+# The soonest open task of the loans whose tasks this chunk changed.
+_NEXT_DUE = """
     UPDATE scheduler.loans AS l SET next_due_on = n.next_due_on, updated_at = now()
-    FROM (SELECT l.loan_id, min(t.due_on) AS next_due_on
-          FROM scheduler.loans AS l
-          LEFT JOIN scheduler.visit_tasks AS t ON t.loan_id = l.loan_id AND t.status = 'open'
-          WHERE {scope.where("l")} GROUP BY l.loan_id) AS n
+    FROM (SELECT c.loan_id, (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t
+                             WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on
+          FROM unnest(CAST(:changed AS varchar[])) AS c(loan_id)) AS n
     WHERE l.loan_id = n.loan_id AND l.next_due_on IS DISTINCT FROM n.next_due_on
-    """
+"""
 
 
 def _rowcount(result: Any) -> int:
@@ -266,21 +293,25 @@ async def replan_scope(
 ) -> ReplanChanges:
     """Re-plan the loans of `scope` in the caller's transaction (five statements)."""
     params = policy_params(p, today) | scope.params()
-    tiers = (await session.execute(text(_tier_update(scope)), params)).one()
+    tiers = (await session.execute(text(_tier_update(p, scope)), params)).one()
     await session.execute(text(_plan_table(scope)), params)
-    replanned = await session.execute(text(_REPLAN_OPEN), params)
-    opened = (await session.execute(text(_OPEN_DUE), params)).one()
-    next_due = await session.execute(text(_next_due(scope)), params)
+    replanned = [r.loan_id for r in await session.execute(text(_replan_open(scope)), params)]
+    opened = (await session.execute(text(_OPEN_DUE), params)).all()
     await session.execute(text("DROP TABLE replan_plan"))
-    if opened.created or opened.advanced:
+    changed = sorted({*replanned, *(r.loan_id for r in opened)})
+    next_due = 0
+    if changed:
+        next_due = _rowcount(await session.execute(text(_NEXT_DUE), {"changed": changed}))
+    created = sum(1 for r in opened if r.created)
+    if opened:
         await repository.notify_dispatch(session)
     return ReplanChanges(
         loans=int(tiers.loans),
         tiers_changed=int(tiers.changed),
-        tasks_replanned=_rowcount(replanned),
-        tasks_created=int(opened.created),
-        tasks_advanced=int(opened.advanced),
-        next_due_changed=_rowcount(next_due),
+        tasks_replanned=len(replanned),
+        tasks_created=created,
+        tasks_advanced=len(opened) - created,
+        next_due_changed=next_due,
     )
 
 

@@ -200,8 +200,8 @@ async def test_third_party_checks_are_never_dispatched_and_a_partner_report_comp
     system: System, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
 ) -> None:
     region, today = new_id("R"), datetime.now(UTC).date()
-    # Even an agent whose methods name third_party is never given a third-party check.
-    await register_agent(system.scheduler, region, methods=["phone", "field", "third_party"])
+    # An agent able to take the loan's other tasks is never given its third-party check.
+    await register_agent(system.scheduler, region)
     loan_id = await register_loan(
         system.scheduler, region, disbursed_on=today - timedelta(days=100)
     )
