@@ -27,6 +27,7 @@ from services.scheduler.schemas import (
     TaskOut,
     TaskQuery,
 )
+from services.scheduler.valuations import ValuationLine, ValuationResult, import_valuations
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
@@ -147,6 +148,44 @@ async def import_loans(request: Request, _caller: Integration) -> ImportResult:
                 }
                 for r in result.rejected_lines
             ],
+        )
+    return result
+
+
+VALUATIONS_ROUTE = "POST /v1/valuations"
+_VALUATIONS_BODY = {
+    "required": True,
+    "description": "NDJSON: one ValuationLine per line (loan_id, valuation, valued_on).",
+    "content": {NDJSON: {"schema": {"type": "array", "items": ValuationLine.model_json_schema()}}},
+}
+
+
+@router.post(
+    "/valuations",
+    response_model=ValuationResult,
+    responses=problems(413, 422),
+    openapi_extra={"requestBody": _VALUATIONS_BODY},
+)
+async def post_valuations(request: Request, _caller: Integration) -> ValuationResult:
+    """Vehicle prices in bulk, read as they stream in: each loan's LTV is recomputed (an
+    older valuation than the one stored is ignored), a loan whose LTV reaches the visit
+    policy's limit gets a collateral review and a higher tier, and every loan whose value
+    changed is announced on `loan-registered`. Bad lines are reported by number."""
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    result = await import_valuations(sessions, numbered_lines(request.stream()))
+    if result.accepted == 0:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "no valuation in the body could be applied",
+            errors=[
+                {
+                    "field": f"line[{r.line}]" + (f".{r.field}" if r.field else ""),
+                    "message": r.reason,
+                }
+                for r in result.rejected_lines
+            ]
+            or [{"field": "body", "message": "no valuations"}],
         )
     return result
 
