@@ -8,7 +8,7 @@ re-plans open, unstarted routine tasks by the new version (replan.py).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
 
 from services.scheduler import policies
-from services.scheduler.visit_policy import VisitPolicy, parse_policy
+from services.scheduler.simulate import Simulation, simulate
+from services.scheduler.visit_policy import PolicyInForce, VisitPolicy, parse_policy
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.errors import Problem
@@ -25,6 +26,7 @@ from shared.openapi import problems
 router = APIRouter(prefix="/v1")
 
 Admin = Annotated[Principal, Depends(require_roles("admin"))]
+Planner = Annotated[Principal, Depends(require_roles("supervisor", "admin"))]
 Reader = Annotated[Principal, Depends(require_roles("supervisor", "ops", "admin", "integration"))]
 
 _POLICY_BODY = {
@@ -92,6 +94,21 @@ async def put_policy(request: Request, session: SessionDep, who: Admin) -> Polic
     rules, source = await read_policy(request)
     installed = await policies.install_policy(session, rules, source, installed_by=who.sub)
     return await _view(session, installed.version)
+
+
+@router.post(
+    "/policy/simulate",
+    response_model=Simulation,
+    responses=problems(422),
+    openapi_extra={"requestBody": _POLICY_BODY},
+)
+async def simulate_policy(request: Request, session: SessionDep, _: Planner) -> Simulation:
+    """Project a candidate policy over the next 90 days: visits per week, region and
+    method for the whole portfolio, against the agents' capacity, and where demand exceeds
+    it. Nothing is installed or planned."""
+    rules, _source = await read_policy(request)
+    candidate = PolicyInForce(0, rules)
+    return await simulate(session, candidate, datetime.now(UTC).date())
 
 
 async def _view(session: SessionDep, version: int) -> PolicyOut:

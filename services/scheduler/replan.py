@@ -130,14 +130,14 @@ def policy_params(p: PolicyInForce, today: date) -> dict[str, Any]:
 
 
 # policy.tier_points and policy.risk_tier, in SQL.
-_TIER_OF = """
+TIER_OF_SQL = """
     (CAST(:tiers AS varchar[]))[1 + LEAST(GREATEST(
         CASE WHEN f.points >= :high_from THEN 2 WHEN f.points >= :medium_from THEN 1 ELSE 0 END
         + f.tier_shift, 0), 2)]
 """
 
 
-def _points(p: PolicyInForce) -> str:
+def points_sql(p: PolicyInForce) -> str:
     """policy.tier_points as one SQL expression of the loan `l`: CASE expressions with a
     bind parameter per band (`policy_params` names them), so nothing is looked up per row."""
     risk = p.rules.risk_tier
@@ -168,11 +168,11 @@ def _points(p: PolicyInForce) -> str:
 def _tier_update(p: PolicyInForce, scope: Scope) -> str:
     return f"""
     WITH f AS (
-        SELECT l.loan_id, l.tier_shift, {_points(p)} AS points
+        SELECT l.loan_id, l.tier_shift, {points_sql(p)} AS points
         FROM scheduler.loans AS l WHERE {scope.where("l")}
     ), upd AS (
         UPDATE scheduler.loans AS l SET risk_tier = t.tier, updated_at = now()
-        FROM (SELECT f.loan_id, {_TIER_OF} AS tier FROM f) AS t
+        FROM (SELECT f.loan_id, {TIER_OF_SQL} AS tier FROM f) AS t
         WHERE l.loan_id = t.loan_id AND l.risk_tier IS DISTINCT FROM t.tier
         RETURNING 1
     )
