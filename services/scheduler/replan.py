@@ -335,23 +335,31 @@ async def replan_portfolio(
     today: date | None = None,
     region: str | None = None,
     chunk: int = CHUNK_LOANS,
+    parallel: int = 2,
 ) -> tuple[int, ReplanChanges]:
     """Re-plan every loan (of `region`, if given), a chunk of loan ids per transaction,
-    by the policy in force; (policy version, what changed), also kept in `replan_runs`."""
+    `parallel` chunks at a time (disjoint loan ranges: they never wait for each other), by
+    the policy in force; (policy version, what changed), also kept in `replan_runs`."""
     today = today or datetime.now(UTC).date()
     started = datetime.now(UTC)
     async with unit_of_work(sessions) as session:
         p = await policies.current_policy(session)
+        # The chunks' bounds: an index-only walk of the primary key.
+        bounds: list[tuple[str | None, str]] = []
+        after = ""  # loan ids are never empty
+        while (end := await _chunk_end(session, after, chunk)) is not None:
+            bounds.append((after or None, end))
+            after = end
     total = ReplanChanges()
-    after = ""  # loan ids are never empty
-    while True:
-        async with unit_of_work(sessions) as session:
-            end = await _chunk_end(session, after, chunk)
-            if end is None:
-                break
-            chunk_scope = Scope(after or None, end, region=region)
-            total.add(await replan_scope(session, p, today, chunk_scope))
-        after = end
+    slots = asyncio.Semaphore(max(parallel, 1))
+
+    async def one(lo: str | None, hi: str) -> None:
+        async with slots, unit_of_work(sessions) as session:
+            total.add(await replan_scope(session, p, today, Scope(lo, hi, region=region)))
+
+    async with asyncio.TaskGroup() as group:
+        for lo, hi in bounds:
+            group.create_task(one(lo, hi))
     async with unit_of_work(sessions) as session:
         await session.execute(
             text(
@@ -399,7 +407,9 @@ class DailyReplan:
         *,
         period_seconds: float,
         chunk: int = CHUNK_LOANS,
+        parallel: int = 2,
     ) -> None:
+        self._parallel = parallel
         self._sessions = sessions
         self._dsn = (
             make_url(database_url)
@@ -432,7 +442,7 @@ class DailyReplan:
                 return None
             try:
                 version, changes = await replan_portfolio(
-                    self._sessions, today=today, chunk=self._chunk
+                    self._sessions, today=today, chunk=self._chunk, parallel=self._parallel
                 )
             finally:
                 await conn.execute(f"SELECT pg_advisory_unlock({_REPLAN_LOCK})")
@@ -448,7 +458,9 @@ async def _main() -> int:
     try:
         began = time.monotonic()
         version, changes = await replan_portfolio(
-            make_session_factory(engine), chunk=settings.replan_chunk_loans
+            make_session_factory(engine),
+            chunk=settings.replan_chunk_loans,
+            parallel=settings.replan_parallel,
         )
         # ru_maxrss is in KiB on Linux: the process's peak memory, for `make bench`.
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -23,3 +23,5 @@ class SchedulerSettings(ServiceSettings):
     replan_check_seconds: float = Field(default=300.0, ge=0, le=86_400)
     # Loans per re-plan transaction (a chunk of loan ids).
     replan_chunk_loans: int = Field(default=50_000, ge=100, le=1_000_000)
+    # Chunks re-planned at a time (each its own connection and transaction): one per core.
+    replan_parallel: int = Field(default=2, ge=1, le=16)

@@ -49,6 +49,7 @@ async def run_worker(settings: SchedulerSettings) -> None:
             settings.database_url,
             period_seconds=settings.replan_check_seconds,
             chunk=settings.replan_chunk_loans,
+            parallel=settings.replan_parallel,
         )
         # A TaskGroup: if any loop dies, the others are cancelled and the worker exits (and
         # is restarted) instead of limping on half-working.
