@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from itertools import pairwise
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -192,6 +193,13 @@ class AbsencesIn(Strict):
     )
 
     absences: list[Absence] = Field(max_length=366)
+
+    @model_validator(mode="after")
+    def _apart(self) -> AbsencesIn:
+        spans = sorted((a.starts_on, a.ends_on) for a in self.absences)
+        if any(later[0] <= earlier[1] for earlier, later in pairwise(spans)):
+            raise ValueError("absences overlap")
+        return self
 
 
 class AbsencesOut(AbsencesIn):

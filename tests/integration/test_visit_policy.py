@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -281,3 +282,38 @@ async def test_bad_findings_and_alerts_move_the_tier_up_and_plan_their_visit(
     if reason["rule"] == "bad_findings":
         assert reason["inputs"]["findings"] == ["vehicle_missing"]
     assert field["due_on"] <= today + timedelta(days=7)
+
+
+async def test_the_tier_sql_gives_what_the_pure_policy_gives(
+    system: System, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    region, today = new_id("R"), datetime.now(UTC).date()
+    p = await in_force(sessions)
+    loans = {
+        await register_loan(system.scheduler, region, grade=grade, disbursed_on=disbursed): (
+            grade,
+            disbursed,
+        )
+        for grade in "ABCDE"
+        for disbursed in (today, today - timedelta(days=400), today - timedelta(days=1200))
+    }
+    await replan_portfolio(sessions, today=today, region=region)
+    stored = json.loads(
+        await fetchval(
+            system.database_url,
+            "SELECT jsonb_object_agg(loan_id, risk_tier) FROM scheduler.loans WHERE region = $1",
+            region,
+        )
+    )
+    expected = {
+        loan_id: policy.risk_tier(
+            p.rules.risk_tier,
+            credit_grade=grade,
+            ltv=policy.loan_to_value(Decimal("80000.00"), Decimal("98000.00")),
+            remaining_months=policy.remaining_term(36, disbursed, today),
+        ).label
+        for loan_id, (grade, disbursed) in loans.items()
+    }
+    assert stored == expected
+    # LTV 0.82 always scores, so the grid is medium and high (low: tests/unit).
+    assert set(expected.values()) == {"medium", "high"}
