@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from itertools import pairwise
 from datetime import date, datetime
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
