@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared import inbox
 from shared.batch_apply import BatchApplier, Delivery, InvalidEvents, Tally
 from shared.broker_ledger import BrokerLedger, Loss, consumer_role
+from shared.consumer_defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_MAX_WAIT_MS
 from shared.db import unit_of_work
 from shared.dead_letter_sender import DeadLetterSender
 from shared.events import EventEnvelope, dlq_topic
@@ -71,18 +72,10 @@ class TopicHandler(Generic[E]):
 # What the consumer is given per topic.
 Handler = TopicHandler[Any]
 
-# Records a topic's batch holds at most (CONSUMER_BATCH_SIZE); one transaction applies it.
-DEFAULT_BATCH_SIZE = 500
 # How long an idle consumer waits for records before its loop turns again (the wait ends as
 # soon as any arrive).
 IDLE_WAIT_MS = 500
 
-# How long the broker may hold an empty fetch. The embedded broker (Tansu) does not answer a
-# waiting fetch when records arrive, it answers when the wait is over: with aiokafka's 500 ms
-# default a posting waited 215 ms (median) per hop before a consumer saw it, and a posting's
-# alert crosses two hops. At 50 ms an idle consumer sends 20 small fetches a second, which
-# Apache Kafka (which does answer on arrival) does not need but does not mind.
-DEFAULT_FETCH_MAX_WAIT_MS = 50
 
 # Clients refresh topic metadata this often: a partition added by a broker that restarted
 # and auto-created a topic is assigned within seconds (aiokafka's default is 5 minutes).

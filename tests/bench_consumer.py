@@ -36,10 +36,11 @@ from sqlalchemy import Column, MetaData, String, Table, Uuid, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import devstack
+from shared.consumer_defaults import DEFAULT_BATCH_SIZE
 from shared.db import make_engine, make_session_factory, schema_metadata
 from shared.events import REPAYMENT_POSTED, RepaymentPosted
 from shared.inbox import inbox_table
-from shared.kafka import DEFAULT_BATCH_SIZE, EventConsumer, TopicHandler, make_producer
+from shared.kafka import EventConsumer, TopicHandler, make_producer
 
 SCHEMA = "bench_consumer"
 metadata: MetaData = schema_metadata(SCHEMA)

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from services.alerts.api import router
 from services.alerts.models import health, outbox
+from services.alerts.resolutions_api import router as resolutions_router
 from services.alerts.settings import AlertsSettings
 from shared.app import create_app
 from shared.broker_ledger import consumer_role, relay_role
@@ -17,7 +18,9 @@ def build_app(settings: AlertsSettings | None = None) -> FastAPI:
     settings = settings or AlertsSettings()
     roles = [consumer_role(settings.consumer_group), relay_role(outbox.fullname)]
     workers = WorkerReadiness(health, roles, settings.worker_stale_seconds)
-    return create_app(settings, title="Huifang alerts", routers=[router], readiness=workers)
+    return create_app(
+        settings, title="Huifang alerts", routers=[router, resolutions_router], readiness=workers
+    )
 
 
 _settings = AlertsSettings()

@@ -13,10 +13,12 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     Numeric,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
@@ -50,6 +52,8 @@ class ResolutionAction(StrEnum):
     PHONE_VISIT = "phone_visit"
     NO_ACTION = "no_action"
     DISMISS = "dismiss"
+    # Closed by the service itself: a posting brought the loan back to current.
+    CURED = "cured"
 
 
 class AlertsTable(SQLModel, registry=registry(metadata=metadata)):
@@ -68,6 +72,24 @@ class Alert(AlertsTable, table=True):
         Index("ix_alerts_created", "created_at", "alert_id"),
         Index("ix_alerts_loan_created", "loan_id", "created_at"),
         Index("ix_alerts_status_severity_created", "status", "severity", "created_at"),
+        # One active alert per loan and rule family: a worse finding escalates it, a repeat
+        # is counted on it. Alerts from before rule families (no rule_version) are outside.
+        # What the SLA sweep looks at: open alerts not yet in the supervisor queue.
+        Index(
+            "ix_alerts_sla_pending",
+            "severity",
+            "severity_since",
+            postgresql_where=text("status = 'open' AND supervisor_queue_at IS NULL"),
+        ),
+        Index(
+            "uq_alerts_active_loan_family",
+            "loan_id",
+            "family",
+            unique=True,
+            postgresql_where=text(
+                "status IN ('open', 'acknowledged', 'in_progress') AND rule_version IS NOT NULL"
+            ),
+        ),
         CheckConstraint(check_in("category", Category), name="category"),
         CheckConstraint(check_in("severity", Severity), name="severity"),
         CheckConstraint(check_in("status", AlertStatus), name="status"),
@@ -104,6 +126,169 @@ class Alert(AlertsTable, table=True):
         default=None, sa_column=Column(String(32), nullable=True)
     )
     resolution_note: str | None = Field(default=None, max_length=2000)
+    # The rule family the alert stands for on its loan (rules.yaml), the version of the rule
+    # set that last raised or escalated it, and the facts that fired it.
+    family: str = Field(max_length=32)
+    rule_version: int | None = None
+    facts: dict[str, object] = Field(
+        default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
+    )
+    # Sightings of its family on the loan while it was active, the latest event time of
+    # one, and the event time it was last announced (the suppression window starts there).
+    occurrences: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+    last_seen_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_raised_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # Who on the desk works it, and the row version the ETag shows (If-Match compares it).
+    assignee: str | None = Field(default=None, max_length=128)
+    # When it took its current severity (its acknowledgement deadline counts from there),
+    # and when it went to the supervisor queue for missing that deadline.
+    severity_since: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    supervisor_queue_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+
+
+class AlertHistory(AlertsTable, table=True):
+    """Every change of an alert: raised, escalated, announced again, cured, and each
+    transition and assignment on the desk, with who, when and why."""
+
+    __tablename__ = "alert_history"
+    __table_args__ = (Index("ix_alert_history_alert", "alert_id", "id"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    alert_id: uuid.UUID
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    who: str = Field(max_length=128)
+    action: str = Field(max_length=32)
+    from_status: str | None = Field(default=None, max_length=16)
+    to_status: str = Field(max_length=16)
+    severity: str = Field(max_length=16)
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    source_event_id: uuid.UUID | None = None
+    detail: dict[str, object] = Field(
+        default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
+    )
+
+
+class RuleSetRow(AlertsTable, table=True):
+    """A version of the rules file as it was loaded: what `rule_version` of an alert means."""
+
+    __tablename__ = "rule_sets"
+
+    version: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    digest: str = Field(max_length=64)
+    body: dict[str, object] = Field(sa_column=Column(JSONB, nullable=False))
+    loaded_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class RepaymentMemory(AlertsTable, table=True):
+    """The postings applied to each loan, as the rules remember them (consecutive misses,
+    the arrears a repayment plan must cover). Its unique event id also makes applying a
+    posting twice (a replay past the inbox) a no-op."""
+
+    __tablename__ = "repayment_memory"
+    __table_args__ = (Index("ix_repayment_memory_loan", "loan_id", "seq"),)
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    event_id: uuid.UUID = Field(unique=True)
+    loan_id: str = Field(max_length=64)
+    installment_no: int
+    status: str = Field(max_length=16)
+    days_past_due: int
+    amount_due: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    amount_paid: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class VisitMemory(AlertsTable, table=True):
+    """The visits applied to each loan, as the rules remember them (unreachable three times
+    in 30 days); like the postings' memory, it makes a second application a no-op."""
+
+    __tablename__ = "visit_memory"
+    __table_args__ = (Index("ix_visit_memory_loan_ended", "loan_id", "ended_at"),)
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    event_id: uuid.UUID = Field(unique=True)
+    loan_id: str = Field(max_length=64)
+    occasion: str = Field(max_length=64)
+    outcome: str = Field(max_length=32)
+    ended_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class PlanStatus(StrEnum):
+    PROPOSED = "proposed"
+    APPROVED = "approved"
+
+
+class RepaymentPlan(AlertsTable, table=True):
+    """A repayment plan proposed to resolve an alert: it stands once a second person (not
+    the proposer) approves it, which resolves the alert and announces the plan."""
+
+    __tablename__ = "repayment_plans"
+    __table_args__ = (
+        CheckConstraint(check_in("status", PlanStatus), name="status"),
+        # One plan in the making per alert.
+        Index(
+            "uq_repayment_plans_proposed_alert",
+            "alert_id",
+            unique=True,
+            postgresql_where=text("status = 'proposed'"),
+        ),
+    )
+
+    plan_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    alert_id: uuid.UUID
+    loan_id: str = Field(max_length=64)
+    status: PlanStatus = Field(sa_column=Column(String(16), nullable=False))
+    # The loan's arrears from its postings when proposed, and what the plan pays in all.
+    arrears: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    total: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
+    installments: list[dict[str, str]] = Field(sa_column=Column(JSONB, nullable=False))
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    proposed_by: str = Field(max_length=128)
+    proposed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    approved_by: str | None = Field(default=None, max_length=128)
+    approved_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class LegalStage(StrEnum):
+    """A legal case's stages, in the only order it may take them."""
+
+    REFERRED = "referred"
+    FILED = "filed"
+    JUDGMENT = "judgment"
+    CLOSED = "closed"
+
+
+class LegalCase(AlertsTable, table=True):
+    """A loan referred to legal from an alert (which the referral resolves), advanced stage
+    by stage; `stages` keeps each step (stage, at, who, note)."""
+
+    __tablename__ = "legal_cases"
+    __table_args__ = (
+        CheckConstraint(check_in("stage", LegalStage), name="stage"),
+        UniqueConstraint("alert_id", name="uq_legal_cases_alert"),
+    )
+
+    case_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    alert_id: uuid.UUID
+    loan_id: str = Field(max_length=64)
+    stage: LegalStage = Field(sa_column=Column(String(16), nullable=False))
+    stages: list[dict[str, str | None]] = Field(sa_column=Column(JSONB, nullable=False))
+    opened_by: str = Field(max_length=128)
+    opened_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class LoanFacts(AlertsTable, table=True):

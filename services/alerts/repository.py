@@ -10,18 +10,33 @@ is where a narrower rule (a supervisor's region, say) would go, applied by every
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, delete, exists, func, select, text, true
+from sqlalchemy import ColumnElement, TextClause, delete, exists, func, select, text, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.alerts.models import Alert, LoanFacts, ParkedEvent, inbox
+from services.alerts.models import (
+    Alert,
+    AlertHistory,
+    LegalCase,
+    LoanFacts,
+    ParkedEvent,
+    PlanStatus,
+    RepaymentMemory,
+    RepaymentPlan,
+    VisitMemory,
+    inbox,
+)
 from services.alerts.rules import KnownLoan
+from services.alerts.triage import ACTIVE
 from shared.auth import Principal, Role
 from shared.pagination import Page, keyset_page
 from shared.vocabulary import AgreedUsage
@@ -43,28 +58,82 @@ def visible_alerts(who: Principal) -> ColumnElement[bool]:
 # --- alerts -------------------------------------------------------------------------------
 
 
-# The alert columns a rule fills, with their PostgreSQL types: rows travel as one array per
-# column, so the statement is the same text for any number of alerts (compiled once, cached
-# by the driver) and takes ten parameters whatever the batch.
+# Rows travel as one array per column (`unnest`): a statement is the same text for any
+# number of alerts (compiled once, cached by the driver) and takes one parameter a column
+# whatever the batch. JSON travels as text and is cast in the statement.
 _ALERT_COLUMNS = (
     ("alert_id", "uuid"),
     ("loan_id", "varchar"),
+    ("family", "varchar"),
     ("rule", "varchar"),
     ("category", "varchar"),
     ("severity", "varchar"),
     ("status", "varchar"),
     ("reason", "text"),
     ("recommended_action", "varchar"),
+    ("facts", "jsonb"),
+    ("rule_version", "int"),
     ("source_event_id", "uuid"),
     ("created_at", "timestamptz"),
+    ("occurrences", "int"),
+    ("last_seen_at", "timestamptz"),
+    ("last_raised_at", "timestamptz"),
+    ("severity_since", "timestamptz"),
+    ("resolved_at", "timestamptz"),
+    ("resolved_by", "varchar"),
+    ("resolution_action", "varchar"),
+    ("resolution_note", "varchar"),
 )
+# What a batch may change on an alert it found active.
+_CHANGED_COLUMNS = tuple(
+    (name, kind)
+    for name, kind in _ALERT_COLUMNS
+    if name not in ("loan_id", "family", "category", "source_event_id", "created_at")
+)
+
+
+def _unnest(columns: Sequence[tuple[str, str]]) -> str:
+    arrays = ", ".join(
+        f"CAST(:{name} AS {'text' if kind == 'jsonb' else kind}[])" for name, kind in columns
+    )
+    return f"unnest({arrays}) AS u({', '.join(name for name, _ in columns)})"
+
+
+def _value(name: str, kind: str) -> str:
+    return f"u.{name}::jsonb" if kind == "jsonb" else f"u.{name}"
+
+
 _INSERT_ALERTS = text(
     "INSERT INTO alerts.alerts ("
     + ", ".join(name for name, _ in _ALERT_COLUMNS)
-    + ") SELECT * FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _ALERT_COLUMNS)
-    + ") ON CONFLICT ON CONSTRAINT uq_alerts_source_event_rule DO NOTHING RETURNING alert_id"
+    + ") SELECT "
+    + ", ".join(_value(name, kind) for name, kind in _ALERT_COLUMNS)
+    + " FROM "
+    + _unnest(_ALERT_COLUMNS)
+    + " ON CONFLICT ON CONSTRAINT uq_alerts_source_event_rule DO NOTHING RETURNING alert_id"
 )
+_UPDATE_ALERTS = text(
+    "UPDATE alerts.alerts AS a SET "
+    + ", ".join(
+        f"{name} = {_value(name, kind)}" for name, kind in _CHANGED_COLUMNS if name != "alert_id"
+    )
+    + ", version = a.version + 1 FROM "
+    + _unnest(_CHANGED_COLUMNS)
+    + " WHERE a.alert_id = u.alert_id"
+)
+
+
+def _arrays(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
+) -> dict[str, list[Any]]:
+    def cell(value: Any, kind: str) -> Any:
+        if value is None:
+            return None
+        if kind == "jsonb":
+            return json.dumps(value, separators=(",", ":"), default=str)
+        return str(value) if kind == "varchar" else value
+
+    return {name: [cell(row[name], kind) for row in rows] for name, kind in columns}
 
 
 async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
@@ -72,12 +141,222 @@ async def add_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -
     source event already raised its rule (a replay that bypassed the inbox) is skipped."""
     if not rows:
         return set()
-    columns = {
-        name: [row[name] if kind != "varchar" else str(row[name]) for row in rows]
-        for name, kind in _ALERT_COLUMNS
-    }
-    result = await session.execute(_INSERT_ALERTS, columns)
+    result = await session.execute(_INSERT_ALERTS, _arrays(rows, _ALERT_COLUMNS))
     return set(result.scalars())
+
+
+async def update_alerts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write what a batch changed on active alerts (escalated, counted, cured), with one
+    statement; each changed alert's version moves on (its ETag changes)."""
+    if rows:
+        await session.execute(_UPDATE_ALERTS, _arrays(rows, _CHANGED_COLUMNS))
+
+
+async def active_alerts(session: AsyncSession, loan_ids: Collection[str]) -> list[Alert]:
+    """The active alerts of these loans, locked for the batch (the desk may be working one)."""
+    if not loan_ids:
+        return []
+    stmt = (
+        select(Alert)
+        .where(
+            col(Alert.loan_id).in_(sorted(loan_ids)),
+            col(Alert.status).in_([str(s) for s in ACTIVE]),
+        )
+        .order_by(col(Alert.alert_id))
+        .with_for_update()
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def add_history(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append history lines, a multi-row insert per chunk."""
+    for chunk in _chunks(rows, ROWS_PER_STATEMENT):
+        await session.execute(insert(AlertHistory).values(list(chunk)))
+
+
+async def history_of(session: AsyncSession, alert_id: uuid.UUID) -> list[AlertHistory]:
+    stmt = (
+        select(AlertHistory)
+        .where(col(AlertHistory.alert_id) == alert_id)
+        .order_by(col(AlertHistory.id))
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+_SUPERVISOR_QUEUE = text(
+    "UPDATE alerts.alerts AS a SET supervisor_queue_at = :now, version = a.version + 1 "
+    "FROM unnest(CAST(:severities AS varchar[]), CAST(:cutoffs AS timestamptz[])) "
+    "AS d(severity, cutoff) "
+    "WHERE a.status = 'open' AND a.supervisor_queue_at IS NULL "
+    "AND a.severity = d.severity AND a.severity_since <= d.cutoff "
+    "RETURNING a.alert_id, a.severity, a.severity_since"
+)
+
+
+async def queue_for_supervisor(
+    session: AsyncSession, cutoffs: Mapping[str, datetime], now: datetime
+) -> list[tuple[uuid.UUID, str, datetime]]:
+    """Flag every open alert that has had its severity since before its severity's cutoff
+    (one statement); returns (alert_id, severity, severity_since) of those flagged."""
+    if not cutoffs:
+        return []
+    params = {"now": now, "severities": list(cutoffs), "cutoffs": list(cutoffs.values())}
+    result = await session.execute(_SUPERVISOR_QUEUE, params)
+    return [(row[0], row[1], row[2]) for row in result.all()]
+
+
+# --- resolutions as records --------------------------------------------------------------
+
+# What a loan owes now by its postings: the latest posting of each installment counts (a
+# late payment replaces the miss); a reversed payment owes the whole installment again.
+_ARREARS = text(
+    "SELECT coalesce(sum(CASE status "
+    "WHEN 'paid' THEN 0 "
+    "WHEN 'reversed' THEN amount_due "
+    "ELSE greatest(amount_due - amount_paid, 0) END), 0) "
+    "FROM (SELECT DISTINCT ON (installment_no) status, amount_due, amount_paid "
+    "FROM alerts.repayment_memory WHERE loan_id = :loan_id "
+    "ORDER BY installment_no, seq DESC) AS latest"
+)
+
+
+async def arrears_of(session: AsyncSession, loan_id: str) -> Decimal:
+    value = (await session.execute(_ARREARS, {"loan_id": loan_id})).scalar_one()
+    return Decimal(value)
+
+
+async def proposed_plan_of(session: AsyncSession, alert_id: uuid.UUID) -> RepaymentPlan | None:
+    stmt = select(RepaymentPlan).where(
+        col(RepaymentPlan.alert_id) == alert_id,
+        col(RepaymentPlan.status) == str(PlanStatus.PROPOSED),
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_plan(
+    session: AsyncSession, plan_id: uuid.UUID, *, for_update: bool = False
+) -> RepaymentPlan | None:
+    stmt = select(RepaymentPlan).where(col(RepaymentPlan.plan_id) == plan_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_case(
+    session: AsyncSession, case_id: uuid.UUID, *, for_update: bool = False
+) -> LegalCase | None:
+    stmt = select(LegalCase).where(col(LegalCase.case_id) == case_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def case_of(session: AsyncSession, alert_id: uuid.UUID) -> LegalCase | None:
+    stmt = select(LegalCase).where(col(LegalCase.alert_id) == alert_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+# --- the loans' memory --------------------------------------------------------------------
+
+
+# What each memory keeps of an event, with the PostgreSQL types its arrays travel as.
+_MEMORY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "repayment_memory": (
+        ("event_id", "uuid"),
+        ("loan_id", "varchar"),
+        ("installment_no", "integer"),
+        ("status", "varchar"),
+        ("days_past_due", "integer"),
+        ("amount_due", "numeric"),
+        ("amount_paid", "numeric"),
+        ("occurred_at", "timestamptz"),
+    ),
+    "visit_memory": (
+        ("event_id", "uuid"),
+        ("loan_id", "varchar"),
+        ("occasion", "varchar"),
+        ("outcome", "varchar"),
+        ("ended_at", "timestamptz"),
+    ),
+}
+
+
+def _remember_statement(table: str) -> TextClause:
+    columns = _MEMORY_COLUMNS[table]
+    # WITH ORDINALITY keeps the given order, so `seq` follows the batch's order.
+    return text(
+        f"INSERT INTO alerts.{table} ({', '.join(name for name, _ in columns)})"
+        f" SELECT {', '.join(name for name, _ in columns)} FROM unnest("
+        + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns)
+        + f") WITH ORDINALITY AS r({', '.join(name for name, _ in columns)}, n) ORDER BY n"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    )
+
+
+async def remember(
+    session: AsyncSession,
+    table: type[RepaymentMemory] | type[VisitMemory],
+    rows: Sequence[Mapping[str, Any]],
+) -> set[uuid.UUID]:
+    """Remember events (in the given order), with one statement whatever their number;
+    returns the ids of those not remembered before: only they are applied, so an event
+    applied twice changes nothing."""
+    if not rows:
+        return set()
+    name = str(table.__tablename__)
+    statement = _remember_statement(name)
+    result = await session.execute(statement, _arrays(rows, _MEMORY_COLUMNS[name]))
+    return set(result.scalars())
+
+
+async def postings_of(
+    session: AsyncSession, batch_postings: Mapping[str, int], lookback: int
+) -> list[Any]:
+    """The latest remembered postings of these loans (loan id -> how many postings of the
+    batch it has: they are remembered already and are read too) and `lookback` more,
+    oldest first, as plain
+    rows with the memory's columns: thousands a batch, too many to build as ORM objects."""
+    if not batch_postings:
+        return []
+    loan_ids = sorted(batch_postings)
+    keep = [batch_postings[loan_id] + lookback for loan_id in loan_ids]
+    result = await session.execute(
+        text(
+            "SELECT m.* FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:keep AS integer[]))"
+            "      AS l(loan_id, keep)"
+            " CROSS JOIN LATERAL (SELECT * FROM alerts.repayment_memory AS r"
+            "      WHERE r.loan_id = l.loan_id ORDER BY r.seq DESC LIMIT l.keep) AS m"
+            " ORDER BY m.seq"
+        ),
+        {"loan_ids": loan_ids, "keep": keep},
+    )
+    return list(result.all())
+
+
+async def visits_of(
+    session: AsyncSession, loan_ids: Collection[str], since: datetime
+) -> list[VisitMemory]:
+    """The remembered visits of these loans that ended after `since`, in applied order."""
+    if not loan_ids:
+        return []
+    stmt = (
+        select(VisitMemory)
+        .where(
+            col(VisitMemory.loan_id).in_(sorted(loan_ids)),
+            col(VisitMemory.ended_at) > since,
+        )
+        .order_by(col(VisitMemory.seq))
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+# PostgreSQL takes at most 32,767 parameters a statement; the multi-row inserts of history
+# and memory have at most 11 columns.
+ROWS_PER_STATEMENT = 2_000
+
+
+def _chunks(rows: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 async def get_alert(
@@ -97,33 +376,74 @@ async def get_alert_visible_to(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+@dataclass(frozen=True)
+class AlertFilter:
+    """What the desk narrows the alerts to; None is no narrowing."""
+
+    loan_id: str | None = None
+    status: str | None = None
+    severity: str | None = None
+    rule: str | None = None
+    category: str | None = None
+    region: str | None = None
+    assignee: str | None = None
+    created_from: datetime | None = None
+    created_before: datetime | None = None
+    supervisor_queue: bool | None = None
+
+    def where(self, who: Principal) -> list[ColumnElement[bool]]:
+        clauses = [visible_alerts(who)]
+        for column, value in (
+            (Alert.loan_id, self.loan_id),
+            (Alert.status, self.status),
+            (Alert.severity, self.severity),
+            (Alert.rule, self.rule),
+            (Alert.category, self.category),
+            (Alert.assignee, self.assignee),
+        ):
+            if value is not None:
+                clauses.append(col(column) == value)
+        if self.region is not None:
+            # The region is the loan's, from the projection of its facts.
+            in_region = select(col(LoanFacts.loan_id)).where(col(LoanFacts.region) == self.region)
+            clauses.append(col(Alert.loan_id).in_(in_region))
+        if self.created_from is not None:
+            clauses.append(col(Alert.created_at) >= self.created_from)
+        if self.created_before is not None:
+            clauses.append(col(Alert.created_at) < self.created_before)
+        if self.supervisor_queue is not None:
+            queued = col(Alert.supervisor_queue_at).is_not(None)
+            clauses.append(queued if self.supervisor_queue else ~queued)
+        return clauses
+
+
 async def list_alerts(
     session: AsyncSession,
     who: Principal,
+    filters: AlertFilter,
     *,
-    loan_id: str | None,
-    status: str | None,
-    severity: str | None,
-    rule: str | None,
-    category: str | None,
     cursor: str | None,
     limit: int,
     to_item: Callable[[Alert], T],
 ) -> Page[T]:
     """A page of the alerts `who` may read, by filters, oldest first."""
-    stmt = select(Alert).where(visible_alerts(who))
-    for column, value in (
-        (Alert.loan_id, loan_id),
-        (Alert.status, status),
-        (Alert.severity, severity),
-        (Alert.rule, rule),
-        (Alert.category, category),
-    ):
-        if value is not None:
-            stmt = stmt.where(col(column) == value)
+    stmt = select(Alert).where(*filters.where(who))
     return await keyset_page(
         session, stmt, key=ALERT_ORDER, cursor=cursor, limit=limit, to_item=to_item
     )
+
+
+async def summary(
+    session: AsyncSession, who: Principal, filters: AlertFilter
+) -> list[tuple[str, str, str, int]]:
+    """(rule, severity, status, count) of the alerts `who` may read, by filters, in one
+    grouped query."""
+    stmt = (
+        select(col(Alert.rule), col(Alert.severity), col(Alert.status), func.count())
+        .where(*filters.where(who))
+        .group_by(col(Alert.rule), col(Alert.severity), col(Alert.status))
+    )
+    return [(r, s, st, int(n)) for r, s, st, n in (await session.execute(stmt)).all()]
 
 
 # --- the projection of loan facts ---------------------------------------------------------
@@ -152,10 +472,14 @@ async def known_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[
     """What the rules know of each of these loans that has facts, in one query."""
     if not loan_ids:
         return {}
+    # One array parameter: an IN list of a batch's ids would be rendered into the statement
+    # anew for every batch.
     rows = await session.execute(
-        select(col(LoanFacts.loan_id), col(LoanFacts.agreed_usage)).where(
-            col(LoanFacts.loan_id).in_(sorted(loan_ids))
-        )
+        text(
+            "SELECT loan_id, agreed_usage FROM alerts.loan_facts"
+            " WHERE loan_id = ANY(CAST(:loan_ids AS varchar[]))"
+        ),
+        {"loan_ids": sorted(loan_ids)},
     )
     return {loan_id: KnownLoan(AgreedUsage(usage)) for loan_id, usage in rows.all()}
 

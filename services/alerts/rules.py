@@ -1,23 +1,32 @@
-"""Alert rules: pure functions, no I/O (unit-tested without a database or a broker).
+"""Alert rules: pure functions, no I/O beyond reading the rules file (unit-tested without a
+database or a broker).
 
-They turn the bad signs of the lender's procedure into alerts: an installment missed or
-short-paid (repayment record), and what a visit found about the borrower, the vehicle and
-the collateral (the four key items). Each rule has a stable code that operations filter
-on and that the scheduler reads from `alert-raised`.
+The thresholds, severities, recommended actions and suppression windows are data, in the
+reviewed `rules.yaml` with its version; what each rule code checks is here. A rule sees the
+event and the loan's story as the alerts service remembers it (earlier postings, earlier
+visits), and says what it found and on which facts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from shared.events import RepaymentPosted, VisitCompleted
 from shared.vocabulary import (
-    DEFAULT_DPD,
-    SERIOUS_ARREARS_DPD,
     AgreedUsage,
     Category,
     EmploymentStatus,
+    IncomeChange,
     RecommendedAction,
     RepaymentStatus,
     Severity,
@@ -26,9 +35,48 @@ from shared.vocabulary import (
     VisitOutcome,
 )
 
-# Days past due at which an arrear is escalated (the lender's M1 / M3 buckets).
-DPD_REPAYMENT_PLAN = SERIOUS_ARREARS_DPD
-DPD_LEGAL_REVIEW = DEFAULT_DPD
+RULES_FILE = Path(__file__).with_name("rules.yaml")
+
+SEVERITY_RANK: Mapping[Severity, int] = {severity: i for i, severity in enumerate(Severity)}
+
+
+class RuleSetError(ValueError):
+    """The rules file does not describe a rule set this code can run."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    family: str
+    category: Category
+    severity: Severity
+    action: RecommendedAction
+    # Place in its family, mildest first: a finding of a higher rank escalates.
+    rank: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    category: Category
+    suppress: timedelta
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    version: int
+    digest: str
+    body: Mapping[str, Any]
+    families: Mapping[str, Family]
+
+    def rule(self, code: str) -> Rule:
+        for family in self.families.values():
+            for rule in family.rules:
+                if rule.code == code:
+                    return rule
+        raise KeyError(code)
 
 
 @dataclass(frozen=True)
@@ -39,162 +87,249 @@ class KnownLoan:
 
 
 @dataclass(frozen=True)
-class AlertDraft:
-    """An alert a rule wants raised, before it is stored and announced."""
+class PostingMemo:
+    """A posting the service has applied, as the rules remember it."""
 
-    rule: str
-    category: Category
-    severity: Severity
+    event_id: uuid.UUID
+    installment_no: int
+    status: RepaymentStatus
+    days_past_due: int
+    amount_due: str
+    amount_paid: str
+
+
+@dataclass(frozen=True)
+class VisitMemo:
+    """A visit the service has applied, as the rules remember it."""
+
+    event_id: uuid.UUID
+    # The visit a correction stands for: its task, else its own visit id (contract: a
+    # correction is a visit of its own carrying the corrected version's task_id).
+    occasion: str
+    outcome: VisitOutcome
+    ended_at: datetime
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one rule found in one event: the rule and the facts that fired it."""
+
+    rule: Rule
     reason: str
-    recommended_action: RecommendedAction
+    facts: Mapping[str, Any]
 
 
-def repayment_alerts(posting: RepaymentPosted) -> list[AlertDraft]:
-    """A missed or partial installment, escalated by how far the loan is past due."""
-    if posting.status not in (RepaymentStatus.MISSED, RepaymentStatus.PARTIAL):
-        return []
-    reason = (
+# --- the rule set -------------------------------------------------------------------------
+
+
+def parse_rule_set(text: str) -> RuleSet:
+    """The rule set a rules file describes; every rule code must have its check here and
+    every check its rule, so a typo in the file fails at load, not at 3 a.m."""
+    body = yaml.safe_load(text)
+    try:
+        version = int(body["version"])
+        families: dict[str, Family] = {}
+        for name, raw in body["families"].items():
+            category = Category(raw["category"])
+            rules = tuple(
+                Rule(
+                    code=str(item["code"]),
+                    family=str(name),
+                    category=category,
+                    severity=Severity(item["severity"]),
+                    action=RecommendedAction(item["action"]),
+                    rank=rank,
+                    params=dict(item.get("params") or {}),
+                )
+                for rank, item in enumerate(raw["rules"])
+            )
+            families[str(name)] = Family(
+                str(name), category, timedelta(days=float(raw["suppress_days"])), rules
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuleSetError(f"rules file is malformed: {exc!r}") from exc
+    codes = [rule.code for family in families.values() for rule in family.rules]
+    if len(codes) != len(set(codes)):
+        raise RuleSetError("a rule code appears twice")
+    if set(codes) != set(CHECKS):
+        raise RuleSetError(
+            f"rules without a check: {sorted(set(codes) - set(CHECKS))}; "
+            f"checks without a rule: {sorted(set(CHECKS) - set(codes))}"
+        )
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return RuleSet(version, digest, body, families)
+
+
+@cache
+def current() -> RuleSet:
+    """The rule set of the reviewed file this code ships with (read once per process)."""
+    return parse_rule_set(RULES_FILE.read_text())
+
+
+# --- repayment rules ----------------------------------------------------------------------
+
+
+def _posting_facts(posting: RepaymentPosted) -> dict[str, Any]:
+    return {
+        "installment_no": posting.installment_no,
+        "status": str(posting.status),
+        "days_past_due": posting.days_past_due,
+        "amount_due": str(posting.amount_due),
+        "amount_paid": str(posting.amount_paid),
+        "due_date": posting.due_date.isoformat(),
+    }
+
+
+def _posting_reason(posting: RepaymentPosted) -> str:
+    return (
         f"installment {posting.installment_no} {posting.status}: "
         f"due {posting.amount_due} CNY, paid {posting.amount_paid} CNY; "
         f"loan {posting.days_past_due} days past due"
     )
-    dpd = posting.days_past_due
-    if dpd >= DPD_LEGAL_REVIEW:
-        return [
-            AlertDraft(
-                "dpd_90",
-                Category.REPAYMENT,
-                Severity.CRITICAL,
-                reason,
-                RecommendedAction.LEGAL_REVIEW,
-            )
-        ]
-    if dpd >= DPD_REPAYMENT_PLAN:
-        return [
-            AlertDraft(
-                "dpd_30",
-                Category.REPAYMENT,
-                Severity.HIGH,
-                reason,
-                RecommendedAction.REPAYMENT_PLAN,
-            )
-        ]
-    if posting.status == RepaymentStatus.MISSED:
-        return [
-            AlertDraft(
-                "missed_installment",
-                Category.REPAYMENT,
-                Severity.MEDIUM,
-                reason,
-                RecommendedAction.PHONE_VISIT,
-            )
-        ]
-    return [
-        AlertDraft(
-            "partial_payment",
-            Category.REPAYMENT,
-            Severity.LOW,
-            reason,
-            RecommendedAction.PHONE_VISIT,
-        )
+
+
+def cures(posting: RepaymentPosted) -> bool:
+    """A posting that brings the loan back to current: paid, nothing past due."""
+    return posting.status == RepaymentStatus.PAID and posting.days_past_due == 0
+
+
+def repayment_findings(
+    posting: RepaymentPosted, earlier: Sequence[PostingMemo], ruleset: RuleSet
+) -> list[Finding]:
+    """What a posting shows, given the loan's earlier postings (oldest first): at most one
+    finding per family (its worst rule)."""
+    facts = _posting_facts(posting)
+    reason = _posting_reason(posting)
+    found: list[Finding] = []
+
+    arrears = [
+        rule
+        for rule in ruleset.families["arrears"].rules
+        if posting.days_past_due >= int(rule.params["min_dpd"])
     ]
+    if arrears and not cures(posting):
+        found.append(Finding(arrears[-1], reason, facts))
+    if posting.status == RepaymentStatus.PARTIAL:
+        found.append(Finding(ruleset.rule("partial_payment"), reason, facts))
+    if posting.status == RepaymentStatus.REVERSED:
+        found.append(Finding(ruleset.rule("payment_reversed"), reason, facts))
+
+    consecutive = ruleset.rule("missed_consecutive")
+    needed = int(consecutive.params["consecutive"])
+    if posting.status == RepaymentStatus.MISSED:
+        # The latest status of each installment (a later posting of one replaces it).
+        latest = {memo.installment_no: memo.status for memo in earlier}
+        run = [posting.installment_no - back for back in range(1, needed)]
+        if all(latest.get(no) == RepaymentStatus.MISSED for no in run):
+            missed = sorted([*run, posting.installment_no])
+            found.append(
+                Finding(
+                    consecutive,
+                    f"installments {', '.join(map(str, missed))} missed in a row; {reason}",
+                    {**facts, "missed_installments": missed},
+                )
+            )
+    return found
+
+
+# --- visit rules --------------------------------------------------------------------------
+
+
+def occasion(visit: VisitCompleted) -> str:
+    """What makes two visit events one visit: a correction carries its task."""
+    return str(visit.task_id or visit.visit_id)
 
 
 VisitCheck = Callable[[VisitCompleted], bool]
 
-# The findings rules that need nothing but the visit itself, in triage order.
-_VISIT_RULES: tuple[tuple[VisitCheck, AlertDraft], ...] = (
+# The findings rules that need nothing but the visit itself: code, check, reason.
+_VISIT_CHECKS: tuple[tuple[str, VisitCheck, str], ...] = (
     (
+        "collateral_encumbered",
         lambda v: v.findings.encumbrance_detected,
-        AlertDraft(
-            "collateral_encumbered",
-            Category.COLLATERAL,
-            Severity.CRITICAL,
-            "vehicle is pledged, sold or transferred to a third party",
-            RecommendedAction.LEGAL_REVIEW,
-        ),
+        "vehicle is pledged, sold or transferred to a third party",
     ),
     (
+        "vehicle_missing",
         lambda v: v.findings.vehicle_condition == VehicleCondition.MISSING,
-        AlertDraft(
-            "vehicle_missing",
-            Category.COLLATERAL,
-            Severity.CRITICAL,
-            "vehicle could not be found",
-            RecommendedAction.REPOSSESSION_REVIEW,
-        ),
+        "vehicle could not be found",
     ),
     (
+        "vehicle_damaged",
         lambda v: v.findings.vehicle_condition == VehicleCondition.DAMAGED,
-        AlertDraft(
-            "vehicle_damaged",
-            Category.VEHICLE,
-            Severity.MEDIUM,
-            "vehicle is damaged",
-            RecommendedAction.FIELD_VISIT,
-        ),
+        "vehicle is damaged",
     ),
     (
         # None means the documents were not checked; only a definite "no" is a breach.
+        "documents_not_intact",
         lambda v: v.findings.collateral_documents_intact is False,
-        AlertDraft(
-            "documents_not_intact",
-            Category.COLLATERAL,
-            Severity.HIGH,
-            "vehicle registration or loan documents are not intact",
-            RecommendedAction.LEGAL_REVIEW,
-        ),
+        "vehicle registration or loan documents are not intact",
     ),
     (
-        lambda v: v.findings.employment_status == EmploymentStatus.UNEMPLOYED,
-        AlertDraft(
-            "borrower_unemployed",
-            Category.BORROWER,
-            Severity.HIGH,
-            "borrower is unemployed",
-            RecommendedAction.REPAYMENT_PLAN,
-        ),
-    ),
-    (
-        lambda v: v.findings.repayment_difficulty,
-        AlertDraft(
-            "repayment_difficulty",
-            Category.BORROWER,
-            Severity.MEDIUM,
-            "borrower reports difficulty repaying",
-            RecommendedAction.REPAYMENT_PLAN,
-        ),
-    ),
-    (
-        lambda v: v.outcome == VisitOutcome.BORROWER_UNREACHABLE,
-        AlertDraft(
-            "borrower_unreachable",
-            Category.CONTACT,
-            Severity.MEDIUM,
-            "borrower could not be reached for the visit",
-            RecommendedAction.FIELD_VISIT,
-        ),
-    ),
-    (
+        "visit_refused",
         lambda v: v.outcome == VisitOutcome.REFUSED,
-        AlertDraft(
-            "visit_refused",
-            Category.CONTACT,
-            Severity.MEDIUM,
-            "borrower refused the visit",
-            RecommendedAction.FIELD_VISIT,
-        ),
+        "borrower refused the visit",
     ),
 )
 
 
-def visit_alerts(visit: VisitCompleted, agreed_usage: AgreedUsage | None) -> list[AlertDraft]:
-    """Every bad sign a visit found, one alert each.
+def _capacity(visit: VisitCompleted, ruleset: RuleSet) -> Finding | None:
+    """The borrower's capacity to pay, worst sign first."""
+    findings = visit.findings
+    lost = findings.employment_status == EmploymentStatus.UNEMPLOYED
+    down = findings.income_change == IncomeChange.DECREASED
+    facts = {
+        "employment_status": str(findings.employment_status),
+        "income_change": str(findings.income_change),
+        "repayment_difficulty": findings.repayment_difficulty,
+    }
+    if (lost or down) and findings.repayment_difficulty:
+        cause = "lost their job" if lost else "has less income"
+        reason = f"borrower {cause} and reports difficulty repaying"
+        return Finding(ruleset.rule("income_loss_with_difficulty"), reason, facts)
+    if lost:
+        return Finding(ruleset.rule("borrower_unemployed"), "borrower is unemployed", facts)
+    if findings.repayment_difficulty:
+        reason = "borrower reports difficulty repaying"
+        return Finding(ruleset.rule("repayment_difficulty"), reason, facts)
+    return None
 
-    `agreed_usage` is the loan's contractual usage as the scheduler registered it; None
-    when it is not known, and then only the misuse rule is skipped.
-    """
-    drafts: list[AlertDraft] = []
+
+def _unreachable(
+    visit: VisitCompleted, earlier: Sequence[VisitMemo], ruleset: RuleSet
+) -> Finding | None:
+    if visit.outcome != VisitOutcome.BORROWER_UNREACHABLE:
+        return None
+    repeated = ruleset.rule("unreachable_repeated")
+    window = timedelta(days=float(repeated.params["window_days"]))
+    since = visit.ended_at - window
+    occasions = {
+        memo.occasion
+        for memo in earlier
+        if memo.outcome == VisitOutcome.BORROWER_UNREACHABLE and since < memo.ended_at
+    } | {occasion(visit)}
+    if len(occasions) >= int(repeated.params["times"]):
+        days = window.days
+        reason = f"borrower unreachable on {len(occasions)} visits in {days} days"
+        facts = {"unreachable_visits": len(occasions), "window_days": days}
+        return Finding(repeated, reason, facts)
+    return Finding(
+        ruleset.rule("borrower_unreachable"),
+        "borrower could not be reached for the visit",
+        {"unreachable_visits": len(occasions)},
+    )
+
+
+def visit_findings(
+    visit: VisitCompleted,
+    agreed_usage: AgreedUsage | None,
+    earlier: Sequence[VisitMemo],
+    ruleset: RuleSet,
+) -> list[Finding]:
+    """Every bad sign a visit found, at most one per family, given the loan's earlier
+    visits. `agreed_usage` None (not known) skips only the misuse rule."""
+    found: list[Finding] = []
     usage = visit.findings.vehicle_usage
     # Two vocabularies (what was agreed, what was seen) that share their values.
     if (
@@ -202,14 +337,43 @@ def visit_alerts(visit: VisitCompleted, agreed_usage: AgreedUsage | None) -> lis
         and usage != VehicleUsage.UNKNOWN
         and usage.value != agreed_usage.value
     ):
-        drafts.append(
-            AlertDraft(
-                "vehicle_misuse",
-                Category.VEHICLE,
-                Severity.HIGH,
+        found.append(
+            Finding(
+                ruleset.rule("vehicle_misuse"),
                 f"vehicle used as {usage}; the loan agreed {agreed_usage} use",
-                RecommendedAction.FIELD_VISIT,
+                {"vehicle_usage": str(usage), "agreed_usage": str(agreed_usage)},
             )
         )
-    drafts += [draft for applies, draft in _VISIT_RULES if applies(visit)]
-    return drafts
+    base = {"visit_id": str(visit.visit_id), "outcome": str(visit.outcome)}
+    for code, applies, reason in _VISIT_CHECKS:
+        if applies(visit):
+            found.append(Finding(ruleset.rule(code), reason, base))
+    for extra in (_capacity(visit, ruleset), _unreachable(visit, earlier, ruleset)):
+        if extra is not None:
+            found.append(Finding(extra.rule, extra.reason, {**base, **extra.facts}))
+    return found
+
+
+# Every rule code the file may name, and so every code a check above raises.
+CHECKS: frozenset[str] = frozenset(
+    {
+        "dpd_1",
+        "dpd_30",
+        "dpd_60",
+        "dpd_90",
+        "partial_payment",
+        "missed_consecutive",
+        "payment_reversed",
+        "borrower_unreachable",
+        "unreachable_repeated",
+        "visit_refused",
+        "repayment_difficulty",
+        "borrower_unemployed",
+        "income_loss_with_difficulty",
+        "vehicle_misuse",
+        "vehicle_damaged",
+        "documents_not_intact",
+        "vehicle_missing",
+        "collateral_encumbered",
+    }
+)

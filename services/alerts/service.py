@@ -4,27 +4,43 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.alerts import repository, rules
-from services.alerts.models import Alert, ParkedEvent, ResolutionAction, outbox
-from services.alerts.schemas import ResolveIn
+from services.alerts import lifecycle, repository, rules
+from services.alerts.models import (
+    Alert,
+    AlertHistory,
+    ParkedEvent,
+    RepaymentMemory,
+    ResolutionAction,
+    VisitMemory,
+    outbox,
+)
+from services.alerts.schemas import AssignIn, ResolveIn, StartIn
+from services.alerts.triage import AlertState, HistoryEntry, Triage
 from shared.errors import Problem, not_found
 from shared.events import (
     REPAYMENT_POSTED,
     VISIT_COMPLETED,
-    AlertRaised,
     LoanRegistered,
     RepaymentPosted,
     VisitCompleted,
 )
 from shared.outbox import enqueue_many
-from shared.vocabulary import AlertStatus
+from shared.vocabulary import (
+    AlertStatus,
+    Category,
+    RecommendedAction,
+    RepaymentStatus,
+    Severity,
+    VisitOutcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +60,109 @@ async def get_alert(
     return alert
 
 
-async def acknowledge(session: AsyncSession, alert_id: uuid.UUID, who: str) -> Alert:
-    """Take an open alert into work. Repeating it is harmless: the first ack is kept."""
+async def _for_work(
+    session: AsyncSession, alert_id: uuid.UUID, expected_version: int | None
+) -> Alert:
+    """The alert locked for a desk write; 412 if the writer saw another version of it
+    (If-Match), so two people cannot overwrite each other unknowingly."""
     alert = await get_alert(session, alert_id, for_update=True)
-    if alert.status in CLOSED:
-        raise Problem(409, "Conflict", f"alert is {alert.status}; it cannot be acknowledged")
-    if alert.status == AlertStatus.OPEN:
-        alert.status = AlertStatus.ACKNOWLEDGED
-        alert.acknowledged_at = datetime.now(UTC)
-        alert.acknowledged_by = who
+    if expected_version is not None and alert.version != expected_version:
+        raise Problem(
+            412,
+            "Precondition Failed",
+            f"alert is at version {alert.version}, not {expected_version}; read it again",
+            headers={"ETag": etag(alert)},
+        )
     return alert
 
 
-async def resolve(session: AsyncSession, alert_id: uuid.UUID, body: ResolveIn, who: str) -> Alert:
-    """Close an open or acknowledged alert with the action taken; `dismiss` marks it a
-    false alarm. A closed alert stays as it was closed (409), so the record is not rewritten."""
-    alert = await get_alert(session, alert_id, for_update=True)
-    if alert.status in CLOSED:
-        raise Problem(409, "Conflict", f"alert is already {alert.status}")
+def etag(alert: Alert) -> str:
+    return f'"{alert.version}"'
+
+
+async def transition(
+    session: AsyncSession, alert: Alert, to: AlertStatus, who: str, note: str | None
+) -> None:
+    """Move the alert along the lifecycle table and keep the move in its history."""
+    before = AlertStatus(alert.status)
+    try:
+        name = lifecycle.move(before, to)
+    except lifecycle.TransitionRefused as refused:
+        raise Problem(409, "Conflict", str(refused)) from refused
+    now = datetime.now(UTC)
+    alert.status = to
+    alert.version += 1
+    await _history(session, alert, now, who, name, before, note or name)
+
+
+async def _history(
+    session: AsyncSession,
+    alert: Alert,
+    at: datetime,
+    who: str,
+    action: str,
+    before: AlertStatus,
+    note: str,
+) -> None:
+    entry = HistoryEntry(
+        alert.alert_id, at, who, action, before, AlertStatus(alert.status), alert.severity, note
+    )
+    await repository.add_history(session, [_fields_of(entry)])
+
+
+async def acknowledge(
+    session: AsyncSession, alert_id: uuid.UUID, who: str, expected_version: int | None = None
+) -> Alert:
+    """Take an open alert into work. Repeating it is harmless: the first ack is kept."""
+    alert = await _for_work(session, alert_id, expected_version)
+    if alert.status == AlertStatus.ACKNOWLEDGED:
+        return alert
+    await transition(session, alert, AlertStatus.ACKNOWLEDGED, who, None)
+    alert.acknowledged_at = datetime.now(UTC)
+    alert.acknowledged_by = who
+    return alert
+
+
+async def start(
+    session: AsyncSession,
+    alert_id: uuid.UUID,
+    body: StartIn,
+    who: str,
+    expected_version: int | None = None,
+) -> Alert:
+    """Someone works the acknowledged alert now (a call, a visit, a plan in the making)."""
+    alert = await _for_work(session, alert_id, expected_version)
+    await transition(session, alert, AlertStatus.IN_PROGRESS, who, body.note)
+    return alert
+
+
+async def resolve(
+    session: AsyncSession,
+    alert_id: uuid.UUID,
+    body: ResolveIn,
+    who: str,
+    expected_version: int | None = None,
+) -> Alert:
+    """Close an alert with the action taken, or dismiss it as a false alarm (with the
+    reason). A closed alert stays as it was closed (409), so the record is not rewritten."""
+    if body.action == ResolutionAction.CURED:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "only a posting that brings the loan current cures an alert",
+            errors=[{"field": "body.action", "message": "cured is recorded by the service"}],
+        )
     dismissed = body.action == ResolutionAction.DISMISS
-    alert.status = AlertStatus.DISMISSED if dismissed else AlertStatus.RESOLVED
+    if dismissed and not body.note:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "a dismissal needs its reason",
+            errors=[{"field": "body.note", "message": "the reason for dismissing is required"}],
+        )
+    alert = await _for_work(session, alert_id, expected_version)
+    to = AlertStatus.DISMISSED if dismissed else AlertStatus.RESOLVED
+    await transition(session, alert, to, who, body.note)
     alert.resolved_at = datetime.now(UTC)
     alert.resolved_by = who
     alert.resolution_action = body.action
@@ -71,11 +170,35 @@ async def resolve(session: AsyncSession, alert_id: uuid.UUID, body: ResolveIn, w
     return alert
 
 
+async def assign(
+    session: AsyncSession,
+    alert_id: uuid.UUID,
+    body: AssignIn,
+    who: str,
+    expected_version: int | None = None,
+) -> Alert:
+    """Give an active alert to someone on the desk (again: to someone else)."""
+    alert = await _for_work(session, alert_id, expected_version)
+    if alert.status in CLOSED:
+        raise Problem(409, "Conflict", f"alert is {alert.status}; it cannot be assigned")
+    before = alert.assignee
+    alert.assignee = body.assignee
+    alert.version += 1
+    note = f"assigned to {body.assignee}" + (f" (was {before})" if before else "")
+    await _history(session, alert, datetime.now(UTC), who, "assigned", alert.status, note)
+    return alert
+
+
+async def history(session: AsyncSession, alert_id: uuid.UUID) -> list[AlertHistory]:
+    return await repository.history_of(session, alert_id)
+
+
 # --- event handlers -----------------------------------------------------------------------
 #
 # Each takes a batch of fresh events (the consumer claimed them in the inbox) inside the
-# batch's transaction: one query reads the loan facts, the rules decide in Python, and one
-# multi-row insert each writes the alerts and their `alert-raised`.
+# batch's transaction: a query each reads the loan facts, the loans' memory and their
+# active alerts, the rules and triage decide in Python, and a multi-row statement each
+# writes the alerts, their history and their `alert-raised`.
 
 # Events a rule looks at; both are about a loan whose facts come by `loan-registered`.
 LoanEvent = RepaymentPosted | VisitCompleted
@@ -91,12 +214,13 @@ async def on_loans_registered(session: AsyncSession, events: Sequence[LoanRegist
 
 
 async def on_repayments(session: AsyncSession, events: Sequence[RepaymentPosted]) -> None:
-    """Raise the arrears alerts that missed or partial installments call for."""
+    """Raise, escalate or count the repayment alerts the postings call for; a posting
+    that brings the loan back to current resolves its repayment alerts."""
     await _apply(session, REPAYMENT_POSTED, events)
 
 
 async def on_visits(session: AsyncSession, events: Sequence[VisitCompleted]) -> None:
-    """Raise an alert for every bad sign the visits found."""
+    """Raise, escalate or count an alert for every bad sign the visits found."""
     await _apply(session, VISIT_COMPLETED, events)
 
 
@@ -107,7 +231,7 @@ async def apply_parked(session: AsyncSession, parked: Sequence[ParkedEvent]) -> 
         return
     events = [_parked_event(row) for row in parked]
     known = await repository.known_loans(session, {event.loan_id for event in events})
-    await _raise(session, _drafts(events, known))
+    await _evaluate(session, events, known)
 
 
 def latest_per_loan(events: Sequence[LoanRegistered]) -> list[LoanRegistered]:
@@ -130,64 +254,184 @@ async def _apply(session: AsyncSession, topic: str, events: Sequence[LoanEvent])
     if waiting:
         log.info("%d %s events parked until their loans' facts arrive", len(waiting), topic)
         await repository.park(session, [_parked_row(topic, event) for event in waiting])
-    await _raise(session, _drafts([e for e in events if e.loan_id in known], known))
+    await _evaluate(session, [e for e in events if e.loan_id in known], known)
 
 
-def _drafts(
-    events: Sequence[LoanEvent], known: Mapping[str, rules.KnownLoan]
-) -> list[tuple[LoanEvent, rules.AlertDraft]]:
-    """What the rules raise for each event, in the events' order."""
-    drafts: list[tuple[LoanEvent, rules.AlertDraft]] = []
-    for event in events:
-        if isinstance(event, RepaymentPosted):
-            raised = rules.repayment_alerts(event)
-        else:
-            raised = rules.visit_alerts(event, known[event.loan_id].agreed_usage)
-        drafts += [(event, draft) for draft in raised]
-    return drafts
-
-
-async def _raise(
-    session: AsyncSession, drafts: Sequence[tuple[LoanEvent, rules.AlertDraft]]
+async def _evaluate(
+    session: AsyncSession, events: Sequence[LoanEvent], known: Mapping[str, rules.KnownLoan]
 ) -> None:
-    """Store the alerts and stage the `alert-raised` of those actually inserted, in the same
-    transaction, a multi-row insert each."""
-    # The triage list orders by creation time: alerts of one batch are a microsecond apart
-    # in the order of their events, so they list in the order they were raised.
-    now = datetime.now(UTC)
-    rows = [
-        {
-            **asdict(draft),
-            "alert_id": uuid.uuid4(),
-            "loan_id": source.loan_id,
-            "source_event_id": source.event_id,
-            "status": AlertStatus.OPEN,
-            "created_at": now + timedelta(microseconds=i),
-        }
-        for i, (source, draft) in enumerate(drafts)
-    ]
-    for chunk in _chunks(rows, ALERTS_PER_STATEMENT):
-        inserted = await repository.add_alerts(session, chunk)
-        # Not inserted: this event already raised this rule (a replay bypassing the inbox).
-        announced = [
-            AlertRaised(
-                loan_id=row["loan_id"],
-                alert_id=row["alert_id"],
-                source_event_id=row["source_event_id"],
-                rule=row["rule"],
-                category=row["category"],
-                severity=row["severity"],
-                reason=row["reason"],
-                recommended_action=row["recommended_action"],
+    """The rules over a batch of events of known loans, against the loans' story and their
+    active alerts: remember the events (those remembered before are dropped: applied
+    already), read the loans' memory and active alerts (a query each), decide in Python,
+    write the alerts, their history and announcements (a multi-row statement each)."""
+    if not events:
+        return
+    postings = [e for e in events if isinstance(e, RepaymentPosted)]
+    visits = [e for e in events if isinstance(e, VisitCompleted)]
+    fresh = await repository.remember(
+        session, RepaymentMemory, [_posting_memo_row(e) for e in postings]
+    )
+    fresh |= await repository.remember(session, VisitMemory, [_visit_memo_row(e) for e in visits])
+    postings = [e for e in postings if e.event_id in fresh]
+    visits = [e for e in visits if e.event_id in fresh]
+    if not postings and not visits:
+        return
+    ruleset = rules.current()
+    # The consecutive-miss rule reads the latest posting of a few installments back; a few
+    # postings per installment (a partial, then the rest) are allowed for.
+    lookback = 3 * int(ruleset.rule("missed_consecutive").params["consecutive"])
+    posting_story = await repository.postings_of(
+        session, Counter(e.loan_id for e in postings), lookback
+    )
+    visit_story = await repository.visits_of(
+        session, {e.loan_id for e in visits}, _story_start(visits, ruleset)
+    )
+    loans = {e.loan_id for e in postings} | {e.loan_id for e in visits}
+    active = await repository.active_alerts(session, loans)
+    triage = Triage([_state(alert) for alert in active], ruleset, datetime.now(UTC))
+    decide(triage, postings, visits, posting_story, visit_story, known, ruleset)
+    await _write(session, triage)
+
+
+def decide(
+    triage: Triage,
+    postings: Sequence[RepaymentPosted],
+    visits: Sequence[VisitCompleted],
+    # Rows of repayment_memory (repository.postings_of): seq, event_id, loan_id, ...
+    posting_story: Sequence[Any],
+    visit_story: Sequence[VisitMemory],
+    known: Mapping[str, rules.KnownLoan],
+    ruleset: rules.RuleSet,
+) -> None:
+    """Feed each event's findings to triage in the events' order. Each event sees the
+    loan's story up to itself (the memory holds the batch's events too, in batch order).
+    Repayment and visit families are apart, so postings go first, then visits."""
+    seq_of = {memo.event_id: memo.seq or 0 for memo in posting_story}
+    seq_of |= {memo.event_id: memo.seq or 0 for memo in visit_story}
+    paid_story: dict[str, list[tuple[int, rules.PostingMemo]]] = defaultdict(list)
+    for memo in posting_story:
+        paid_story[memo.loan_id].append((memo.seq or 0, _posting_memo(memo)))
+    seen_story: dict[str, list[tuple[int, rules.VisitMemo]]] = defaultdict(list)
+    for visit_memo in visit_story:
+        seen_story[visit_memo.loan_id].append((visit_memo.seq or 0, _visit_memo(visit_memo)))
+
+    for posting in postings:
+        seq = seq_of[posting.event_id]
+        earlier = [memo for s, memo in paid_story[posting.loan_id] if s < seq]
+        for finding in rules.repayment_findings(posting, earlier, ruleset):
+            triage.found(posting.loan_id, posting.event_id, posting.occurred_at, finding)
+        if rules.cures(posting):
+            note = (
+                f"cured by posting {posting.event_id}: installment {posting.installment_no} "
+                "paid, 0 days past due"
             )
-            for row in chunk
-            if row["alert_id"] in inserted
-        ]
-        await enqueue_many(session, outbox, announced)
+            triage.cure(posting.loan_id, posting.event_id, note)
+    for visit in visits:
+        seq = seq_of[visit.event_id]
+        seen = [memo for s, memo in seen_story[visit.loan_id] if s < seq]
+        usage = known[visit.loan_id].agreed_usage if visit.loan_id in known else None
+        for finding in rules.visit_findings(visit, usage, seen, ruleset):
+            triage.found(visit.loan_id, visit.event_id, visit.occurred_at, finding)
 
 
-# PostgreSQL takes at most 32,767 parameters a statement; an alert row has 11. A consumer
-# batch stays far below this; a loan whose facts release many parked events may not.
+async def _write(session: AsyncSession, triage: Triage) -> None:
+    """Updates first: a cure closes an alert before the same batch may open its family again."""
+    await repository.update_alerts(session, [_alert_row(a) for a in triage.updated])
+    for chunk in _chunks([_alert_row(a) for a in triage.inserted], ALERTS_PER_STATEMENT):
+        await repository.add_alerts(session, chunk)
+    await repository.add_history(session, [_fields_of(entry) for entry in triage.history])
+    await enqueue_many(session, outbox, triage.announced)
+
+
+def _story_start(visits: Sequence[VisitCompleted], ruleset: rules.RuleSet) -> datetime:
+    """How far back the visit rules look from the batch's earliest visit."""
+    window = timedelta(days=float(ruleset.rule("unreachable_repeated").params["window_days"]))
+    return min(v.ended_at for v in visits) - window if visits else datetime.now(UTC)
+
+
+def _state(alert: Alert) -> AlertState:
+    return AlertState(
+        alert_id=alert.alert_id,
+        loan_id=alert.loan_id,
+        family=alert.family,
+        rule=alert.rule,
+        category=Category(alert.category),
+        severity=Severity(alert.severity),
+        recommended_action=RecommendedAction(alert.recommended_action),
+        status=AlertStatus(alert.status),
+        reason=alert.reason,
+        facts=alert.facts,
+        rule_version=alert.rule_version,
+        source_event_id=alert.source_event_id,
+        created_at=alert.created_at,
+        occurrences=alert.occurrences,
+        last_seen_at=alert.last_seen_at,
+        last_raised_at=alert.last_raised_at,
+        severity_since=alert.severity_since,
+        resolved_at=alert.resolved_at,
+        resolved_by=alert.resolved_by,
+        resolution_action=alert.resolution_action,
+        resolution_note=alert.resolution_note,
+    )
+
+
+def _fields_of(record: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, values as they are: `dataclasses.asdict` deep-copies
+    every value, and that was a sixth of the worker's CPU."""
+    return {field.name: getattr(record, field.name) for field in fields(record)}
+
+
+def _alert_row(alert: AlertState) -> dict[str, Any]:
+    row = _fields_of(alert)
+    del row["new"], row["changed"]
+    return row
+
+
+def _posting_memo_row(event: RepaymentPosted) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "loan_id": event.loan_id,
+        "installment_no": event.installment_no,
+        "status": str(event.status),
+        "days_past_due": event.days_past_due,
+        "amount_due": event.amount_due,
+        "amount_paid": event.amount_paid,
+        "occurred_at": event.occurred_at,
+    }
+
+
+def _visit_memo_row(event: VisitCompleted) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "loan_id": event.loan_id,
+        "occasion": rules.occasion(event),
+        "outcome": str(event.outcome),
+        "ended_at": event.ended_at,
+    }
+
+
+def _posting_memo(row: Any) -> rules.PostingMemo:
+    return rules.PostingMemo(
+        event_id=row.event_id,
+        installment_no=row.installment_no,
+        status=RepaymentStatus(row.status),
+        days_past_due=row.days_past_due,
+        amount_due=str(row.amount_due),
+        amount_paid=str(row.amount_paid),
+    )
+
+
+def _visit_memo(row: VisitMemory) -> rules.VisitMemo:
+    return rules.VisitMemo(
+        event_id=row.event_id,
+        occasion=row.occasion,
+        outcome=VisitOutcome(row.outcome),
+        ended_at=row.ended_at,
+    )
+
+
+# A consumer batch stays far below the statement limits; a loan whose facts release many
+# parked events may not, so inserts of alerts go in chunks.
 ALERTS_PER_STATEMENT = 2_000
 
 

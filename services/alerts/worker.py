@@ -1,5 +1,6 @@
 """Alerts worker: projects loan facts from `loan-registered`, raises alerts from repayments
-and visits, relays `alert-raised`, and sweeps the events parked waiting for their loan.
+and visits, relays `alert-raised`, sweeps the events parked waiting for their loan, and
+sends alerts nobody acknowledged in time to the supervisor queue (services/alerts/sla.py).
 
 It asks no other service anything: the loan facts its rules need are its own projection.
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from services.alerts import service
+from services.alerts import rules, rules_admin, service
 from services.alerts.models import health, inbox, outbox
 from services.alerts.parking import PARKING_ROLE, ParkingSweep
 from services.alerts.settings import AlertsSettings
+from services.alerts.sla import SlaSweep, deadlines
 from shared.dead_letter_sender import DeadLetterSender
 from shared.events import (
     LOAN_REGISTERED,
@@ -32,6 +34,8 @@ from shared.worker import WorkerResources, worker_main, worker_resources
 
 async def run_worker(settings: AlertsSettings) -> None:
     async with worker_resources(settings, health=health) as resources:
+        # The rules this code raises alerts by, under the version every alert records.
+        await rules_admin.load_into(resources.sessions, rules.current())
         consumer = resources.consumer(
             group_id=settings.consumer_group,
             handlers={
@@ -43,12 +47,18 @@ async def run_worker(settings: AlertsSettings) -> None:
         )
         relay = resources.relay(outbox)
         sweep = parking_sweep(settings, resources)
+        sla = SlaSweep(
+            resources.sessions,
+            deadlines(settings.alert_ack_sla_minutes),
+            every_seconds=settings.sla_sweep_seconds,
+        )
         # A TaskGroup: if any loop dies, the others are cancelled and the worker exits
         # (and is restarted) instead of limping on half-working.
         async with asyncio.TaskGroup() as group:
             group.create_task(consumer.run())
             group.create_task(relay.run())
             group.create_task(sweep.run())
+            group.create_task(sla.run())
 
 
 def parking_sweep(settings: AlertsSettings, resources: WorkerResources) -> ParkingSweep:

@@ -6,6 +6,7 @@ from shared.events.models import (
     AlertRaised,
     EventEnvelope,
     LoanRegistered,
+    RepaymentPlanApproved,
     RepaymentPosted,
     VisitCompleted,
 )
@@ -14,12 +15,14 @@ REPAYMENT_POSTED: Final = "repayment-posted"
 VISIT_COMPLETED: Final = "visit-completed"
 ALERT_RAISED: Final = "alert-raised"
 LOAN_REGISTERED: Final = "loan-registered"
+REPAYMENT_PLAN_APPROVED: Final = "repayment-plan-approved"
 
 EVENT_MODELS: Final[dict[str, type[EventEnvelope]]] = {
     REPAYMENT_POSTED: RepaymentPosted,
     VISIT_COMPLETED: VisitCompleted,
     ALERT_RAISED: AlertRaised,
     LOAN_REGISTERED: LoanRegistered,
+    REPAYMENT_PLAN_APPROVED: RepaymentPlanApproved,
 }
 
 

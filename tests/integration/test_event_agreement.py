@@ -127,4 +127,4 @@ async def test_out_of_bounds_posting_is_refused_by_both_consumers(
     async def raised() -> list[dict[str, Any]] | None:
         return await alerts_of(system, loan_id) or None
 
-    assert [a["rule"] for a in await eventually(raised)] == ["missed_installment"]
+    assert [a["rule"] for a in await eventually(raised)] == ["dpd_1"]

@@ -102,9 +102,10 @@ def apps(infra: Infra) -> Iterator[Apps]:
         fetchval(
             infra.database_url,
             "INSERT INTO alerts.alerts (alert_id, loan_id, rule, category, severity, status,"
-            " reason, recommended_action, source_event_id, created_at) VALUES ($1, $2,"
+            " reason, recommended_action, source_event_id, created_at, family, rule_version,"
+            " occurrences, last_seen_at, last_raised_at, severity_since) VALUES ($1, $2,"
             " 'dpd_90', 'repayment', 'critical', 'open', '95 days past due', 'legal_review',"
-            " $3, now())",
+            " $3, now(), 'arrears', 1, 1, now(), now(), now())",
             uuid.UUID(known["alert_id"]),
             known["loan_id"],
             uuid.uuid4(),

@@ -84,7 +84,7 @@ async def test_a_dwell_at_a_pawn_lot_flows_to_a_collateral_alert(system: System)
         return [a for a in await alerts_of(system, loan_id) if a["rule"] == "collateral_encumbered"]
 
     [alert] = await eventually(encumbered)
-    assert (alert["severity"], alert["recommended_action"]) == ("critical", "legal_review")
+    assert (alert["severity"], alert["recommended_action"]) == ("critical", "repossession_review")
 
     # Part of the loan's tamper-evident record like any visit.
     proof = await system.visits.get(

@@ -1,18 +1,21 @@
-"""Alert rules: pure functions, no database or broker."""
+"""Alert rules: pure functions over an event and the loan's story, no database or broker."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from services.alerts import rules
-from services.alerts.rules import AlertDraft
+from services.alerts.rules import Finding, PostingMemo, RuleSetError, VisitMemo
 from shared.events import RepaymentPosted, VisitCompleted, VisitFindings
-from shared.vocabulary import AgreedUsage
+from shared.vocabulary import AgreedUsage, RepaymentStatus, VisitOutcome
+
+RULES = rules.current()
+T0 = datetime(2026, 11, 20, 9, 40, tzinfo=UTC)
 
 
 def _posting(status: str, dpd: int, **overrides: Any) -> RepaymentPosted:
@@ -30,67 +33,124 @@ def _posting(status: str, dpd: int, **overrides: Any) -> RepaymentPosted:
     return RepaymentPosted.model_validate(fields)
 
 
-def _visit(outcome: str = "completed", **findings: Any) -> VisitCompleted:
+def _visit(outcome: str = "completed", ended: datetime = T0, **findings: Any) -> VisitCompleted:
     return VisitCompleted(
         loan_id="L-1",
         visit_id=uuid.uuid4(),
         agent_id="AG-1",
         method="field",
         outcome=outcome,
-        started_at=datetime(2026, 11, 20, 9, 0, tzinfo=UTC),
-        ended_at=datetime(2026, 11, 20, 9, 40, tzinfo=UTC),
+        started_at=ended - timedelta(minutes=40),
+        ended_at=ended,
         findings=VisitFindings.model_validate(findings),
     )
 
 
-def _verdict(draft: AlertDraft) -> tuple[str, str, str, str]:
-    return (draft.rule, draft.category, draft.severity, draft.recommended_action)
+def _verdict(finding: Finding) -> tuple[str, str, str, str, str]:
+    rule = finding.rule
+    return (rule.code, rule.family, rule.category, rule.severity, rule.action)
 
 
-def _rules(drafts: list[AlertDraft]) -> list[str]:
-    return [d.rule for d in drafts]
+def _codes(found: list[Finding]) -> list[str]:
+    return [f.rule.code for f in found]
+
+
+def _missed(no: int) -> PostingMemo:
+    return PostingMemo(uuid.uuid4(), no, RepaymentStatus.MISSED, 10, "3000.00", "0.00")
+
+
+# --- the rule set -------------------------------------------------------------------------
+
+
+def test_the_shipped_rules_file_has_a_version_and_every_family_ranked() -> None:
+    assert RULES.version >= 1 and len(RULES.digest) == 64
+    arrears = [r.code for r in RULES.families["arrears"].rules]
+    assert arrears == ["dpd_1", "dpd_30", "dpd_60", "dpd_90"]
+    assert [r.rank for r in RULES.families["arrears"].rules] == [0, 1, 2, 3]
+    assert RULES.families["arrears"].suppress == timedelta(days=7)
+
+
+def test_a_rules_file_naming_an_unknown_rule_is_refused() -> None:
+    text = rules.RULES_FILE.read_text().replace("code: dpd_60", "code: dpd_61")
+    with pytest.raises(RuleSetError, match="dpd_61"):
+        rules.parse_rule_set(text)
+
+
+def test_the_digest_changes_with_the_content() -> None:
+    text = rules.RULES_FILE.read_text().replace("suppress_days: 7", "suppress_days: 8", 1)
+    assert rules.parse_rule_set(text).digest != RULES.digest
 
 
 # --- repayment ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("status", "dpd", "rule", "severity", "action"),
+    ("dpd", "rule", "severity", "action"),
     [
-        ("missed", 0, "missed_installment", "medium", "phone_visit"),
-        ("missed", 29, "missed_installment", "medium", "phone_visit"),
-        ("partial", 29, "partial_payment", "low", "phone_visit"),
-        ("missed", 30, "dpd_30", "high", "repayment_plan"),
-        ("partial", 30, "dpd_30", "high", "repayment_plan"),
-        ("missed", 89, "dpd_30", "high", "repayment_plan"),
-        ("missed", 90, "dpd_90", "critical", "legal_review"),
-        ("partial", 90, "dpd_90", "critical", "legal_review"),
-        ("missed", 400, "dpd_90", "critical", "legal_review"),
+        (1, "dpd_1", "low", "phone_visit"),
+        (29, "dpd_1", "low", "phone_visit"),
+        (30, "dpd_30", "medium", "repayment_plan"),
+        (59, "dpd_30", "medium", "repayment_plan"),
+        (60, "dpd_60", "high", "field_visit"),
+        (89, "dpd_60", "high", "field_visit"),
+        (90, "dpd_90", "critical", "legal_review"),
+        (400, "dpd_90", "critical", "legal_review"),
     ],
 )
-def test_arrears_escalate_at_30_and_90_days_past_due(
-    status: str, dpd: int, rule: str, severity: str, action: str
-) -> None:
-    [draft] = rules.repayment_alerts(_posting(status, dpd))
-    assert _verdict(draft) == (rule, "repayment", severity, action)
+def test_arrears_fall_in_their_dpd_bucket(dpd: int, rule: str, severity: str, action: str) -> None:
+    [finding] = rules.repayment_findings(_posting("missed", dpd), [], RULES)
+    assert _verdict(finding) == (rule, "arrears", "repayment", severity, action)
+    assert finding.facts["days_past_due"] == dpd
 
 
-@pytest.mark.parametrize("status", ["paid", "reversed"])
-@pytest.mark.parametrize("dpd", [0, 95])
-def test_paid_and_reversed_postings_raise_nothing(status: str, dpd: int) -> None:
-    assert rules.repayment_alerts(_posting(status, dpd)) == []
+def test_a_missed_installment_on_its_due_date_is_no_arrear_yet() -> None:
+    assert rules.repayment_findings(_posting("missed", 0), [], RULES) == []
 
 
-def test_repayment_reason_names_installment_amounts_and_dpd() -> None:
-    [draft] = rules.repayment_alerts(_posting("partial", 12))
+def test_a_paid_posting_at_zero_dpd_cures_and_finds_nothing() -> None:
+    posting = _posting("paid", 0, amount_paid=Decimal("3000.00"))
+    assert rules.cures(posting)
+    assert rules.repayment_findings(posting, [], RULES) == []
+    assert not rules.cures(_posting("paid", 12))
+
+
+def test_a_partial_payment_is_found_beside_its_arrears() -> None:
+    found = rules.repayment_findings(_posting("partial", 12), [], RULES)
+    assert _codes(found) == ["dpd_1", "partial_payment"]
     for fact in ("installment 7", "3000.00", "1200.00", "12 days past due"):
-        assert fact in draft.reason
+        assert fact in found[1].reason
+
+
+def test_a_reversed_payment_is_found() -> None:
+    [finding] = rules.repayment_findings(_posting("reversed", 0), [], RULES)
+    assert _verdict(finding) == (
+        "payment_reversed",
+        "reversal",
+        "repayment",
+        "high",
+        "phone_visit",
+    )
+
+
+def test_two_consecutive_missed_installments_are_found() -> None:
+    found = rules.repayment_findings(_posting("missed", 40, installment_no=7), [_missed(6)], RULES)
+    assert _codes(found) == ["dpd_30", "missed_consecutive"]
+    assert found[1].facts["missed_installments"] == [6, 7]
+
+
+def test_a_miss_after_a_paid_installment_is_not_consecutive() -> None:
+    paid = PostingMemo(uuid.uuid4(), 6, RepaymentStatus.PAID, 0, "3000.00", "3000.00")
+    earlier = [_missed(6), paid]  # installment 6 was missed, then paid late
+    found = rules.repayment_findings(_posting("missed", 5, installment_no=7), earlier, RULES)
+    assert _codes(found) == ["dpd_1"]
+    found = rules.repayment_findings(_posting("missed", 5, installment_no=7), [_missed(5)], RULES)
+    assert _codes(found) == ["dpd_1"]
 
 
 # --- visit --------------------------------------------------------------------------------
 
 
-def test_a_clean_visit_raises_nothing() -> None:
+def test_a_clean_visit_finds_nothing() -> None:
     visit = _visit(
         identity_verified=True,
         employment_status="stable",
@@ -99,27 +159,19 @@ def test_a_clean_visit_raises_nothing() -> None:
         vehicle_condition="good",
         collateral_documents_intact=True,
     )
-    assert rules.visit_alerts(visit, AgreedUsage.PRIVATE) == []
+    assert rules.visit_findings(visit, AgreedUsage.PRIVATE, [], RULES) == []
 
 
 @pytest.mark.parametrize("usage", ["commercial", "ride_hailing", "lent_out"])
 def test_usage_other_than_agreed_is_misuse(usage: str) -> None:
-    [draft] = rules.visit_alerts(_visit(vehicle_usage=usage), AgreedUsage.PRIVATE)
-    assert _verdict(draft) == ("vehicle_misuse", "vehicle", "high", "field_visit")
-    assert usage in draft.reason and "private" in draft.reason
-
-
-def test_usage_equal_to_agreed_raises_nothing() -> None:
-    assert rules.visit_alerts(_visit(vehicle_usage="ride_hailing"), AgreedUsage.RIDE_HAILING) == []
-
-
-def test_unknown_usage_raises_nothing() -> None:
-    assert rules.visit_alerts(_visit(vehicle_usage="unknown"), AgreedUsage.PRIVATE) == []
+    [found] = rules.visit_findings(_visit(vehicle_usage=usage), AgreedUsage.PRIVATE, [], RULES)
+    assert _verdict(found) == ("vehicle_misuse", "misuse", "vehicle", "high", "field_visit")
+    assert usage in found.reason and "private" in found.reason
 
 
 def test_unknown_loan_skips_only_the_misuse_rule() -> None:
     visit = _visit(vehicle_usage="commercial", encumbrance_detected=True)
-    assert _rules(rules.visit_alerts(visit, None)) == ["collateral_encumbered"]
+    assert _codes(rules.visit_findings(visit, None, [], RULES)) == ["collateral_encumbered"]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +182,7 @@ def test_unknown_loan_skips_only_the_misuse_rule() -> None:
             "collateral_encumbered",
             "collateral",
             "critical",
-            "legal_review",
+            "repossession_review",
         ),
         (
             {"vehicle_condition": "missing"},
@@ -161,53 +213,71 @@ def test_unknown_loan_skips_only_the_misuse_rule() -> None:
             "medium",
             "repayment_plan",
         ),
+        (
+            {"income_change": "decreased", "repayment_difficulty": True},
+            "income_loss_with_difficulty",
+            "borrower",
+            "high",
+            "repayment_plan",
+        ),
+        (
+            {"employment_status": "unemployed", "repayment_difficulty": True},
+            "income_loss_with_difficulty",
+            "borrower",
+            "high",
+            "repayment_plan",
+        ),
     ],
 )
-def test_each_bad_finding_raises_its_alert(
+def test_each_bad_finding_is_found_once(
     findings: dict[str, Any], rule: str, category: str, severity: str, action: str
 ) -> None:
-    [draft] = rules.visit_alerts(_visit(**findings), AgreedUsage.PRIVATE)
-    assert _verdict(draft) == (rule, category, severity, action)
-    assert draft.reason
+    [found] = rules.visit_findings(_visit(**findings), AgreedUsage.PRIVATE, [], RULES)
+    code, _, found_category, found_severity, found_action = _verdict(found)
+    assert (code, found_category, found_severity, found_action) == (
+        rule,
+        category,
+        severity,
+        action,
+    )
 
 
 @pytest.mark.parametrize(
     "findings",
     [
         {"collateral_documents_intact": None},  # not checked is not a breach
-        {"collateral_documents_intact": True},
         {"employment_status": "changed"},
+        {"income_change": "decreased"},  # less income alone, without difficulty
         {"vehicle_condition": "unknown"},
-        {"encumbrance_detected": False, "repayment_difficulty": False},
     ],
 )
-def test_neutral_or_unchecked_findings_raise_nothing(findings: dict[str, Any]) -> None:
-    assert rules.visit_alerts(_visit(**findings), AgreedUsage.PRIVATE) == []
+def test_neutral_or_unchecked_findings_find_nothing(findings: dict[str, Any]) -> None:
+    assert rules.visit_findings(_visit(**findings), AgreedUsage.PRIVATE, [], RULES) == []
 
 
-@pytest.mark.parametrize(
-    ("outcome", "rule"),
-    [("borrower_unreachable", "borrower_unreachable"), ("refused", "visit_refused")],
-)
-def test_failed_contact_calls_for_a_field_visit(outcome: str, rule: str) -> None:
-    [draft] = rules.visit_alerts(_visit(outcome), None)
-    assert _verdict(draft) == (rule, "contact", "medium", "field_visit")
-
-
-def test_several_findings_raise_one_alert_each() -> None:
-    visit = _visit(
-        vehicle_usage="commercial",
-        encumbrance_detected=True,
-        vehicle_condition="damaged",
-        collateral_documents_intact=False,
-        employment_status="unemployed",
-        repayment_difficulty=True,
+def _unreachable_memo(days_before: int, occasion: str | None = None) -> VisitMemo:
+    return VisitMemo(
+        uuid.uuid4(),
+        occasion or str(uuid.uuid4()),
+        VisitOutcome.BORROWER_UNREACHABLE,
+        T0 - timedelta(days=days_before),
     )
-    assert _rules(rules.visit_alerts(visit, AgreedUsage.PRIVATE)) == [
-        "vehicle_misuse",
-        "collateral_encumbered",
-        "vehicle_damaged",
-        "documents_not_intact",
-        "borrower_unemployed",
-        "repayment_difficulty",
-    ]
+
+
+def test_unreachable_three_times_in_30_days_is_found() -> None:
+    earlier = [_unreachable_memo(20), _unreachable_memo(3)]
+    [found] = rules.visit_findings(_visit("borrower_unreachable"), None, earlier, RULES)
+    assert _verdict(found) == ("unreachable_repeated", "contact", "contact", "high", "field_visit")
+    assert found.facts["unreachable_visits"] == 3
+
+
+def test_unreachable_visits_outside_30_days_or_corrections_do_not_count() -> None:
+    twice = [_unreachable_memo(31), _unreachable_memo(3, "task-1"), _unreachable_memo(2, "task-1")]
+    [found] = rules.visit_findings(_visit("borrower_unreachable"), None, twice, RULES)
+    assert found.rule.code == "borrower_unreachable"
+    assert found.facts["unreachable_visits"] == 2
+
+
+def test_a_refused_visit_calls_for_a_field_visit() -> None:
+    [found] = rules.visit_findings(_visit("refused"), None, [], RULES)
+    assert _verdict(found) == ("visit_refused", "refusal", "contact", "medium", "field_visit")

@@ -209,6 +209,8 @@ def test_topics_and_their_dead_letter_twins() -> None:
         "alert-raised.dlq",
         "loan-registered",
         "loan-registered.dlq",
+        "repayment-plan-approved",
+        "repayment-plan-approved.dlq",
     }
 
 

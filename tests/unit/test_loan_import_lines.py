@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import date
 from decimal import Decimal
 
+from services.scheduler import policy
 from services.scheduler.loan_import import numbered_lines, parse_line
-from services.scheduler.registration import digest_key, loan_to_value, registration_digest
+from services.scheduler.registration import (
+    _REGISTERED,
+    _loan_columns,
+    digest_key,
+    first_follow_ups,
+    loan_to_value,
+    registration_digest,
+)
 from services.scheduler.schemas import LoanImportLine, LoanIn, RejectedLine
+from services.scheduler.visit_policy import PolicyInForce, default_policy
+from shared.pii import PiiCipher
+from shared.settings import DEV_PII_KEY
 from tests.support import loan_body
+
+RULES = PolicyInForce(1, default_policy())
 
 
 async def read(parts: Sequence[bytes], max_line_bytes: int = 10) -> list[tuple[int, bytes | None]]:
@@ -79,3 +93,38 @@ def test_loan_to_value_rounds_half_up_and_has_none_for_a_car_worth_nothing() -> 
     assert loan_to_value(Decimal("1"), Decimal("32")) == Decimal("0.0313")  # 0.03125 up
     assert loan_to_value(Decimal("1"), Decimal("0")) is None
     assert loan_to_value(Decimal("9999999999999999"), Decimal("0.01")) is None
+
+
+def test_each_disbursement_date_is_planned_once_as_the_policy_plans_it() -> None:
+    days = [date(2026, 1, 31), date(2026, 1, 31), date(2026, 3, 1)]
+    bodies = [LoanIn.model_validate(loan_body(region="SH", disbursed_on=day)) for day in days]
+    plans = first_follow_ups(RULES, bodies)
+    assert sorted(plans) == [date(2026, 1, 31), date(2026, 3, 1)]
+    for day, plan in plans.items():
+        planned = policy.first_follow_up(RULES, day)
+        assert (plan.method, plan.due_on) == (planned.method, planned.due_on)
+        assert json.loads(plan.reason) == planned.reason
+    assert plans[date(2026, 1, 31)].due_on == date(2026, 2, 28)
+
+
+def test_the_upsert_rows_are_one_list_per_registered_column_with_the_pii_sealed() -> None:
+    cipher = PiiCipher(DEV_PII_KEY)
+    bodies: list[LoanIn] = []
+    for n in range(3):
+        sent = loan_body(region=f"R{n}")
+        borrower = {**sent["borrower"], "name": f"王{n}", "phone": f"1380000000{n}"}
+        bodies.append(LoanIn.model_validate({**sent, "borrower": borrower}))
+    fresh = [(f"L-{n}", loan, f"digest-{n}") for n, loan in enumerate(bodies)]
+    columns = _loan_columns(cipher, fresh, first_follow_ups(RULES, bodies))
+    assert list(columns) == [name for name, _ in _REGISTERED]
+    assert all(len(values) == len(fresh) for values in columns.values())
+    assert columns["region"] == ["R0", "R1", "R2"]
+    for n, loan in enumerate(bodies):
+        for column, plain in (
+            ("borrower_name_enc", loan.borrower.name),
+            ("national_id_enc", loan.borrower.national_id),
+            ("phone_enc", loan.borrower.phone),
+        ):
+            sealed = columns[column][n]
+            assert isinstance(sealed, str) and plain not in sealed
+            assert cipher.decrypt(sealed) == plain

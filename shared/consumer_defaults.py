@@ -1,0 +1,16 @@
+"""The consumer loop's defaults (shared/kafka.py), in a module of their own so that the
+settings (shared/settings.py) offer the same values without importing the Kafka client."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Records a topic's batch holds at most (CONSUMER_BATCH_SIZE); one transaction applies it.
+DEFAULT_BATCH_SIZE: Final = 1000
+
+# How long the broker may hold an empty fetch. The embedded broker (Tansu) does not answer a
+# waiting fetch when records arrive, it answers when the wait is over: with aiokafka's 500 ms
+# default a posting waited 215 ms (median) per hop before a consumer saw it, and a posting's
+# alert crosses two hops. At 50 ms an idle consumer sends 20 small fetches a second, which
+# Apache Kafka (which does answer on arrival) does not need but does not mind.
+DEFAULT_FETCH_MAX_WAIT_MS: Final = 50
