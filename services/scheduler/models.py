@@ -34,7 +34,9 @@ from shared.outbox import outbox_table
 from shared.vocabulary import (
     AgreedUsage,
     CreditGrade,
+    RecommendedAction,
     RepaymentStatus,
+    Severity,
     TaskStatus,
     VisitMethod,
     check_in,
@@ -76,15 +78,17 @@ class Loan(SchedulerTable, table=True):
     make_model: str = Field(max_length=128)
     valuation: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
     valued_on: date
-    credit_grade: str = Field(max_length=1)
+    credit_grade: CreditGrade = Field(sa_column=Column(String(1), nullable=False))
     principal: Decimal = Field(sa_column=Column(Numeric(18, 2), nullable=False))
     term_months: int
     disbursed_on: date
     region: str = Field(max_length=64, index=True)
-    agreed_usage: str = Field(max_length=32)
+    agreed_usage: AgreedUsage = Field(sa_column=Column(String(32), nullable=False))
     # Repayment standing as last posted by core banking.
     days_past_due: int = 0
-    last_repayment_status: str | None = Field(default=None, max_length=16)
+    last_repayment_status: RepaymentStatus | None = Field(
+        default=None, sa_column=Column(String(16), nullable=True)
+    )
     # The loan's follow-up standing, kept as tasks are planned and visits completed, so
     # nothing has to be reconstructed from the task history: the soonest open task's due
     # date, and the day of the last completed visit.
@@ -133,7 +137,7 @@ class Agent(SchedulerTable, table=True):
     agent_id: str = Field(primary_key=True, max_length=64)
     name: str = Field(max_length=128)
     region: str = Field(max_length=64, index=True)
-    methods: list[str] = Field(sa_column=Column(ARRAY(String(16)), nullable=False))
+    methods: list[VisitMethod] = Field(sa_column=Column(ARRAY(String(16)), nullable=False))
     daily_capacity: int
     active: bool = True
     # ISO weekdays the agent works (1 Monday .. 7 Sunday): dispatch gives it no task due on
@@ -201,9 +205,11 @@ class VisitTask(SchedulerTable, table=True):
 
     task_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     loan_id: str = Field(max_length=64)
-    method: str = Field(max_length=16)
+    method: VisitMethod = Field(sa_column=Column(String(16), nullable=False))
     due_on: date
-    status: str = Field(default="open", max_length=16)
+    status: TaskStatus = Field(
+        default=TaskStatus.OPEN, sa_column=Column(String(16), nullable=False)
+    )
     agent_id: str | None = Field(default=None, max_length=64)
     reason: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     source_event_id: uuid.UUID | None = None
@@ -251,6 +257,35 @@ class ReplanRun(SchedulerTable, table=True):
     started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     finished_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     changes: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+
+
+class AlertState(SchedulerTable, table=True):
+    """The latest `alert-raised` of each alert the scheduler has acted on (planning.py): the
+    desk re-publishes an escalation under the same `alert_id`, and what the loan already
+    got for the alert (its tier move) is not given twice."""
+
+    __tablename__ = "alert_states"
+
+    alert_id: uuid.UUID = Field(primary_key=True)
+    loan_id: str = Field(max_length=64)
+    rule: str = Field(max_length=64)
+    severity: Severity = Field(sa_column=Column(String(16), nullable=False))
+    recommended_action: RecommendedAction = Field(sa_column=Column(String(32), nullable=False))
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class RepaymentPlan(SchedulerTable, table=True):
+    """A repayment plan the risk desk approved (`repayment-plan-approved`): the due dates
+    of its installments pace the loan's follow-up calls (repayment_plans.py)."""
+
+    __tablename__ = "repayment_plans"
+    __table_args__ = (Index("ix_repayment_plans_loan_id", "loan_id", "approved_at"),)
+
+    plan_id: uuid.UUID = Field(primary_key=True)
+    loan_id: str = Field(max_length=64)
+    alert_id: uuid.UUID
+    due_dates: list[date] = Field(sa_column=Column(ARRAY(Date), nullable=False))
+    approved_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 inbox = inbox_table(metadata)

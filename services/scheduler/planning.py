@@ -16,27 +16,35 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler import policies, policy, replan, repository
 from services.scheduler.policy import LoanPlan, Record
-from services.scheduler.repository import Completion, LoanFacts, Standing
+from services.scheduler.repository import AlertSeen, Completion, LoanFacts, Standing
 from services.scheduler.visit_policy import PolicyInForce, Tier
-from shared.events import AlertRaised, EventEnvelope, RepaymentPosted, VisitCompleted
+from shared.events import (
+    AlertRaised,
+    EventEnvelope,
+    RepaymentPlanApproved,
+    RepaymentPosted,
+    VisitCompleted,
+)
 from shared.kafka import InvalidEvents
 from shared.vocabulary import VisitMethod, VisitOutcome
 
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """What a batch changes: tasks completed, visits planned, loans' standing."""
+    """What a batch changes: tasks completed, visits planned, loans' standing, and the
+    latest state of the alerts it acted on."""
 
     plans: list[LoanPlan]
     standings: list[Standing]
     completions: list[Completion]
+    alerts: list[AlertSeen] = field(default_factory=list)
 
 
 def unregistered(events: Iterable[EventEnvelope], known: Collection[str]) -> dict[uuid.UUID, str]:
@@ -178,32 +186,62 @@ def alert_moves(p: PolicyInForce, events: Sequence[AlertRaised]) -> list[AlertRa
 
 
 def plan_alerts(
-    p: PolicyInForce, events: Sequence[AlertRaised], loans: Mapping[str, LoanFacts]
+    p: PolicyInForce,
+    events: Sequence[AlertRaised],
+    loans: Mapping[str, LoanFacts],
+    seen: Mapping[uuid.UUID, AlertSeen],
 ) -> BatchPlan:
     """Alerts that recommend a visit put it on the plan; serious ones move the loan a tier
-    up (and start its on-time streak again)."""
+    up (and start its on-time streak again).
+
+    The desk publishes an alert again under the same `alert_id` when it escalates (a worse
+    rule, severity or action) and when it repeats after its suppression window: each such
+    publication is a new plan (the visit it asks for now), but the tier moves once per
+    alert, by what the alert's new severity asks beyond what its last one got (`seen`: the
+    latest publication acted on). A publication no newer than that one is a replay and
+    changes nothing.
+    """
     plans: list[LoanPlan] = []
     records = {loan_id: _record(loan) for loan_id, loan in loans.items()}
+    latest = dict(seen)
     moved: set[str] = set()
     for event in events:
+        before = latest.get(event.alert_id)
+        if before is not None and event.occurred_at <= before.occurred_at:
+            continue
+        now = AlertSeen(
+            event.alert_id,
+            event.loan_id,
+            event.rule,
+            event.severity,
+            event.recommended_action,
+            event.occurred_at,
+        )
+        latest[event.alert_id] = now
+        escalated = before is not None and before.state != now.state
         visit = policy.visit_for_alert(
             p,
             raised_on=event.occurred_at.date(),
             recommended_action=event.recommended_action,
             rule=event.rule,
             severity=event.severity,
+            alert_id=event.alert_id,
+            escalated_from=before.rule if escalated and before is not None else None,
         )
         if visit is not None:
             plans.append(LoanPlan(event.loan_id, visit, event.event_id))
-        up = policy.alert_tiers_up(p, event.severity)
-        if up:
+        up = policy.alert_tiers_up(p, event.severity) - (
+            policy.alert_tiers_up(p, before.severity) if before is not None else 0
+        )
+        if up > 0:
             record = records[event.loan_id]
             records[event.loan_id] = Record(
                 0, record.last_visit_clean, policy.shifted(record.tier_shift, up)
             )
             moved.add(event.loan_id)
     standings = [_standing(loan_id, records[loan_id]) for loan_id in sorted(moved)]
-    return BatchPlan(plans, standings, [])
+    acted = [state for alert_id, state in latest.items() if seen.get(alert_id) is not state]
+    return BatchPlan(plans, standings, [], acted)
 
 
 # --- handlers -----------------------------------------------------------------------------
@@ -225,6 +263,7 @@ async def apply(session: AsyncSession, p: PolicyInForce, batch: BatchPlan) -> No
     task rather than merging into the one just done), plans merged per loan and method,
     then the loans' standing and soonest due date, then their tiers."""
     await repository.complete_tasks(session, batch.completions)
+    await repository.save_alert_states(session, batch.alerts)
     if await repository.upsert_tasks(session, policy.merge_plans(batch.plans)):
         await repository.notify_dispatch(session)
     touched = {s.loan_id for s in batch.standings}
@@ -251,11 +290,29 @@ async def on_visits(session: AsyncSession, events: Sequence[VisitCompleted]) -> 
 
 async def on_alerts(session: AsyncSession, events: Sequence[AlertRaised]) -> None:
     """`alert-raised`: alerts that recommend a visit put one on the plan, serious ones move
-    the loan's tier up. An alert that changes nothing needs no loan here (the alert desk
-    has it)."""
+    the loan's tier up, once per alert however often the desk re-publishes it (three
+    statements more than the other handlers: the alerts' last states read and written).
+    An alert that changes nothing needs no loan here (the alert desk has it)."""
     p = await policies.current_policy(session)
     moving = alert_moves(p, events)
     if not moving:
         return
     loans = await _registered_loans(session, moving)
-    await apply(session, p, plan_alerts(p, moving, loans))
+    seen = await repository.alert_states(session, {e.alert_id for e in moving})
+    await apply(session, p, plan_alerts(p, moving, loans, seen))
+
+
+async def on_repayment_plans(
+    session: AsyncSession, events: Sequence[RepaymentPlanApproved]
+) -> None:
+    """`repayment-plan-approved`: keep the plan, and open the call before its next
+    installment (`replan.plan_repayment_calls`; the daily re-plan opens the ones after it,
+    one at a time). A plan kept before changes nothing: redelivery is harmless."""
+    loans = await _registered_loans(session, events)
+    p = await policies.current_policy(session)
+    await repository.save_repayment_plans(session, events)
+    scope = replan.Scope(loan_ids=tuple(sorted(loans)))
+    called = await replan.plan_repayment_calls(session, p, datetime.now(UTC).date(), scope)
+    if called:
+        await repository.refresh_next_due(session, called)
+        await repository.notify_dispatch(session)

@@ -336,24 +336,31 @@ def alert_tiers_up(p: PolicyInForce, severity: str) -> int:
 
 
 def visit_for_alert(
-    p: PolicyInForce, *, raised_on: date, recommended_action: str, rule: str, severity: str
+    p: PolicyInForce,
+    *,
+    raised_on: date,
+    recommended_action: str,
+    rule: str,
+    severity: str,
+    alert_id: uuid.UUID | None = None,
+    escalated_from: str | None = None,
 ) -> PlannedVisit | None:
     """Alerts whose recommended action the policy maps to a visit get one; the others are
-    for the risk desk alone."""
+    for the risk desk alone. The visit names the alert, and the rule it escalated from when
+    the desk re-published it worse."""
     ask = p.rules.alerts.visits.get(RecommendedAction(recommended_action))
     if ask is None:
         return None
-    return _asked(
-        p,
-        ask,
-        raised_on,
-        "alert_follow_up",
-        {
-            "alert_rule": rule,
-            "severity": str(severity),
-            "recommended_action": str(recommended_action),
-        },
-    )
+    inputs: dict[str, Any] = {
+        "alert_rule": rule,
+        "severity": str(severity),
+        "recommended_action": str(recommended_action),
+    }
+    if alert_id is not None:
+        inputs["alert_id"] = str(alert_id)
+    if escalated_from is not None:
+        inputs["escalated_from"] = escalated_from
+    return _asked(p, ask, raised_on, "alert_follow_up", inputs)
 
 
 def collateral_review(p: PolicyInForce, *, valued_on: date, ltv: Decimal | None) -> PlannedVisit:

@@ -104,9 +104,7 @@ class FirstFollowUp:
     reason: str  # JSON
 
 
-def first_follow_ups(
-    rules: PolicyInForce, bodies: Iterable[LoanIn]
-) -> dict[date, FirstFollowUp]:
+def first_follow_ups(rules: PolicyInForce, bodies: Iterable[LoanIn]) -> dict[date, FirstFollowUp]:
     """The first follow-up of each disbursement date: it depends on nothing else, and a
     portfolio file has far fewer dates than loans, so each is planned (and its reason
     encoded) once per batch."""

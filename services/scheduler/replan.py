@@ -2,7 +2,7 @@
 
 `python -m services.scheduler.replan` (the worker also runs it once a day and when a new
 policy version is installed). The loans are taken in chunks of `loan_id` ranges, one
-transaction each, and each chunk costs the same five statements whatever its size:
+transaction each, and each chunk costs the same six statements whatever its size:
 
 1. `UPDATE loans … risk_tier`: the tier the policy gives each loan's facts (credit grade,
    loan-to-value, remaining term) moved by its events' shift (`policy.risk_tier`);
@@ -15,7 +15,9 @@ transaction each, and each chunk costs the same five statements whatever its siz
 4. `INSERT … ON CONFLICT`: routine visits due within the policy's horizon open a task where
    the loan has none of that method; an open task due later is brought forward (the more
    urgent plan wins), an earlier one is kept;
-5. `UPDATE loans … next_due_on` of the loans whose tasks 3 and 4 changed (none on a
+5. `INSERT … ON CONFLICT`: the call before the next installment of each approved repayment
+   plan (`plan_repayment_calls`; nothing to do without plans);
+6. `UPDATE loans … next_due_on` of the loans whose tasks 3 to 5 changed (none on a
    steady day).
 
 What each statement changed is counted and reported (and kept in `replan_runs`).
@@ -29,7 +31,7 @@ import logging
 import resource
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
@@ -60,6 +62,7 @@ class ReplanChanges:
     tasks_replanned: int = 0
     tasks_created: int = 0
     tasks_advanced: int = 0
+    plan_calls: int = 0
     next_due_changed: int = 0
 
     def add(self, other: ReplanChanges) -> None:
@@ -123,6 +126,8 @@ def policy_params(p: PolicyInForce, today: date) -> dict[str, Any]:
             "checks": json.dumps([str(c) for c in p.rules.third_party_checks]),
             "horizon": p.rules.planning.horizon_days,
             "routine_rules": list(ROUTINE_RULES),
+            "plan_method": str(p.rules.repayment_plans.method),
+            "plan_days_before": p.rules.repayment_plans.call_days_before,
         }
         | {f"ltv_from_{i}": b.from_ratio for i, b in enumerate(risk.ltv_bands)}
         | {f"term_from_{i}": b.from_months for i, b in enumerate(risk.remaining_term_bands)}
@@ -274,36 +279,81 @@ _OPEN_DUE = """
 """
 
 
-# The soonest open task of the loans whose tasks this chunk changed.
-_NEXT_DUE = """
-    UPDATE scheduler.loans AS l SET next_due_on = n.next_due_on, updated_at = now()
-    FROM (SELECT c.loan_id, (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t
-                             WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on
-          FROM unnest(CAST(:changed AS varchar[])) AS c(loan_id)) AS n
-    WHERE l.loan_id = n.loan_id AND l.next_due_on IS DISTINCT FROM n.next_due_on
-"""
+# Approved repayment plans (`scheduler.repayment_plans`, the loan's latest): a call
+# `call_days_before` the plan's next installment (from today), one at a time. It opens when
+# within the horizon, unless a call was made since that window began, or an open task of
+# the method is due no later (it is that call). A sooner call takes an open task's place and
+# lists what it displaced under `also`. Run by the re-plan and on each approved plan.
+def _plan_calls(scope: Scope) -> str:
+    return f"""
+    WITH plans AS (
+        SELECT DISTINCT ON (r.loan_id) r.loan_id, r.plan_id, r.due_dates
+        FROM scheduler.repayment_plans AS r JOIN scheduler.loans AS l USING (loan_id)
+        WHERE {scope.where("l")}
+        ORDER BY r.loan_id, r.approved_at DESC, r.plan_id
+    ), calls AS (
+        SELECT p.loan_id, p.plan_id, n.due_on AS installment_on,
+               GREATEST(CAST(:today AS date),
+                        n.due_on - CAST(:plan_days_before AS int)) AS due_on
+        FROM plans AS p
+        CROSS JOIN LATERAL (SELECT min(d) AS due_on FROM unnest(p.due_dates) AS d
+                            WHERE d >= CAST(:today AS date)) AS n
+        WHERE n.due_on IS NOT NULL
+    ), w AS (
+        INSERT INTO scheduler.visit_tasks AS t
+            (task_id, loan_id, method, due_on, status, reason, created_at)
+        SELECT gen_random_uuid(), c.loan_id, CAST(:plan_method AS varchar), c.due_on, 'open',
+               jsonb_build_object(
+                   'rule', 'repayment_plan_call',
+                   'inputs', jsonb_build_object(
+                       'plan_id', c.plan_id::text,
+                       'installment_due_on', c.installment_on::text,
+                       'days_before', CAST(:plan_days_before AS int)),
+                   'policy_version', CAST(:version AS int)),
+               now()
+        FROM calls AS c JOIN scheduler.loans AS l USING (loan_id)
+        WHERE c.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
+          AND (l.last_visit_on IS NULL
+               OR l.last_visit_on < c.installment_on - CAST(:plan_days_before AS int))
+          AND NOT EXISTS (SELECT 1 FROM scheduler.visit_tasks AS o
+                          WHERE o.loan_id = c.loan_id AND o.method = :plan_method
+                            AND o.status = 'open' AND o.due_on <= c.due_on)
+        ORDER BY c.loan_id
+        ON CONFLICT (loan_id, method) WHERE status = 'open' DO UPDATE
+            SET due_on = excluded.due_on,
+                reason = excluded.reason
+                         || jsonb_build_object('also', jsonb_build_array(t.reason - 'also'))
+            WHERE excluded.due_on < t.due_on
+        RETURNING t.loan_id
+    )
+    SELECT loan_id FROM w
+    """
 
 
-def _rowcount(result: Any) -> int:
-    return int(result.rowcount)
+async def plan_repayment_calls(
+    session: AsyncSession, p: PolicyInForce, today: date, scope: Scope
+) -> list[str]:
+    """The calls of the approved repayment plans of `scope`'s loans (one statement); the
+    loans whose call was opened or brought forward."""
+    params = policy_params(p, today) | scope.params()
+    return [r.loan_id for r in await session.execute(text(_plan_calls(scope)), params)]
 
 
 async def replan_scope(
     session: AsyncSession, p: PolicyInForce, today: date, scope: Scope
 ) -> ReplanChanges:
-    """Re-plan the loans of `scope` in the caller's transaction (five statements)."""
+    """Re-plan the loans of `scope` in the caller's transaction (six statements)."""
     params = policy_params(p, today) | scope.params()
     tiers = (await session.execute(text(_tier_update(p, scope)), params)).one()
     await session.execute(text(_plan_table(scope)), params)
     replanned = [r.loan_id for r in await session.execute(text(_replan_open(scope)), params)]
     opened = (await session.execute(text(_OPEN_DUE), params)).all()
     await session.execute(text("DROP TABLE replan_plan"))
-    changed = sorted({*replanned, *(r.loan_id for r in opened)})
-    next_due = 0
-    if changed:
-        next_due = _rowcount(await session.execute(text(_NEXT_DUE), {"changed": changed}))
+    calls = await plan_repayment_calls(session, p, today, scope)
+    changed = sorted({*replanned, *(r.loan_id for r in opened), *calls})
+    next_due = await repository.refresh_next_due(session, changed)
     created = sum(1 for r in opened if r.created)
-    if opened:
+    if opened or calls:
         await repository.notify_dispatch(session)
     return ReplanChanges(
         loans=int(tiers.loans),
@@ -311,6 +361,7 @@ async def replan_scope(
         tasks_replanned=len(replanned),
         tasks_created=created,
         tasks_advanced=len(opened) - created,
+        plan_calls=len(calls),
         next_due_changed=next_due,
     )
 
@@ -377,15 +428,17 @@ async def replan_portfolio(
     return p.version, total
 
 
-async def replan_due(session: AsyncSession, today: date) -> bool:
-    """Whether the portfolio re-plan has not run today for the policy in force."""
+async def replan_due(session: AsyncSession, today: date, region: str | None = None) -> bool:
+    """Whether the portfolio (`region`'s, if given) has not been re-planned today by the
+    policy in force."""
     found = await session.execute(
         text(
             "SELECT NOT EXISTS (SELECT 1 FROM scheduler.replan_runs"
-            " WHERE run_on = :today AND changes ->> 'region' IS NULL"
+            " WHERE run_on = :today"
+            " AND changes ->> 'region' IS NOT DISTINCT FROM CAST(:region AS text)"
             " AND policy_version = (SELECT max(version) FROM scheduler.policies))"
         ),
-        {"today": today},
+        {"today": today, "region": region},
     )
     return bool(found.scalar_one())
 
@@ -396,9 +449,18 @@ async def replan_due(session: AsyncSession, today: date) -> bool:
 _REPLAN_LOCK = "hashtext('scheduler.replan')"
 
 
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
 class DailyReplan:
     """The worker's re-plan: checks every `period_seconds` whether the portfolio has been
-    re-planned today by the policy in force, and re-plans it if not."""
+    re-planned today by the policy in force, and re-plans it if not; so once a day, and
+    again as soon as a new policy version is installed.
+
+    `clock` gives the day (the tests move it); `region` limits the runs to one region's
+    loans (the tests', which share a database with others; the worker re-plans them all).
+    """
 
     def __init__(
         self,
@@ -408,8 +470,12 @@ class DailyReplan:
         period_seconds: float,
         chunk: int = CHUNK_LOANS,
         parallel: int = 2,
+        clock: Callable[[], date] = _today,
+        region: str | None = None,
     ) -> None:
         self._parallel = parallel
+        self._clock = clock
+        self._region = region
         self._sessions = sessions
         self._dsn = (
             make_url(database_url)
@@ -431,18 +497,26 @@ class DailyReplan:
 
     async def run_once(self) -> ReplanChanges | None:
         """Re-plan if due and no replica is at it; what changed (None: nothing ran)."""
-        today = datetime.now(UTC).date()
+        today = self._clock()
         async with unit_of_work(self._sessions) as session:
             await policies.current_policy(session)
-            if not await replan_due(session, today):
+            if not await replan_due(session, today, self._region):
                 return None
         conn = await asyncpg.connect(self._dsn)
         try:
             if not await conn.fetchval(f"SELECT pg_try_advisory_lock({_REPLAN_LOCK})"):
                 return None
             try:
+                # Asked again under the lock: another replica may have just finished.
+                async with unit_of_work(self._sessions) as session:
+                    if not await replan_due(session, today, self._region):
+                        return None
                 version, changes = await replan_portfolio(
-                    self._sessions, today=today, chunk=self._chunk, parallel=self._parallel
+                    self._sessions,
+                    today=today,
+                    region=self._region,
+                    chunk=self._chunk,
+                    parallel=self._parallel,
                 )
             finally:
                 await conn.execute(f"SELECT pg_advisory_unlock({_REPLAN_LOCK})")

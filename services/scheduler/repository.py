@@ -28,9 +28,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.scheduler.models import Agent, Loan, VisitTask
-from services.scheduler.policy import Assignment, RosterAgent, TaskPlan, WaitingTask
+from services.scheduler.policy import (
+    SEARCH_DAYS,
+    Assignment,
+    RosterAgent,
+    TaskPlan,
+    WaitingTask,
+)
 from services.scheduler.schemas import TaskQuery
 from shared.auth import Principal, Role
+from shared.events import RepaymentPlanApproved
 from shared.pagination import Page, SortKey, keyset_page
 
 T = TypeVar("T")
@@ -293,6 +300,108 @@ async def update_standing(session: AsyncSession, standings: Sequence[Standing]) 
     )
 
 
+@dataclass(frozen=True)
+class AlertSeen:
+    """The latest publication of an alert the scheduler acted on (`scheduler.alert_states`)."""
+
+    alert_id: uuid.UUID
+    loan_id: str
+    rule: str
+    severity: str
+    recommended_action: str
+    occurred_at: datetime
+
+    @property
+    def state(self) -> tuple[str, str, str]:
+        """What an escalation changes; a repeat publication keeps it."""
+        return self.rule, str(self.severity), str(self.recommended_action)
+
+
+async def alert_states(
+    session: AsyncSession, alert_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, AlertSeen]:
+    """The last publication acted on of each of `alert_ids` that has one (one query)."""
+    if not alert_ids:
+        return {}
+    rows = await session.execute(
+        text(
+            "SELECT alert_id, loan_id, rule, severity, recommended_action, occurred_at"
+            " FROM scheduler.alert_states WHERE alert_id = ANY(CAST(:ids AS uuid[]))"
+        ),
+        {"ids": sorted(alert_ids)},
+    )
+    return {
+        r.alert_id: AlertSeen(
+            r.alert_id, r.loan_id, r.rule, r.severity, r.recommended_action, r.occurred_at
+        )
+        for r in rows
+    }
+
+
+async def save_alert_states(session: AsyncSession, states: Sequence[AlertSeen]) -> None:
+    """Keep each alert's newest publication (one statement; an older one never wins)."""
+    if not states:
+        return
+    ordered = sorted(states, key=lambda a: a.alert_id)
+    await session.execute(
+        text(
+            "INSERT INTO scheduler.alert_states AS s"
+            " (alert_id, loan_id, rule, severity, recommended_action, occurred_at)"
+            " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:loans AS varchar[]),"
+            "   CAST(:rules AS varchar[]), CAST(:severities AS varchar[]),"
+            "   CAST(:actions AS varchar[]), CAST(:at AS timestamptz[]))"
+            " ON CONFLICT (alert_id) DO UPDATE SET rule = excluded.rule,"
+            "   severity = excluded.severity, recommended_action = excluded.recommended_action,"
+            "   occurred_at = excluded.occurred_at"
+            " WHERE excluded.occurred_at > s.occurred_at"
+        ),
+        {
+            "ids": [a.alert_id for a in ordered],
+            "loans": [a.loan_id for a in ordered],
+            "rules": [a.rule for a in ordered],
+            "severities": [str(a.severity) for a in ordered],
+            "actions": [str(a.recommended_action) for a in ordered],
+            "at": [a.occurred_at for a in ordered],
+        },
+    )
+
+
+async def save_repayment_plans(
+    session: AsyncSession, plans: Sequence[RepaymentPlanApproved]
+) -> int:
+    """Keep approved repayment plans (one statement); a plan already kept is left as it
+    is, so a redelivered approval changes nothing. How many were new."""
+    if not plans:
+        return 0
+    result = await session.execute(
+        text(
+            "INSERT INTO scheduler.repayment_plans"
+            " (plan_id, loan_id, alert_id, due_dates, approved_at)"
+            " SELECT p.plan_id, p.loan_id, p.alert_id,"
+            "        ARRAY(SELECT CAST(d AS date)"
+            "              FROM jsonb_array_elements_text(CAST(p.due_dates AS jsonb)) AS d),"
+            "        p.approved_at"
+            " FROM unnest(CAST(:plan_ids AS uuid[]), CAST(:loan_ids AS varchar[]),"
+            "             CAST(:alert_ids AS uuid[]), CAST(:due_dates AS text[]),"
+            "             CAST(:approved AS timestamptz[]))"
+            "      AS p(plan_id, loan_id, alert_id, due_dates, approved_at)"
+            " ORDER BY p.plan_id"
+            " ON CONFLICT (plan_id) DO NOTHING"
+        ),
+        {
+            "plan_ids": [p.plan_id for p in plans],
+            "loan_ids": [p.loan_id for p in plans],
+            "alert_ids": [p.alert_id for p in plans],
+            # A plan's due dates as one JSON array each: unnest cannot take ragged arrays.
+            "due_dates": [
+                json.dumps(sorted(i.due_on.isoformat() for i in p.installments)) for p in plans
+            ],
+            "approved": [p.occurred_at for p in plans],
+        },
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 # --- dispatch -----------------------------------------------------------------------------
 
 # The channel the dispatcher LISTENs on (dispatch.py).
@@ -315,24 +424,64 @@ async def try_dispatch_lock(session: AsyncSession) -> bool:
     return bool(got.scalar_one())
 
 
-async def waiting_tasks(session: AsyncSession, limit: int) -> list[WaitingTask]:
-    """Up to `limit` open tasks without an agent, soonest first, that some active agent of
-    their loan's region can do (the others wait for one and do not block the queue). Rows
+# Open tasks without an agent that some active agent of their loan's region can do on a day
+# dispatch would give it (policy.available_day: the due day, else back to today or
+# SEARCH_DAYS before it, else up to SEARCH_DAYS after it or today). Tasks nobody can take
+# (no able agent, or every able one away for the whole window) wait where they are and are
+# never read: read, they would fill every pass and starve the tasks behind them.
+_WAITING = text(
+    """
+    SELECT t.task_id, l.region, t.method, t.due_on,
+           -- The agent who last had a task of this loan: the borrower keeps its agent.
+           (SELECT p.agent_id FROM scheduler.visit_tasks AS p
+            WHERE p.loan_id = t.loan_id AND p.agent_id IS NOT NULL
+            ORDER BY p.assigned_at DESC NULLS LAST LIMIT 1) AS previous_agent
+    FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)
+    WHERE t.status = 'open' AND t.agent_id IS NULL AND t.method <> 'third_party'
+      AND (t.due_on, t.task_id) > (CAST(:after_due AS date), CAST(:after_id AS uuid))
+      AND EXISTS (
+          SELECT 1 FROM scheduler.agents AS a
+          WHERE a.active AND a.region = l.region AND t.method = ANY(a.methods)
+            AND EXISTS (
+                SELECT 1
+                FROM (SELECT t.due_on
+                      UNION ALL
+                      SELECT t.due_on - k.n
+                      FROM generate_series(1, CAST(:search_days AS integer)) AS k(n)
+                      WHERE t.due_on - k.n >= CAST(:today AS date)
+                      UNION ALL
+                      SELECT GREATEST(t.due_on + 1, CAST(:today AS date)) + k.n
+                      FROM generate_series(0, CAST(:search_days AS integer) - 1) AS k(n)
+                     ) AS d(day)
+                WHERE CAST(extract(isodow FROM d.day) AS smallint) = ANY(a.working_days)
+                  AND NOT EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
+                                  WHERE b.agent_id = a.agent_id
+                                    AND d.day BETWEEN b.starts_on AND b.ends_on)))
+    ORDER BY t.due_on, t.task_id LIMIT :limit FOR UPDATE OF t SKIP LOCKED
+    """
+)
+# Before every task: where a drain starts.
+QUEUE_START: tuple[date, uuid.UUID] = (date(1, 1, 1), uuid.UUID(int=0))
+
+
+async def waiting_tasks(
+    session: AsyncSession,
+    limit: int,
+    today: date,
+    after: tuple[date, uuid.UUID] = QUEUE_START,
+) -> list[WaitingTask]:
+    """Up to `limit` open tasks without an agent that dispatch can place (`_WAITING`),
+    soonest first, after `after` (due date, task id): a drain pages through the queue. Rows
     locked by a planner or a supervisor right now are skipped, not waited for."""
     rows = await session.execute(
-        text(
-            "SELECT t.task_id, l.region, t.method, t.due_on,"
-            # The agent who last had a task of this loan: the borrower keeps its agent.
-            "       (SELECT p.agent_id FROM scheduler.visit_tasks AS p"
-            "        WHERE p.loan_id = t.loan_id AND p.agent_id IS NOT NULL"
-            "        ORDER BY p.assigned_at DESC NULLS LAST LIMIT 1) AS previous_agent"
-            " FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)"
-            " WHERE t.status = 'open' AND t.agent_id IS NULL AND t.method <> 'third_party'"
-            "   AND EXISTS (SELECT 1 FROM scheduler.agents AS a WHERE a.active"
-            "               AND a.region = l.region AND t.method = ANY(a.methods))"
-            " ORDER BY t.due_on, t.task_id LIMIT :limit FOR UPDATE OF t SKIP LOCKED"
-        ),
-        {"limit": limit},
+        _WAITING,
+        {
+            "limit": limit,
+            "today": today,
+            "search_days": SEARCH_DAYS,
+            "after_due": after[0],
+            "after_id": after[1],
+        },
     )
     return [WaitingTask(r.task_id, r.region, r.method, r.due_on, r.previous_agent) for r in rows]
 
@@ -394,33 +543,64 @@ async def dispatch_roster(
     ]
 
 
-async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, Assignment]) -> int:
+async def assign_tasks(
+    session: AsyncSession,
+    assignments: Mapping[uuid.UUID, Assignment],
+    waiting: Mapping[uuid.UUID, date],
+) -> int:
     """Give each task its agent (and the day it works, if the due day was not), only where
     it is still open and without one (a supervisor may have assigned it meanwhile); how
-    many were assigned."""
+    many were assigned. `waiting` is each task's due date as read (locked) by this pass: a
+    task moved to another day moves its loan's `next_due_on` with it."""
     if not assignments:
         return 0
-    result = await session.execute(
-        text(
-            "UPDATE scheduler.visit_tasks AS t SET agent_id = v.agent_id, assigned_at = now(),"
-            " due_on = v.due_on,"
-            " reason = CASE WHEN v.due_on = t.due_on THEN t.reason"
-            "          ELSE t.reason || jsonb_build_object('moved_from', t.due_on::text,"
-            "                                              'moved_for', 'agent availability')"
-            "          END"
-            " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]),"
-            "             CAST(:due_ons AS date[]))"
-            "      AS v(task_id, agent_id, due_on)"
-            " WHERE t.task_id = v.task_id AND t.status = 'open' AND t.agent_id IS NULL"
-            "   AND t.method <> 'third_party'"
-        ),
-        {
-            "task_ids": list(assignments),
-            "agent_ids": [a.agent_id for a in assignments.values()],
-            "due_ons": [a.due_on for a in assignments.values()],
-        },
-    )
+    rows = (
+        await session.execute(
+            text(
+                "UPDATE scheduler.visit_tasks AS t SET agent_id = v.agent_id,"
+                " assigned_at = now(), due_on = v.due_on,"
+                " reason = CASE WHEN v.due_on = t.due_on THEN t.reason"
+                "          ELSE t.reason || jsonb_build_object('moved_from', t.due_on::text,"
+                "                                              'moved_for', 'agent availability')"
+                "          END"
+                " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]),"
+                "             CAST(:due_ons AS date[]), CAST(:read_dues AS date[]))"
+                "      AS v(task_id, agent_id, due_on, read_due)"
+                " WHERE t.task_id = v.task_id AND t.status = 'open' AND t.agent_id IS NULL"
+                "   AND t.method <> 'third_party'"
+                " RETURNING t.loan_id, v.due_on <> v.read_due AS moved"
+            ),
+            {
+                "task_ids": list(assignments),
+                "agent_ids": [a.agent_id for a in assignments.values()],
+                "due_ons": [a.due_on for a in assignments.values()],
+                "read_dues": [waiting[task_id] for task_id in assignments],
+            },
+        )
+    ).all()
+    # A second statement: the first one's own snapshot still has the old due dates.
+    await refresh_next_due(session, {row.loan_id for row in rows if row.moved})
+    return len(rows)
+
+
+async def refresh_next_due(session: AsyncSession, loan_ids: Collection[str]) -> int:
+    """Set the loans' `next_due_on` to their soonest open task after this transaction's
+    writes (one statement); how many changed."""
+    if not loan_ids:
+        return 0
+    result = await session.execute(_NEXT_DUE, {"loan_ids": sorted(set(loan_ids))})
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+_NEXT_DUE = text(
+    """
+    UPDATE scheduler.loans AS l SET next_due_on = n.next_due_on, updated_at = now()
+    FROM (SELECT c.loan_id, (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t
+                             WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on
+          FROM unnest(CAST(:loan_ids AS varchar[])) AS c(loan_id)) AS n
+    WHERE l.loan_id = n.loan_id AND l.next_due_on IS DISTINCT FROM n.next_due_on
+    """
+)
 
 
 # An agent's open tasks it cannot do: it is inactive (departed), or the task is due on a day

@@ -160,6 +160,14 @@ class Collateral(Rules):
     review: VisitAsk
 
 
+class RepaymentPlanCalls(Rules):
+    """An approved repayment plan: a call this many days before each installment falls due,
+    the next installment's at a time (one open task per loan and method)."""
+
+    method: HumanMethod = VisitMethod.PHONE
+    call_days_before: int = Field(default=2, ge=0, le=30)
+
+
 class Planning(Rules):
     horizon_days: int = Field(ge=1, le=366)
 
@@ -177,6 +185,8 @@ class VisitPolicy(Rules):
     alerts: Alerts
     collateral: Collateral
     planning: Planning
+    # Versions installed before the section existed plan calls by the defaults.
+    repayment_plans: RepaymentPlanCalls = Field(default_factory=RepaymentPlanCalls)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Scheduler worker: plans visits from repayments, completed visits and alerts,
+"""Scheduler worker: plans visits from repayments, completed visits, alerts and approved
+repayment plans,
 dispatches the planned tasks to agents, relays `loan-registered` from the scheduler's
 outbox, and re-plans the portfolio once a day and after a new policy version.
 
@@ -16,9 +17,11 @@ from services.scheduler.replan import DailyReplan
 from services.scheduler.settings import SchedulerSettings
 from shared.events import (
     ALERT_RAISED,
+    REPAYMENT_PLAN_APPROVED,
     REPAYMENT_POSTED,
     VISIT_COMPLETED,
     AlertRaised,
+    RepaymentPlanApproved,
     RepaymentPosted,
     VisitCompleted,
 )
@@ -34,6 +37,9 @@ async def run_worker(settings: SchedulerSettings) -> None:
                 REPAYMENT_POSTED: TopicHandler(RepaymentPosted, planning.on_repayments),
                 VISIT_COMPLETED: TopicHandler(VisitCompleted, planning.on_visits),
                 ALERT_RAISED: TopicHandler(AlertRaised, planning.on_alerts),
+                REPAYMENT_PLAN_APPROVED: TopicHandler(
+                    RepaymentPlanApproved, planning.on_repayment_plans
+                ),
             },
             inbox_table=inbox,
         )

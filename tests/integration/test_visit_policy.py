@@ -7,6 +7,8 @@ they were; a policy a test installs is replaced by the shipped defaults when it 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import policies, policy
-from services.scheduler.replan import replan_portfolio
+from services.scheduler.replan import DailyReplan, replan_portfolio
 from services.scheduler.visit_policy import DEFAULT_POLICY_FILE, PolicyInForce, Tier
 from shared.db import make_engine, make_session_factory, unit_of_work
 from tests.integration.conftest import System
@@ -317,3 +319,58 @@ async def test_the_tier_sql_gives_what_the_pure_policy_gives(
     assert stored == expected
     # LTV 0.82 always scores, so the grid is medium and high (low: tests/unit).
     assert set(expected.values()) == {"medium", "high"}
+
+
+async def test_the_worker_replans_once_a_day_and_again_on_a_new_policy_version(
+    system: System, sessions: async_sessionmaker[AsyncSession], defaults_after: None
+) -> None:
+    region, today = new_id("R"), datetime.now(UTC).date()
+    loan_id = await register_loan(
+        system.scheduler, region, grade="A", disbursed_on=today - timedelta(days=400)
+    )
+    day = [today]
+    # The worker's loop, checking every 50 ms, on a clock the test moves; scoped to the
+    # test's region (the database is shared).
+    daily = DailyReplan(
+        sessions, system.database_url, period_seconds=0.05, clock=lambda: day[0], region=region
+    )
+    runs_sql = (
+        "SELECT COALESCE(jsonb_agg(jsonb_build_array(run_on, policy_version) ORDER BY run_id),"
+        " '[]') FROM scheduler.replan_runs WHERE changes ->> 'region' = $1"
+    )
+
+    async def runs(count: int) -> list[Any] | None:
+        found: list[Any] = json.loads(await fetchval(system.database_url, runs_sql, region))
+        return found if len(found) >= count else None
+
+    version = (await in_force(sessions)).version
+    loop = asyncio.create_task(daily.run())
+    try:
+        assert await eventually(lambda: runs(1)) == [[today.isoformat(), version]]
+        await asyncio.sleep(0.5)  # ten checks more the same day: nothing runs again
+        assert await runs(2) is None
+        day[0] = today + timedelta(days=1)
+        second = await eventually(lambda: runs(2))
+        assert second[1] == [day[0].isoformat(), version]
+        # A new version the same day: re-planned again, by it.
+        document = yaml.safe_load(DEFAULT_POLICY_FILE.read_text(encoding="utf-8"))
+        document["tiers"]["low"]["contact_every_months"] = 5
+        installed = await system.scheduler.put(
+            "/v1/policy", content=yaml.safe_dump(document).encode(), headers=ADMIN | YAML
+        )
+        assert installed.status_code == 201, installed.text
+        new_version = installed.json()["version"]
+        third = await eventually(lambda: runs(3))
+        assert third[2] == [day[0].isoformat(), new_version]
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    # The loan's open routine tasks now carry the new version.
+    versions = await fetchval(
+        system.database_url,
+        "SELECT array_agg(DISTINCT (reason ->> 'policy_version')::int) FROM scheduler.visit_tasks"
+        " WHERE loan_id = $1 AND status = 'open'",
+        loan_id,
+    )
+    assert versions == [new_version]

@@ -175,31 +175,84 @@ def test_visits_complete_their_task_once_and_plan_by_the_loans_risk() -> None:
     }
 
 
-def test_only_alerts_recommending_a_visit_plan_and_unknown_loans_are_named() -> None:
-    def alert(action: str) -> AlertRaised:
-        return AlertRaised.model_validate(
-            {
-                "loan_id": "L-9",
-                "occurred_at": POSTED,
-                "alert_id": uuid.uuid4(),
-                "rule": "r",
-                "category": "vehicle",
-                "severity": "high",
-                "reason": "seen",
-                "source_event_id": uuid.uuid4(),
-                "recommended_action": action,
-            }
-        )
+def alert(
+    action: str,
+    *,
+    severity: str = "high",
+    alert_id: uuid.UUID | None = None,
+    rule: str = "r",
+    at: datetime = POSTED,
+) -> AlertRaised:
+    return AlertRaised.model_validate(
+        {
+            "loan_id": "L-9",
+            "occurred_at": at,
+            "alert_id": alert_id or uuid.uuid4(),
+            "rule": rule,
+            "category": "vehicle",
+            "severity": severity,
+            "reason": "seen",
+            "source_event_id": uuid.uuid4(),
+            "recommended_action": action,
+        }
+    )
 
+
+def test_only_alerts_recommending_a_visit_plan_and_unknown_loans_are_named() -> None:
     events = [alert("legal_review"), alert("repossession_review")]
-    batch = planning.plan_alerts(P, events, {"L-9": facts("L-9")})
+    batch = planning.plan_alerts(P, events, {"L-9": facts("L-9")}, {})
     [planned] = batch.plans
     assert (planned.source_event_id, planned.visit.method) == (events[1].event_id, FIELD)
-    # Both alerts are high: each moves the loan a tier up (shift +2, the bound).
+    assert planned.visit.reason["inputs"]["alert_id"] == str(events[1].alert_id)
+    # Two alerts, both high: each moves the loan a tier up (shift +2, the bound).
     assert [(s.loan_id, s.tier_shift) for s in batch.standings] == [("L-9", 2)]
+    assert {a.alert_id for a in batch.alerts} == {e.alert_id for e in events}
     refused = planning.unregistered(events, {"L-1"})
     assert refused == {e.event_id: "loan L-9 is not registered with the scheduler" for e in events}
     assert planning.unregistered(events, {"L-9"}) == {}
+
+
+def test_an_escalated_alert_is_a_new_plan_and_moves_the_tier_once_per_alert() -> None:
+    alert_id = uuid.uuid4()
+    raised = alert("phone_visit", severity="medium", alert_id=alert_id, rule="dpd_30")
+    worse = alert(
+        "field_visit",
+        severity="high",
+        alert_id=alert_id,
+        rule="dpd_60",
+        at=POSTED + timedelta(days=30),
+    )
+    again = alert(
+        "field_visit",
+        severity="high",
+        alert_id=alert_id,
+        rule="dpd_60",
+        at=POSTED + timedelta(days=40),
+    )
+    loans = {"L-9": facts("L-9")}
+    first = planning.plan_alerts(P, [raised], loans, {})
+    assert [p.visit.method for p in first.plans] == [PHONE] and first.standings == []
+    [seen] = first.alerts
+    # The escalation, same alert id: its own visit (a field one), the rule it escalated
+    # from, and the tier up that a high alert asks for.
+    second = planning.plan_alerts(P, [worse], loans, {alert_id: seen})
+    [field] = second.plans
+    assert field.visit.method == FIELD and field.source_event_id == worse.event_id
+    assert field.visit.reason["inputs"]["escalated_from"] == "dpd_30"
+    assert [(s.loan_id, s.tier_shift) for s in second.standings] == [("L-9", 1)]
+    [escalated] = second.alerts
+    assert escalated.state == ("dpd_60", "high", "field_visit")
+    # Re-published after its suppression window: its visit again, the tier not again.
+    third = planning.plan_alerts(P, [again], loans, {alert_id: escalated})
+    assert [p.visit.method for p in third.plans] == [FIELD] and third.standings == []
+    assert "escalated_from" not in third.plans[0].visit.reason["inputs"]
+    # A replay of a publication already acted on (or an older one) changes nothing.
+    replay = planning.plan_alerts(P, [worse, raised], loans, {alert_id: third.alerts[0]})
+    assert (replay.plans, replay.standings, replay.alerts) == ([], [], [])
+    # Raised and escalated in one batch: both plans, one tier up.
+    both = planning.plan_alerts(P, [raised, worse], loans, {})
+    assert [p.visit.method for p in both.plans] == [PHONE, FIELD]
+    assert [(s.loan_id, s.tier_shift) for s in both.standings] == [("L-9", 1)]
 
 
 # --- dispatch -----------------------------------------------------------------------------
