@@ -178,7 +178,14 @@ class VisitTask(SchedulerTable, table=True):
 
     __tablename__ = "visit_tasks"
     __table_args__ = (
-        Index("ix_visit_tasks_agent_status_due", "agent_id", "status", "due_on"),
+        # An agent's tasks (its list, its load): only assigned tasks are ever looked up.
+        Index(
+            "ix_visit_tasks_agent_status_due",
+            "agent_id",
+            "status",
+            "due_on",
+            postgresql_where=text("agent_id IS NOT NULL"),
+        ),
         Index("ix_visit_tasks_loan_status", "loan_id", "status"),
         Index("ix_visit_tasks_created", "created_at", "task_id"),
         # One open task per loan and method: new plans advance it instead of piling up.

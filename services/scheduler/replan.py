@@ -39,6 +39,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import policies, repository
@@ -200,16 +201,27 @@ async def recompute_tiers(
     return int(row.changed)
 
 
-# policy.routine_visits, in SQL: one row per loan and method.
+# The tier the policy gives each loan of the chunk today, read once (nothing written to the
+# loans yet): the plan goes by it, and `_settle_loans` writes it. `updated_at` as read tells
+# `_settle_loans` whether an event changed the loan since (and recomputed its tier itself).
+def _tier_table(p: PolicyInForce, scope: Scope) -> str:
+    return f"""
+    CREATE TEMP TABLE replan_tier ON COMMIT DROP AS
+    SELECT f.loan_id, f.updated_at, CAST({TIER_OF_SQL} AS varchar) AS tier
+    FROM (SELECT l.loan_id, l.updated_at, l.tier_shift, {points_sql(p)} AS points
+          FROM scheduler.loans AS l WHERE {scope.where("l")}) AS f
+    """
+
+
+# policy.routine_visits, in SQL: one row per loan and method, by the loan's tier today.
 def _plan_table(scope: Scope) -> str:
     return f"""
     CREATE TEMP TABLE replan_plan ON COMMIT DROP AS
     SELECT l.loan_id, m.method, m.due_on,
            jsonb_build_object('rule', m.rule, 'inputs', m.inputs,
                               'policy_version', CAST(:version AS int)) AS reason
-    FROM scheduler.loans AS l
-    CROSS JOIN LATERAL (SELECT array_position(CAST(:tiers AS varchar[]),
-                               CAST(COALESCE(l.risk_tier, 'high') AS varchar)) AS i) AS k
+    FROM scheduler.loans AS l JOIN replan_tier AS k0 USING (loan_id)
+    CROSS JOIN LATERAL (SELECT array_position(CAST(:tiers AS varchar[]), k0.tier) AS i) AS k
     CROSS JOIN LATERAL (VALUES
         (CASE WHEN l.last_visit_on IS NULL THEN CAST(:first_method AS varchar)
               ELSE 'phone' END,
@@ -222,20 +234,20 @@ def _plan_table(scope: Scope) -> str:
          CASE WHEN l.last_visit_on IS NULL
               THEN jsonb_build_object('disbursed_on', l.disbursed_on::text,
                                       'after_months', CAST(:first_months AS int))
-              ELSE jsonb_build_object('risk_tier', l.risk_tier,
+              ELSE jsonb_build_object('risk_tier', k0.tier,
                                       'last_visit_on', l.last_visit_on::text)
          END),
         ('field',
          (COALESCE(l.last_field_on, l.disbursed_on)
           + make_interval(months => (CAST(:field_months AS int[]))[k.i]))::date,
          'field_inspection',
-         jsonb_build_object('risk_tier', l.risk_tier,
+         jsonb_build_object('risk_tier', k0.tier,
                             'since', COALESCE(l.last_field_on, l.disbursed_on)::text)),
         ('third_party',
          (COALESCE(l.last_third_party_on, l.disbursed_on)
           + make_interval(months => (CAST(:third_party_months AS int[]))[k.i]))::date,
          'third_party_check',
-         jsonb_build_object('risk_tier', l.risk_tier,
+         jsonb_build_object('risk_tier', k0.tier,
                             'since', COALESCE(l.last_third_party_on, l.disbursed_on)::text,
                             'checks', CAST(:checks AS jsonb)))
     ) AS m(method, due_on, rule, inputs)
@@ -259,11 +271,14 @@ def _replan_open(scope: Scope) -> str:
 
 # An open task of the method due no later already covers the plan: such rows are left out
 # before the insert (an anti-join), so a steady portfolio costs no conflicting inserts.
+# Task ids are UUIDv7 (time-ordered): a cold portfolio's millions of tasks are appended to
+# the primary key's right edge rather than scattered over it. What was opened or brought
+# forward is kept for `_settle_loans`.
 _OPEN_DUE = """
     WITH w AS (
         INSERT INTO scheduler.visit_tasks AS t
             (task_id, loan_id, method, due_on, status, reason, created_at)
-        SELECT gen_random_uuid(), p.loan_id, p.method, p.due_on, 'open', p.reason, now()
+        SELECT uuidv7(), p.loan_id, p.method, p.due_on, 'open', p.reason, now()
         FROM replan_plan AS p
         WHERE p.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
           AND NOT EXISTS (SELECT 1 FROM scheduler.visit_tasks AS o
@@ -273,9 +288,78 @@ _OPEN_DUE = """
         ON CONFLICT (loan_id, method) WHERE status = 'open' DO UPDATE
             SET due_on = excluded.due_on, reason = excluded.reason
             WHERE excluded.due_on < t.due_on
-        RETURNING t.loan_id, (t.xmax = 0) AS created
+        RETURNING t.loan_id, t.due_on, (t.xmax = 0) AS created
     )
-    SELECT loan_id, created FROM w
+    INSERT INTO replan_opened (loan_id, due_on, created)
+    SELECT loan_id, due_on, created FROM w
+"""
+
+
+# The same in one pass without ON CONFLICT's speculative insertion (a fifth of the cost of
+# a cold portfolio's millions of inserts): each plan due within the horizon is matched to
+# its loan's open task of the method once; no open task: a task is inserted; one due later:
+# it is brought forward. A planner that opens the same task between the match and the
+# insert makes it fail on the unique index; `replan_scope` then runs `_OPEN_DUE` instead.
+_OPEN_DUE_FAST = """
+    WITH c AS (
+        SELECT p.loan_id, p.method, p.due_on, p.reason, o.task_id AS open_id,
+               o.due_on AS open_due
+        FROM replan_plan AS p
+        LEFT JOIN scheduler.visit_tasks AS o
+               ON o.loan_id = p.loan_id AND o.method = p.method AND o.status = 'open'
+        WHERE p.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
+    ), advanced AS (
+        UPDATE scheduler.visit_tasks AS t SET due_on = c.due_on, reason = c.reason
+        FROM c
+        WHERE t.task_id = c.open_id AND c.due_on < c.open_due
+          AND t.status = 'open' AND c.due_on < t.due_on
+        RETURNING t.loan_id, t.due_on
+    ), created AS (
+        INSERT INTO scheduler.visit_tasks
+            (task_id, loan_id, method, due_on, status, reason, created_at)
+        SELECT uuidv7(), c.loan_id, c.method, c.due_on, 'open', c.reason, now()
+        FROM c WHERE c.open_id IS NULL
+        ORDER BY c.loan_id, c.method
+        RETURNING loan_id, due_on
+    )
+    INSERT INTO replan_opened (loan_id, due_on, created)
+    SELECT loan_id, due_on, true FROM created
+    UNION ALL
+    SELECT loan_id, due_on, false FROM advanced
+"""
+
+
+# Each loan of the chunk written once, and only if something changed: its tier
+# (`replan_tier`'s, unless an event wrote the loan meanwhile and recomputed it itself) and
+# its `next_due_on`, which a task opened or brought forward can only bring nearer, and
+# which is looked up again for the loans in `:exact` (a re-planned task may be due later).
+_SETTLE_LOANS = """
+    WITH n AS (
+        SELECT k.loan_id, k.updated_at, k.tier, s.soonest, x.loan_id IS NOT NULL AS exact
+        FROM replan_tier AS k
+        LEFT JOIN (SELECT loan_id, min(due_on) AS soonest FROM replan_opened
+                   GROUP BY loan_id) AS s USING (loan_id)
+        LEFT JOIN (SELECT DISTINCT e.loan_id
+                   FROM unnest(CAST(:exact AS varchar[])) AS e(loan_id)) AS x USING (loan_id)
+    ), u AS (
+        UPDATE scheduler.loans AS l
+        SET risk_tier = CASE WHEN l.updated_at = n.updated_at THEN n.tier ELSE l.risk_tier END,
+            next_due_on = CASE WHEN n.exact
+                               THEN (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t
+                                     WHERE t.loan_id = l.loan_id AND t.status = 'open')
+                               ELSE LEAST(l.next_due_on, n.soonest) END,
+            updated_at = now()
+        FROM n
+        WHERE l.loan_id = n.loan_id
+          AND (n.exact OR n.soonest < l.next_due_on
+               OR (n.soonest IS NOT NULL AND l.next_due_on IS NULL)
+               OR (l.updated_at = n.updated_at AND l.risk_tier IS DISTINCT FROM n.tier))
+        RETURNING old.risk_tier IS DISTINCT FROM new.risk_tier AS tier_changed,
+                  old.next_due_on IS DISTINCT FROM new.next_due_on AS due_changed
+    )
+    SELECT count(*) FILTER (WHERE tier_changed) AS tiers,
+           count(*) FILTER (WHERE due_changed) AS next_due
+    FROM u
 """
 
 
@@ -342,27 +426,45 @@ async def plan_repayment_calls(
 async def replan_scope(
     session: AsyncSession, p: PolicyInForce, today: date, scope: Scope
 ) -> ReplanChanges:
-    """Re-plan the loans of `scope` in the caller's transaction (six statements)."""
+    """Re-plan the loans of `scope` in the caller's transaction (six statements, and two
+    temporary tables dropped at commit)."""
     params = policy_params(p, today) | scope.params()
-    tiers = (await session.execute(text(_tier_update(p, scope)), params)).one()
+    loans = await session.execute(text(_tier_table(p, scope)), params)
     await session.execute(text(_plan_table(scope)), params)
     replanned = [r.loan_id for r in await session.execute(text(_replan_open(scope)), params)]
-    opened = (await session.execute(text(_OPEN_DUE), params)).all()
-    await session.execute(text("DROP TABLE replan_plan"))
+    await session.execute(
+        text(
+            "CREATE TEMP TABLE replan_opened (loan_id varchar, due_on date, created boolean)"
+            " ON COMMIT DROP"
+        )
+    )
+    try:
+        async with session.begin_nested():
+            await session.execute(text(_OPEN_DUE_FAST), params)
+    except IntegrityError:
+        await session.execute(text(_OPEN_DUE), params)
     calls = await plan_repayment_calls(session, p, today, scope)
-    changed = sorted({*replanned, *(r.loan_id for r in opened), *calls})
-    next_due = await repository.refresh_next_due(session, changed)
-    created = sum(1 for r in opened if r.created)
-    if opened or calls:
+    settled = (
+        await session.execute(text(_SETTLE_LOANS), {"exact": sorted({*replanned, *calls})})
+    ).one()
+    opened = (
+        await session.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE created) AS created,"
+                " count(*) FILTER (WHERE NOT created) AS advanced FROM replan_opened"
+            )
+        )
+    ).one()
+    if opened.created or opened.advanced or calls:
         await repository.notify_dispatch(session)
     return ReplanChanges(
-        loans=int(tiers.loans),
-        tiers_changed=int(tiers.changed),
+        loans=int(loans.rowcount),  # type: ignore[attr-defined]
+        tiers_changed=int(settled.tiers),
         tasks_replanned=len(replanned),
-        tasks_created=created,
-        tasks_advanced=len(opened) - created,
+        tasks_created=int(opened.created),
+        tasks_advanced=int(opened.advanced),
         plan_calls=len(calls),
-        next_due_changed=next_due,
+        next_due_changed=int(settled.next_due),
     )
 
 

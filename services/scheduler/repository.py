@@ -511,7 +511,7 @@ async def dispatch_roster(
                 SELECT t.agent_id, t.due_on, count(*) AS due_that_day,
                        sum(count(*)) OVER (PARTITION BY t.agent_id) AS open_tasks
                 FROM scheduler.visit_tasks AS t JOIN candidates AS c USING (agent_id)
-                WHERE t.status = 'open'
+                WHERE t.status = 'open' AND t.agent_id IS NOT NULL
                 GROUP BY t.agent_id, t.due_on
             )
             SELECT c.agent_id, c.region, c.methods, c.daily_capacity, c.working_days,
@@ -610,7 +610,7 @@ _RELEASE = text(
     UPDATE scheduler.visit_tasks AS t SET agent_id = NULL, assigned_at = NULL
     FROM scheduler.agents AS a
     WHERE t.agent_id = a.agent_id AND a.agent_id = ANY(CAST(:agent_ids AS varchar[]))
-      AND t.status = 'open'
+      AND t.agent_id IS NOT NULL AND t.status = 'open'
       AND (NOT a.active
            OR NOT CAST(extract(isodow FROM t.due_on) AS smallint) = ANY(a.working_days)
            OR EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
