@@ -2,24 +2,27 @@
 
 `python -m services.scheduler.replan` (the worker also runs it once a day and when a new
 policy version is installed). The loans are taken in chunks of `loan_id` ranges, one
-transaction each, and each chunk costs the same six statements whatever its size:
+transaction each, and each chunk costs the same statements whatever its size:
 
-1. `UPDATE loans … risk_tier`: the tier the policy gives each loan's facts (credit grade,
+1. a temporary table of the tier the policy gives each loan's facts (credit grade,
    loan-to-value, remaining term) moved by its events' shift (`policy.risk_tier`);
-2. a temporary table of each loan's routine plan by method (`policy.routine_visits`): the
-   contact by its tier's cadence after the last visit (the first follow-up before any), the
-   field inspection and the third-party check by their cadences;
+2. a temporary table of each loan's routine plan by method (`policy.routine_visits`) at
+   that tier: the contact by its tier's cadence after the last visit (the first follow-up
+   before any), the field inspection and the third-party check by their cadences;
 3. `UPDATE visit_tasks`: open routine tasks follow the plan, either way (a new policy can
    make them later); tasks of other rules (arrears, alerts, findings, collateral), tasks a
    supervisor rescheduled by hand and completed history are left as they are;
-4. `INSERT … ON CONFLICT`: routine visits due within the policy's horizon open a task where
-   the loan has none of that method; an open task due later is brought forward (the more
-   urgent plan wins), an earlier one is kept;
+4. one pass matching the plans due within the policy's horizon to the open tasks: a task
+   is opened where the loan has none of that method; an open task due later is brought
+   forward (the more urgent plan wins), an earlier one is kept (`INSERT … ON CONFLICT`
+   instead if a planner raced it);
 5. `INSERT … ON CONFLICT`: the call before the next installment of each approved repayment
    plan (`plan_repayment_calls`; nothing to do without plans);
-6. `UPDATE loans … next_due_on` of the loans whose tasks 3 to 5 changed (none on a
-   steady day).
+6. `UPDATE loans`, each loan at most once and only if something changed: its tier, and
+   its `next_due_on` (brought nearer by the tasks 4 opened, looked up again for the loans
+   3 and 5 changed).
 
+A cold portfolio's millions of new tasks get UUIDv7 ids, appended to the primary key.
 What each statement changed is counted and reported (and kept in `replan_runs`).
 """
 
@@ -426,8 +429,8 @@ async def plan_repayment_calls(
 async def replan_scope(
     session: AsyncSession, p: PolicyInForce, today: date, scope: Scope
 ) -> ReplanChanges:
-    """Re-plan the loans of `scope` in the caller's transaction (six statements, and two
-    temporary tables dropped at commit)."""
+    """Re-plan the loans of `scope` in the caller's transaction: the same statements
+    whatever its size (three temporary tables, dropped at commit), never one per loan."""
     params = policy_params(p, today) | scope.params()
     loans = await session.execute(text(_tier_table(p, scope)), params)
     await session.execute(text(_plan_table(scope)), params)
