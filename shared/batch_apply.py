@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import ConsumerRecord
 
@@ -46,9 +47,8 @@ class InvalidEvents(Exception):
         self.reasons = dict(reasons)
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """A record and the event validated from it."""
+class Delivery(NamedTuple):
+    """A record and the event validated from it (a tuple: one per record of every batch)."""
 
     record: ConsumerRecord[bytes, bytes]
     event: EventEnvelope

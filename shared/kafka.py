@@ -472,7 +472,11 @@ class EventConsumer:
             fresh = await inbox.claim_batch(
                 session, self._inbox, [d.event.event_id for d in batch], topic
             )
-            events = [d.event for d in batch if d.event.event_id in fresh]
+            # A batch's ids are distinct (see _validate): all fresh is the usual case.
+            if len(fresh) == len(batch):
+                events = [d.event for d in batch]
+            else:
+                events = [d.event for d in batch if d.event.event_id in fresh]
             if events:
                 await self._handlers[topic].apply(session, events)
             return len(events)

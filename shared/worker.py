@@ -71,7 +71,7 @@ class WorkerResources:
 async def worker_resources(
     settings: ServiceSettings, *, health: HealthTables
 ) -> AsyncIterator[WorkerResources]:
-    engine = engine_for(settings)
+    engine = engine_for(settings, pre_ping=False)  # see make_engine
     producer = make_producer(settings.kafka_bootstrap_servers)
     await _start_producer(producer)
     try:

@@ -62,7 +62,11 @@ class AlertsTable(SQLModel, registry=registry(metadata=metadata)):
 
 class Alert(AlertsTable, table=True):
     """A risk warning on one loan, raised by a rule from a repayment posting or a visit,
-    and worked by operations from open to acknowledged to resolved (or dismissed)."""
+    and worked by operations from open to acknowledged to resolved (or dismissed).
+
+    Its pages keep 30 % free (fillfactor 70, migration 0007): an active alert is rewritten
+    by every batch that sees its loan again, and room on the page keeps those updates off
+    its indexes."""
 
     __tablename__ = "alerts"
     __table_args__ = (

@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -72,11 +72,18 @@ class RuleSet:
     families: Mapping[str, Family]
 
     def rule(self, code: str) -> Rule:
-        for family in self.families.values():
-            for rule in family.rules:
-                if rule.code == code:
-                    return rule
-        raise KeyError(code)
+        return self._by_code[code]
+
+    @cached_property
+    def arrears_buckets(self) -> tuple[tuple[int, Rule], ...]:
+        """The arrears rules with their minimum days past due, mildest first (every
+        posting is put in its bucket: read once, not per posting)."""
+        return tuple((int(rule.params["min_dpd"]), rule) for rule in self.families["arrears"].rules)
+
+    @cached_property
+    def _by_code(self) -> Mapping[str, Rule]:
+        # Looked up several times per event: a dict, not a walk over every family.
+        return {rule.code: rule for family in self.families.values() for rule in family.rules}
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,10 @@ class KnownLoan:
     agreed_usage: AgreedUsage
 
 
-@dataclass(frozen=True)
-class PostingMemo:
-    """A posting the service has applied, as the rules remember it."""
+class PostingMemo(NamedTuple):
+    """A posting the service has applied, as the rules remember it. A tuple: a batch
+    builds thousands from the memory it reads back, and a frozen dataclass costs five
+    times as much to build."""
 
     event_id: uuid.UUID
     installment_no: int
@@ -194,43 +202,58 @@ def cures(posting: RepaymentPosted) -> bool:
     return posting.status == RepaymentStatus.PAID and posting.days_past_due == 0
 
 
+def reads_story(posting: RepaymentPosted) -> bool:
+    """Whether what a posting shows depends on the loan's earlier postings: only a miss
+    does (a run of misses); every other repayment rule looks at the posting alone. Most
+    postings of a month end are paid, so most need no story read back."""
+    return posting.status == RepaymentStatus.MISSED
+
+
 def repayment_findings(
     posting: RepaymentPosted, earlier: Sequence[PostingMemo], ruleset: RuleSet
 ) -> list[Finding]:
-    """What a posting shows, given the loan's earlier postings (oldest first): at most one
-    finding per family (its worst rule)."""
+    """What a posting shows, given the loan's earlier postings (oldest first; only looked
+    at when `reads_story`): at most one finding per family (its worst rule)."""
+    fired: list[Rule] = []
+    dpd = posting.days_past_due
+    arrears = [rule for min_dpd, rule in ruleset.arrears_buckets if dpd >= min_dpd]
+    if arrears and not cures(posting):
+        fired.append(arrears[-1])
+    if posting.status == RepaymentStatus.PARTIAL:
+        fired.append(ruleset.rule("partial_payment"))
+    if posting.status == RepaymentStatus.REVERSED:
+        fired.append(ruleset.rule("payment_reversed"))
+    missed = _missed_run(posting, earlier, ruleset)
+    if not fired and missed is None:
+        return []  # most postings (paid on time): no facts or reason written
+
     facts = _posting_facts(posting)
     reason = _posting_reason(posting)
-    found: list[Finding] = []
-
-    arrears = [
-        rule
-        for rule in ruleset.families["arrears"].rules
-        if posting.days_past_due >= int(rule.params["min_dpd"])
-    ]
-    if arrears and not cures(posting):
-        found.append(Finding(arrears[-1], reason, facts))
-    if posting.status == RepaymentStatus.PARTIAL:
-        found.append(Finding(ruleset.rule("partial_payment"), reason, facts))
-    if posting.status == RepaymentStatus.REVERSED:
-        found.append(Finding(ruleset.rule("payment_reversed"), reason, facts))
-
-    consecutive = ruleset.rule("missed_consecutive")
-    needed = int(consecutive.params["consecutive"])
-    if posting.status == RepaymentStatus.MISSED:
-        # The latest status of each installment (a later posting of one replaces it).
-        latest = {memo.installment_no: memo.status for memo in earlier}
-        run = [posting.installment_no - back for back in range(1, needed)]
-        if all(latest.get(no) == RepaymentStatus.MISSED for no in run):
-            missed = sorted([*run, posting.installment_no])
-            found.append(
-                Finding(
-                    consecutive,
-                    f"installments {', '.join(map(str, missed))} missed in a row; {reason}",
-                    {**facts, "missed_installments": missed},
-                )
+    found = [Finding(rule, reason, facts) for rule in fired]
+    if missed is not None:
+        found.append(
+            Finding(
+                ruleset.rule("missed_consecutive"),
+                f"installments {', '.join(map(str, missed))} missed in a row; {reason}",
+                {**facts, "missed_installments": missed},
             )
+        )
     return found
+
+
+def _missed_run(
+    posting: RepaymentPosted, earlier: Sequence[PostingMemo], ruleset: RuleSet
+) -> list[int] | None:
+    """The installments missed in a row up to this posting, if it completes a run."""
+    if not reads_story(posting):
+        return None
+    needed = int(ruleset.rule("missed_consecutive").params["consecutive"])
+    # The latest status of each installment (a later posting of one replaces it).
+    latest = {memo.installment_no: memo.status for memo in earlier}
+    run = [posting.installment_no - back for back in range(1, needed)]
+    if all(latest.get(no) == RepaymentStatus.MISSED for no in run):
+        return sorted([*run, posting.installment_no])
+    return None
 
 
 # --- visit rules --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -202,6 +202,7 @@ async def history(session: AsyncSession, alert_id: uuid.UUID) -> list[AlertHisto
 
 # Events a rule looks at; both are about a loan whose facts come by `loan-registered`.
 LoanEvent = RepaymentPosted | VisitCompleted
+E = TypeVar("E", RepaymentPosted, VisitCompleted)
 
 
 async def on_loans_registered(session: AsyncSession, events: Sequence[LoanRegistered]) -> None:
@@ -268,37 +269,49 @@ async def _evaluate(
         return
     postings = [e for e in events if isinstance(e, RepaymentPosted)]
     visits = [e for e in events if isinstance(e, VisitCompleted)]
-    fresh = await repository.remember(
-        session, RepaymentMemory, [_posting_memo_row(e) for e in postings]
+    postings = _fresh(
+        postings,
+        await repository.remember(session, RepaymentMemory, _posting_memory(postings)),
     )
-    fresh |= await repository.remember(session, VisitMemory, [_visit_memo_row(e) for e in visits])
-    postings = [e for e in postings if e.event_id in fresh]
-    visits = [e for e in visits if e.event_id in fresh]
+    visits = _fresh(visits, await repository.remember(session, VisitMemory, _visit_memory(visits)))
     if not postings and not visits:
         return
     ruleset = rules.current()
     # The consecutive-miss rule reads the latest posting of a few installments back; a few
-    # postings per installment (a partial, then the rest) are allowed for.
+    # postings per installment (a partial, then the rest) are allowed for. Only the loans
+    # with a posting that looks at its story (a miss) have theirs read back: most postings
+    # of a month end are paid, and reading ten rows back for each was a third of the
+    # worker's CPU.
     lookback = 3 * int(ruleset.rule("missed_consecutive").params["consecutive"])
+    storied = {e.loan_id for e in postings if rules.reads_story(e)}
     posting_story = await repository.postings_of(
-        session, Counter(e.loan_id for e in postings), lookback
+        session, Counter(e.loan_id for e in postings if e.loan_id in storied), lookback
     )
     visit_story = await repository.visits_of(
         session, {e.loan_id for e in visits}, _story_start(visits, ruleset)
     )
     loans = {e.loan_id for e in postings} | {e.loan_id for e in visits}
     active = await repository.active_alerts(session, loans)
-    triage = Triage([_state(alert) for alert in active], ruleset, datetime.now(UTC))
+    triage = Triage([_state(row) for row in active], ruleset, datetime.now(UTC))
     decide(triage, postings, visits, posting_story, visit_story, known, ruleset)
     await _write(session, triage)
+
+
+def _fresh(events: list[E], fresh: set[uuid.UUID]) -> list[E]:
+    """The events remembered just now. A batch's ids are distinct, so as many fresh ids as
+    events means all of them (the usual case: the inbox let only fresh events through)."""
+    if len(fresh) == len(events):
+        return events
+    return [e for e in events if e.event_id in fresh]
 
 
 def decide(
     triage: Triage,
     postings: Sequence[RepaymentPosted],
     visits: Sequence[VisitCompleted],
-    # Rows of repayment_memory (repository.postings_of): seq, event_id, loan_id, ...
-    posting_story: Sequence[Any],
+    # The loans' latest remembered postings (repository.postings_of), for the loans of
+    # the batch's postings that read their story (`rules.reads_story`).
+    posting_story: Sequence[repository.StoryPosting],
     visit_story: Sequence[VisitMemory],
     known: Mapping[str, rules.KnownLoan],
     ruleset: rules.RuleSet,
@@ -306,21 +319,24 @@ def decide(
     """Feed each event's findings to triage in the events' order. Each event sees the
     loan's story up to itself (the memory holds the batch's events too, in batch order).
     Repayment and visit families are apart, so postings go first, then visits."""
-    seq_of = {memo.event_id: memo.seq or 0 for memo in posting_story}
+    seq_of = {row[0]: row[1] for row in posting_story}
     seq_of |= {memo.event_id: memo.seq or 0 for memo in visit_story}
     paid_story: dict[str, list[tuple[int, rules.PostingMemo]]] = defaultdict(list)
-    for memo in posting_story:
-        paid_story[memo.loan_id].append((memo.seq or 0, _posting_memo(memo)))
+    for row in posting_story:
+        paid_story[row[2]].append((row[1], _posting_memo(row)))
     seen_story: dict[str, list[tuple[int, rules.VisitMemo]]] = defaultdict(list)
     for visit_memo in visit_story:
         seen_story[visit_memo.loan_id].append((visit_memo.seq or 0, _visit_memo(visit_memo)))
 
     for posting in postings:
-        seq = seq_of[posting.event_id]
-        earlier = [memo for s, memo in paid_story[posting.loan_id] if s < seq]
+        earlier: list[rules.PostingMemo] = []
+        if rules.reads_story(posting):
+            seq = seq_of[posting.event_id]
+            earlier = [memo for s, memo in paid_story[posting.loan_id] if s < seq]
         for finding in rules.repayment_findings(posting, earlier, ruleset):
             triage.found(posting.loan_id, posting.event_id, posting.occurred_at, finding)
-        if rules.cures(posting):
+        # The note is written only for a loan with something to cure (few of them).
+        if rules.cures(posting) and triage.has_repayment_alert(posting.loan_id):
             note = (
                 f"cured by posting {posting.event_id}: installment {posting.installment_no} "
                 "paid, 0 days past due"
@@ -337,6 +353,7 @@ def decide(
 async def _write(session: AsyncSession, triage: Triage) -> None:
     """Updates first: a cure closes an alert before the same batch may open its family again."""
     await repository.update_alerts(session, [_alert_row(a) for a in triage.updated])
+    await repository.count_alerts(session, [_count_row(a) for a in triage.counted])
     for chunk in _chunks([_alert_row(a) for a in triage.inserted], ALERTS_PER_STATEMENT):
         await repository.add_alerts(session, chunk)
     await repository.add_history(session, [_fields_of(entry) for entry in triage.history])
@@ -349,29 +366,52 @@ def _story_start(visits: Sequence[VisitCompleted], ruleset: rules.RuleSet) -> da
     return min(v.ended_at for v in visits) - window if visits else datetime.now(UTC)
 
 
-def _state(alert: Alert) -> AlertState:
+def _state(row: repository.AlertRow) -> AlertState:
+    (
+        alert_id,
+        loan_id,
+        family,
+        rule,
+        category,
+        severity,
+        recommended_action,
+        status,
+        reason,
+        facts,
+        rule_version,
+        source_event_id,
+        created_at,
+        occurrences,
+        last_seen_at,
+        last_raised_at,
+        severity_since,
+        resolved_at,
+        resolved_by,
+        resolution_action,
+        resolution_note,
+    ) = row
     return AlertState(
-        alert_id=alert.alert_id,
-        loan_id=alert.loan_id,
-        family=alert.family,
-        rule=alert.rule,
-        category=Category(alert.category),
-        severity=Severity(alert.severity),
-        recommended_action=RecommendedAction(alert.recommended_action),
-        status=AlertStatus(alert.status),
-        reason=alert.reason,
-        facts=alert.facts,
-        rule_version=alert.rule_version,
-        source_event_id=alert.source_event_id,
-        created_at=alert.created_at,
-        occurrences=alert.occurrences,
-        last_seen_at=alert.last_seen_at,
-        last_raised_at=alert.last_raised_at,
-        severity_since=alert.severity_since,
-        resolved_at=alert.resolved_at,
-        resolved_by=alert.resolved_by,
-        resolution_action=alert.resolution_action,
-        resolution_note=alert.resolution_note,
+        alert_id=alert_id,
+        loan_id=loan_id,
+        family=family,
+        rule=rule,
+        category=Category(category),
+        severity=Severity(severity),
+        recommended_action=RecommendedAction(recommended_action),
+        status=AlertStatus(status),
+        reason=reason,
+        facts=facts,
+        rule_version=rule_version,
+        source_event_id=source_event_id,
+        created_at=created_at,
+        occurrences=occurrences,
+        last_seen_at=last_seen_at,
+        last_raised_at=last_raised_at,
+        severity_since=severity_since,
+        resolved_at=resolved_at,
+        resolved_by=resolved_by,
+        resolution_action=resolution_action,
+        resolution_note=resolution_note,
     )
 
 
@@ -383,42 +423,57 @@ def _fields_of(record: Any) -> dict[str, Any]:
 
 def _alert_row(alert: AlertState) -> dict[str, Any]:
     row = _fields_of(alert)
-    del row["new"], row["changed"]
+    del row["new"], row["changed"], row["rewritten"]
     return row
 
 
-def _posting_memo_row(event: RepaymentPosted) -> dict[str, Any]:
+def _count_row(alert: AlertState) -> dict[str, Any]:
     return {
-        "event_id": event.event_id,
-        "loan_id": event.loan_id,
-        "installment_no": event.installment_no,
-        "status": str(event.status),
-        "days_past_due": event.days_past_due,
-        "amount_due": event.amount_due,
-        "amount_paid": event.amount_paid,
-        "occurred_at": event.occurred_at,
+        "alert_id": alert.alert_id,
+        "occurrences": alert.occurrences,
+        "last_seen_at": alert.last_seen_at,
     }
 
 
-def _visit_memo_row(event: VisitCompleted) -> dict[str, Any]:
+def _posting_memory(postings: Sequence[RepaymentPosted]) -> dict[str, list[Any]]:
+    """What the memory keeps of postings, a list per column."""
     return {
-        "event_id": event.event_id,
-        "loan_id": event.loan_id,
-        "occasion": rules.occasion(event),
-        "outcome": str(event.outcome),
-        "ended_at": event.ended_at,
+        "event_id": [e.event_id for e in postings],
+        "loan_id": [e.loan_id for e in postings],
+        "installment_no": [e.installment_no for e in postings],
+        "status": [str(e.status) for e in postings],
+        "days_past_due": [e.days_past_due for e in postings],
+        "amount_due": [e.amount_due for e in postings],
+        "amount_paid": [e.amount_paid for e in postings],
+        "occurred_at": [e.occurred_at for e in postings],
     }
 
 
-def _posting_memo(row: Any) -> rules.PostingMemo:
+def _visit_memory(visits: Sequence[VisitCompleted]) -> dict[str, list[Any]]:
+    """What the memory keeps of visits, a list per column."""
+    return {
+        "event_id": [e.event_id for e in visits],
+        "loan_id": [e.loan_id for e in visits],
+        "occasion": [rules.occasion(e) for e in visits],
+        "outcome": [str(e.outcome) for e in visits],
+        "ended_at": [e.ended_at for e in visits],
+    }
+
+
+def _posting_memo(row: repository.StoryPosting) -> rules.PostingMemo:
+    event_id, _, _, installment_no, status, days_past_due, amount_due, amount_paid = row
     return rules.PostingMemo(
-        event_id=row.event_id,
-        installment_no=row.installment_no,
-        status=RepaymentStatus(row.status),
-        days_past_due=row.days_past_due,
-        amount_due=str(row.amount_due),
-        amount_paid=str(row.amount_paid),
+        event_id=event_id,
+        installment_no=installment_no,
+        status=_REPAYMENT_STATUS[status],
+        days_past_due=days_past_due,
+        amount_due=str(amount_due),
+        amount_paid=str(amount_paid),
     )
+
+
+# A lookup, not an enum call, per row read back.
+_REPAYMENT_STATUS = {str(status): status for status in RepaymentStatus}
 
 
 def _visit_memo(row: VisitMemory) -> rules.VisitMemo:

@@ -11,6 +11,7 @@ event times (`occurred_at`), so a replay decides exactly as the first pass did.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -57,9 +58,11 @@ class AlertState:
     resolved_by: str | None = None
     resolution_action: str | None = None
     resolution_note: str | None = None
-    # Inserted by this batch (else updated when `changed`).
+    # Inserted by this batch (else updated when `changed`; only its count and last
+    # sighting changed unless `rewritten`: escalated, announced again or cured).
     new: bool = False
     changed: bool = False
+    rewritten: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class Triage:
         # The newest active alert of a family wins should old data hold two.
         for alert in sorted(active, key=lambda a: a.created_at):
             self._open[(alert.loan_id, alert.family)] = alert
+        # Loans with an active alert: most postings of a month end cure a loan that has
+        # none, and that is answered without looking at every family.
+        self._loans_open = Counter(loan_id for loan_id, _ in self._open)
         self._touched: dict[uuid.UUID, AlertState] = {}
         self.history: list[HistoryEntry] = []
         self.announced: list[AlertRaised] = []
@@ -101,7 +107,14 @@ class Triage:
 
     @property
     def updated(self) -> list[AlertState]:
-        return [a for a in self._touched.values() if a.changed and not a.new]
+        """Active alerts the batch rewrote (escalated, announced again, cured)."""
+        return [a for a in self._touched.values() if a.rewritten and not a.new]
+
+    @property
+    def counted(self) -> list[AlertState]:
+        """Active alerts the batch only saw again: their count and last sighting changed,
+        nothing else (most of a month end's findings on a loan already in arrears)."""
+        return [a for a in self._touched.values() if a.changed and not a.rewritten and not a.new]
 
     # --- decisions ------------------------------------------------------------------------
 
@@ -123,6 +136,7 @@ class Triage:
         if occurred_at - alert.last_raised_at >= suppress:
             # Still there after the window: the desk is told again, the alert is the same.
             alert.last_raised_at = occurred_at
+            alert.rewritten = True
             days = int(suppress / timedelta(days=1))
             note = f"seen again after {days} days of suppression ({alert.occurrences} times)"
             self._record(alert, "re_raised", alert.status, note, event_id, finding)
@@ -130,8 +144,20 @@ class Triage:
         else:
             self.repeats += 1
 
+    def has_repayment_alert(self, loan_id: str) -> bool:
+        """Whether the loan has an active repayment alert (one a cure would resolve)."""
+        if not self._loans_open[loan_id]:
+            return False
+        return any(
+            alert.category == Category.REPAYMENT
+            for family in self._ruleset.families
+            if (alert := self._open.get((loan_id, family))) is not None
+        )
+
     def cure(self, loan_id: str, event_id: uuid.UUID, note: str) -> None:
         """Resolve the loan's active repayment alerts: the loan is current again."""
+        if not self._loans_open[loan_id]:
+            return
         # The loan's alerts are found by family (a handful), not by walking every open
         # alert of the batch for each paid posting.
         for family in self._ruleset.families:
@@ -145,8 +171,10 @@ class Triage:
             alert.resolved_by = SYSTEM
             alert.resolution_action = CURED
             alert.resolution_note = note
+            alert.rewritten = True
             self._touch(alert)
             del self._open[key]
+            self._loans_open[loan_id] -= 1
             self.history.append(
                 HistoryEntry(
                     alert.alert_id,
@@ -190,6 +218,7 @@ class Triage:
             new=True,
         )
         self._open[(loan_id, rule.family)] = alert
+        self._loans_open[loan_id] += 1
         self._touched[alert.alert_id] = alert
         self._record(alert, "raised", None, finding.reason, event_id, finding)
         self._announce(alert, event_id)
@@ -209,6 +238,7 @@ class Triage:
         alert.facts = dict(finding.facts)
         alert.rule_version = self._ruleset.version
         alert.last_raised_at = occurred_at
+        alert.rewritten = True
         note = f"escalated {before.rule} → {rule.code} ({before.severity} → {alert.severity})"
         self._record(alert, "escalated", alert.status, note, event_id, finding)
         self._announce(alert, event_id)

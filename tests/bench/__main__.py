@@ -163,6 +163,9 @@ async def _phases(
         ]
         if mode == "soak":
             steps = []
+        # BENCH_ONLY=throughput (a phase's first word): one phase, for a quick comparison.
+        if only := os.environ.get("BENCH_ONLY"):
+            steps = [step for step in steps if step[0].split(":")[0] == only]
         if sizes.soak:
             steps.append((f"soak: {sizes.soak:,} postings through both workers", soak.run))
         for title, step in steps:

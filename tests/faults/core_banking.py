@@ -88,7 +88,7 @@ async def register(scheduler: httpx.AsyncClient, loans: list[str]) -> None:
             headers=CORE_BANKING | {"content-type": "application/x-ndjson"},
         )
         response.raise_for_status()
-        if response.json()["imported"] != len(lines):
+        if response.json()["accepted"] != len(lines):
             raise RuntimeError(f"loan import took {response.json()} of {len(lines)} lines")
 
 

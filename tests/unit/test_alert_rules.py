@@ -147,6 +147,21 @@ def test_a_miss_after_a_paid_installment_is_not_consecutive() -> None:
     assert _codes(found) == ["dpd_1"]
 
 
+@pytest.mark.parametrize(
+    ("status", "dpd"),
+    [("paid", 0), ("paid", 12), ("partial", 0), ("partial", 45), ("reversed", 3)],
+)
+def test_only_a_miss_reads_the_loans_story(status: str, dpd: int) -> None:
+    """The worker reads a loan's earlier postings back only for a posting that
+    `reads_story`: for any other, a story of misses must change nothing."""
+    posting = _posting(status, dpd, installment_no=7)
+    story = [_missed(no) for no in range(1, 7)]
+    assert not rules.reads_story(posting)
+    with_story = rules.repayment_findings(posting, story, RULES)
+    assert _codes(with_story) == _codes(rules.repayment_findings(posting, [], RULES))
+    assert rules.reads_story(_posting("missed", dpd, installment_no=7))
+
+
 # --- visit --------------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from services.alerts import rules
 from services.alerts.rules import Finding
-from services.alerts.triage import Triage
+from services.alerts.triage import AlertState, Triage
+from shared.vocabulary import AlertStatus
 
 RULES = rules.current()
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -79,3 +80,63 @@ def test_a_cure_resolves_the_loans_repayment_alerts_only_and_a_new_arrear_opens_
     assert str(cure) in (cured.resolution_note or "")
     [entry] = [h for h in triage.history if h.action == "cured"]
     assert (entry.from_status, entry.to_status, entry.who) == ("open", "resolved", "system")
+
+
+def _active(loan_id: str, finding: Finding, *, last_raised: datetime = T0) -> AlertState:
+    """An alert a batch found active in the database."""
+    rule = finding.rule
+    return AlertState(
+        alert_id=uuid.uuid4(),
+        loan_id=loan_id,
+        family=rule.family,
+        rule=rule.code,
+        category=rule.category,
+        severity=rule.severity,
+        recommended_action=rule.action,
+        status=AlertStatus.OPEN,
+        reason=finding.reason,
+        facts=dict(finding.facts),
+        rule_version=RULES.version,
+        source_event_id=uuid.uuid4(),
+        created_at=T0,
+        occurrences=1,
+        last_seen_at=last_raised,
+        last_raised_at=last_raised,
+        severity_since=T0,
+    )
+
+
+def test_an_alert_only_seen_again_is_counted_and_the_others_rewritten() -> None:
+    """The worker writes a counted alert as its count and last sighting only: whatever
+    else changes on an alert must put it among the rewritten."""
+    seen, worse, late, cured = (_active(f"L-{n}", _arrears(35)) for n in range(4))
+    triage = Triage([seen, worse, late, cured], RULES, NOW)
+    triage.found("L-0", uuid.uuid4(), T0 + timedelta(days=2), _arrears(37))
+    triage.found("L-1", uuid.uuid4(), T0 + timedelta(days=60), _arrears(95))
+    triage.found("L-2", uuid.uuid4(), T0 + timedelta(days=8), _arrears(43))
+    triage.cure("L-3", uuid.uuid4(), "cured")
+
+    assert triage.counted == [seen]
+    assert (seen.occurrences, seen.last_seen_at) == (2, T0 + timedelta(days=2))
+    assert (seen.rule, seen.last_raised_at, seen.status) == ("dpd_30", T0, "open")
+    assert {a.loan_id for a in triage.updated} == {"L-1", "L-2", "L-3"}
+    assert (worse.rule, late.last_raised_at, cured.status) == (
+        "dpd_90",
+        T0 + timedelta(days=8),
+        "resolved",
+    )
+    assert triage.inserted == []
+
+
+def test_only_a_loan_with_an_active_repayment_alert_has_something_to_cure() -> None:
+    unreachable = Finding(RULES.rule("borrower_unreachable"), "unreachable", {})
+    triage = Triage([_active("L-1", _arrears(35)), _active("L-2", unreachable)], RULES, NOW)
+    assert triage.has_repayment_alert("L-1")
+    assert not triage.has_repayment_alert("L-2")  # a contact alert: no cure for it
+    assert not triage.has_repayment_alert("L-3")
+    triage.found("L-3", uuid.uuid4(), T0, _arrears(5))
+    assert triage.has_repayment_alert("L-3")
+    triage.cure("L-1", uuid.uuid4(), "cured")
+    assert not triage.has_repayment_alert("L-1")
+    triage.cure("L-2", uuid.uuid4(), "cured")
+    assert triage.updated[0].loan_id == "L-1" and len(triage.updated) == 1

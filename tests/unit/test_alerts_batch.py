@@ -4,16 +4,24 @@ the vocabulary's CHECKs as the migrations wrote them, and no remote call on the 
 from __future__ import annotations
 
 import ast
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import CheckConstraint, Table
 
-from services.alerts import models
+from services.alerts import models, repository, service
 from services.alerts.service import latest_per_loan
 from shared.events import LoanRegistered
-from shared.vocabulary import AgreedUsage, CreditGrade
+from shared.vocabulary import (
+    AgreedUsage,
+    AlertStatus,
+    Category,
+    CreditGrade,
+    RecommendedAction,
+    Severity,
+)
 
 ALERTS = Path(models.__file__).resolve().parent
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -84,3 +92,37 @@ def test_the_alerts_service_calls_no_other_service() -> None:
                 imported.add(node.module)
     assert "shared.events" in imported  # the scan sees the imports
     assert {"httpx", "shared.service_client"} & imported == set()
+
+
+def test_an_active_alert_read_as_a_row_is_the_alert_triage_works_on() -> None:
+    """The batch reads active alerts as plain rows in `ALERT_ROW_COLUMNS` order; each
+    column must land in its own field, enums as enums."""
+    values: dict[str, object] = {
+        "alert_id": uuid.uuid4(),
+        "loan_id": "L-1",
+        "family": "arrears",
+        "rule": "dpd_30",
+        "category": "repayment",
+        "severity": "medium",
+        "recommended_action": "phone_visit",
+        "status": "acknowledged",
+        "reason": "35 days past due",
+        "facts": {"days_past_due": 35},
+        "rule_version": 3,
+        "source_event_id": uuid.uuid4(),
+        "created_at": T0,
+        "occurrences": 4,
+        "last_seen_at": T0 + timedelta(days=1),
+        "last_raised_at": T0 + timedelta(days=2),
+        "severity_since": T0 + timedelta(days=3),
+        "resolved_at": T0 + timedelta(days=4),
+        "resolved_by": "desk",
+        "resolution_action": "payment_plan",
+        "resolution_note": "note",
+    }
+    assert set(values) == set(repository.ALERT_ROW_COLUMNS)
+    state = service._state(tuple(values[name] for name in repository.ALERT_ROW_COLUMNS))
+    assert {name: getattr(state, name) for name in values} == values
+    assert isinstance(state.status, AlertStatus) and isinstance(state.category, Category)
+    assert isinstance(state.severity, Severity)
+    assert isinstance(state.recommended_action, RecommendedAction)
