@@ -43,7 +43,9 @@ async def in_process_system(database_url: str, bootstrap: str) -> AsyncIterator[
         "database_url": database_url,
         "kafka_bootstrap_servers": bootstrap,
     }
-    scheduler_settings = SchedulerSettings(**common)
+    # The worker's daily portfolio re-plan would re-plan every test's loans in the middle of
+    # the suite: the tests that need it run it scoped to their own region.
+    scheduler_settings = SchedulerSettings(**common, replan_check_seconds=0)
     # One agent drains a 100-visit offline queue twice, the benchmark captures as fast as
     # it can: the per-agent rate limits are tested on an app of their own
     # (tests/integration/test_visit_evidence.py), not here.

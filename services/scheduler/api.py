@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -14,6 +15,8 @@ from services.scheduler.loan_import import MAX_LINE_BYTES, import_lines, numbere
 from services.scheduler.models import VisitTask
 from services.scheduler.registration import Registered, register_loans
 from services.scheduler.schemas import (
+    AbsencesIn,
+    AbsencesOut,
     AgentIn,
     AgentOut,
     ImportResult,
@@ -24,6 +27,7 @@ from services.scheduler.schemas import (
     TaskOut,
     TaskQuery,
 )
+from services.scheduler.valuations import ValuationLine, ValuationResult, import_valuations
 from shared.app import SessionDep
 from shared.auth import Principal, require_roles
 from shared.db import unit_of_work
@@ -148,6 +152,44 @@ async def import_loans(request: Request, _caller: Integration) -> ImportResult:
     return result
 
 
+VALUATIONS_ROUTE = "POST /v1/valuations"
+_VALUATIONS_BODY = {
+    "required": True,
+    "description": "NDJSON: one ValuationLine per line (loan_id, valuation, valued_on).",
+    "content": {NDJSON: {"schema": {"type": "array", "items": ValuationLine.model_json_schema()}}},
+}
+
+
+@router.post(
+    "/valuations",
+    response_model=ValuationResult,
+    responses=problems(413, 422),
+    openapi_extra={"requestBody": _VALUATIONS_BODY},
+)
+async def post_valuations(request: Request, _caller: Integration) -> ValuationResult:
+    """Vehicle prices in bulk, read as they stream in: each loan's LTV is recomputed (an
+    older valuation than the one stored is ignored), a loan whose LTV reaches the visit
+    policy's limit gets a collateral review and a higher tier, and every loan whose value
+    changed is announced on `loan-registered`. Bad lines are reported by number."""
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    result = await import_valuations(sessions, numbered_lines(request.stream()))
+    if result.accepted == 0:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "no valuation in the body could be applied",
+            errors=[
+                {
+                    "field": f"line[{r.line}]" + (f".{r.field}" if r.field else ""),
+                    "message": r.reason,
+                }
+                for r in result.rejected_lines
+            ]
+            or [{"field": "body", "message": "no valuations"}],
+        )
+    return result
+
+
 @router.get("/loans/{loan_id}", response_model=LoanOut, responses=problems(404))
 async def get_loan(
     loan_id: LoanIdPath, session: SessionDep, request: Request, who: Reader
@@ -177,11 +219,23 @@ async def put_agent(
     return AgentOut.model_validate(agent, from_attributes=True)
 
 
+@router.put("/agents/{agent_id}/absences", response_model=AbsencesOut, responses=problems(404))
+async def put_absences(
+    agent_id: AgentIdPath, body: AbsencesIn, session: SessionDep, _: Supervisor
+) -> AbsencesOut:
+    """Replace the agent's absences (leave, training; both days included). Dispatch gives
+    it nothing due on those days, and its open tasks due then go to others."""
+    released = await service.replace_absences(session, agent_id, body)
+    return AbsencesOut(agent_id=agent_id, absences=body.absences, released_tasks=released)
+
+
 @router.get("/tasks", response_model=Page[TaskOut])
 async def list_tasks(
     session: SessionDep, who: Reader, filters: Annotated[TaskQuery, Query()]
 ) -> Page[TaskOut]:
-    """Tasks by filters; an agent always gets its own ("my tasks today": due_to=today)."""
+    """Tasks by filters; an agent always gets its own, soonest due first (overdue and
+    today's lead, marked `overdue`); `region` and `order=due` give a region's work by
+    urgency (a supervisor's view)."""
     return await _task_page(session, who, filters)
 
 
@@ -210,4 +264,6 @@ async def _task_page(session: SessionDep, who: Principal, filters: TaskQuery) ->
 
 
 def _task_out(task: VisitTask) -> TaskOut:
-    return TaskOut.model_validate(task, from_attributes=True)
+    out = TaskOut.model_validate(task, from_attributes=True)
+    out.overdue = task.status == "open" and task.due_on < datetime.now(UTC).date()
+    return out

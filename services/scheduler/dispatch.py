@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -26,6 +28,24 @@ from shared.db import unit_of_work
 from shared.failures import backoff_seconds
 
 log = logging.getLogger(__name__)
+
+
+async def dispatch_pass(
+    session: AsyncSession, batch: int, after: tuple[date, uuid.UUID] = repository.QUEUE_START
+) -> tuple[int, int, tuple[date, uuid.UUID]]:
+    """One pass in `session`, which holds the dispatch lock: up to `batch` waiting tasks
+    after `after` read and placed. (tasks read, tasks assigned, the last task read)."""
+    today = datetime.now(UTC).date()
+    waiting = await repository.waiting_tasks(session, batch, today, after)
+    if not waiting:
+        return 0, 0, after
+    roster = await repository.dispatch_roster(
+        session, {t.region for t in waiting}, {t.due_on for t in waiting}
+    )
+    plan = policy.assign_tasks(waiting, roster, today)
+    assigned = await repository.assign_tasks(session, plan, {t.task_id: t.due_on for t in waiting})
+    last = max(waiting, key=lambda t: (t.due_on, t.task_id))
+    return len(waiting), assigned, (last.due_on, last.task_id)
 
 
 class Dispatcher:
@@ -54,29 +74,30 @@ class Dispatcher:
         self.listening = asyncio.Event()
         self.notifications = 0
 
-    async def dispatch_once(self) -> tuple[int, int]:
-        """One pass: (tasks read, tasks assigned). (0, 0) while another replica holds the
-        dispatch lock; it sees the same notifications and does the work."""
+    async def dispatch_once(
+        self, after: tuple[date, uuid.UUID] = repository.QUEUE_START
+    ) -> tuple[int, int]:
+        """One pass over the waiting tasks after `after`: (tasks read, tasks assigned).
+        (0, 0) while another replica holds the dispatch lock; it sees the same
+        notifications and does the work."""
+        read, assigned, _ = await self._pass(after)
+        return read, assigned
+
+    async def _pass(self, after: tuple[date, uuid.UUID]) -> tuple[int, int, tuple[date, uuid.UUID]]:
         async with unit_of_work(self._sessions) as session:
             if not await repository.try_dispatch_lock(session):
-                return 0, 0
-            waiting = await repository.waiting_tasks(session, self._batch)
-            if not waiting:
-                return 0, 0
-            roster = await repository.dispatch_roster(
-                session, {t.region for t in waiting}, {t.due_on for t in waiting}
-            )
-            assigned = await repository.assign_tasks(session, policy.assign_tasks(waiting, roster))
-            return len(waiting), assigned
+                return 0, 0, after
+            return await dispatch_pass(session, self._batch, after)
 
     async def drain(self) -> int:
-        """Passes until the queue of dispatchable tasks is empty; how many were assigned."""
-        total = 0
+        """Passes through the whole queue of dispatchable tasks, soonest first; how many
+        were assigned. Each pass starts after the last task the one before it read, so a
+        head of tasks a pass could not place never hides the ones behind it."""
+        total, after = 0, repository.QUEUE_START
         while True:
-            read, assigned = await self.dispatch_once()
+            read, assigned, after = await self._pass(after)
             total += assigned
-            # Only tasks some agent can do are read, so a full pass means more may wait.
-            if read < self._batch or assigned == 0:
+            if read < self._batch:
                 return total
 
     async def run(self) -> None:

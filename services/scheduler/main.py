@@ -6,7 +6,8 @@ import gc
 
 from fastapi import FastAPI
 
-from services.scheduler.api import IMPORT_ROUTE, router
+from services.scheduler import policy_api
+from services.scheduler.api import IMPORT_ROUTE, VALUATIONS_ROUTE, router
 from services.scheduler.models import health, outbox
 from services.scheduler.registration import digest_key
 from services.scheduler.settings import SchedulerSettings
@@ -24,8 +25,11 @@ def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
     app = create_app(
         settings,
         title="Huifang scheduler",
-        routers=[router],
-        body_limits={IMPORT_ROUTE: settings.max_import_bytes},
+        routers=[router, policy_api.router],
+        body_limits={
+            IMPORT_ROUTE: settings.max_import_bytes,
+            VALUATIONS_ROUTE: settings.max_import_bytes,
+        },
         readiness=workers,
     )
     app.state.cipher = PiiCipher(settings.pii_key)

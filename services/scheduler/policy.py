@@ -1,8 +1,11 @@
-"""Visit planning policy: pure functions, no I/O (unit-tested without a database).
+"""Visit planning policy: pure functions of a `PolicyInForce` (visit_policy.py), no I/O
+(unit-tested without a database).
 
-Frequency follows the borrower's risk tier (credit grade) and repayment standing, as the
-lender's procedure asks: high risk is visited more often, overdue loans sooner, and a clean
-record less often.
+Frequency follows the loan's risk tier (credit grade, loan-to-value, remaining term, moved
+down by a clean record and up by bad findings and alerts) and its repayment standing, as
+the lender's procedure asks. The daily re-plan (replan.py) applies the same rules to the
+whole portfolio in SQL; `routine_visits` is their reference, and the tests hold the two
+to each other.
 """
 
 from __future__ import annotations
@@ -12,30 +15,34 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from services.scheduler.visit_policy import (
+    BadFinding,
+    PolicyInForce,
+    RiskTierRules,
+    Tier,
+    VisitAsk,
+)
+from shared.events import VisitFindings
 from shared.vocabulary import (
-    SERIOUS_ARREARS_DPD,
-    CreditGrade,
+    EmploymentStatus,
+    IncomeChange,
     RecommendedAction,
     RepaymentStatus,
+    Severity,
+    VehicleCondition,
+    VehicleUsage,
     VisitMethod,
     VisitOutcome,
 )
 
-# Days between routine visits by credit grade: A/B months apart, D/E every few weeks.
-ROUTINE_INTERVAL_DAYS: dict[CreditGrade, int] = {
-    CreditGrade.A: 180,
-    CreditGrade.B: 120,
-    CreditGrade.C: 60,
-    CreditGrade.D: 30,
-    CreditGrade.E: 14,
-}
-OVERDUE_INTERVAL_DAYS = 7
-URGENT_CALL_DAYS = 2
-FIELD_INSPECTION_DAYS = 7
-# From the M1 bucket on, the car is inspected in the field.
-FIELD_DPD_THRESHOLD = SERIOUS_ARREARS_DPD
+# How far events can move a loan from the tier its facts give (in tiers, either way).
+MAX_TIER_SHIFT = 2
+# The rules the daily re-plan owns: a task of one of these is re-planned with the policy;
+# tasks of any other rule (arrears, alerts, findings, collateral) are left as planned.
+ROUTINE_RULES = ("first_follow_up", "routine_contact", "field_inspection", "third_party_check")
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,12 @@ class PlannedVisit:
     due_on: date
     rule: str
     inputs: dict[str, Any] = field(default_factory=dict)
+    policy_version: int = 0
 
     @property
     def reason(self) -> dict[str, Any]:
-        """What a task shows as `reason`: the rule and the inputs that produced it."""
-        return {"rule": self.rule, **self.inputs}
+        """What a task shows as `reason`: the rule, its inputs and the policy version."""
+        return {"rule": self.rule, "inputs": self.inputs, "policy_version": self.policy_version}
 
 
 def add_months(day: date, months: int) -> date:
@@ -57,51 +65,181 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
-def first_follow_up(disbursed_on: date) -> PlannedVisit:
-    """The first follow-up: a phone visit one calendar month after disbursement."""
+def months_between(start: date, end: date) -> int:
+    """Whole months from `start` to `end` (PostgreSQL's `age` counts them the same way)."""
+    months = (end.year - start.year) * 12 + end.month - start.month
+    return months - 1 if end.day < start.day else months
+
+
+def remaining_term(term_months: int, disbursed_on: date, today: date) -> int:
+    return max(term_months - months_between(disbursed_on, today), 0)
+
+
+_LTV_PLACES = Decimal("0.0001")
+
+
+def loan_to_value(principal: Decimal, valuation: Decimal) -> Decimal | None:
+    """principal / valuation to four places; None for a car valued at nothing."""
+    if valuation <= 0:
+        return None
+    return (principal / valuation).quantize(_LTV_PLACES, rounding=ROUND_HALF_UP)
+
+
+def tier_points(
+    rules: RiskTierRules, *, credit_grade: str, ltv: Decimal | None, remaining_months: int
+) -> int:
+    """Points of the loan's facts: its grade's, and the highest LTV and term band reached
+    (a car valued at nothing reaches every LTV band)."""
+    grade = next(points for g, points in rules.grade_points.items() if g == credit_grade)
+    ltv_points = max(
+        (b.points for b in rules.ltv_bands if ltv is None or ltv >= b.from_ratio), default=0
+    )
+    term_points = max(
+        (b.points for b in rules.remaining_term_bands if remaining_months >= b.from_months),
+        default=0,
+    )
+    return grade + ltv_points + term_points
+
+
+def risk_tier(
+    rules: RiskTierRules,
+    *,
+    credit_grade: str,
+    ltv: Decimal | None,
+    remaining_months: int,
+    shift: int = 0,
+) -> Tier:
+    """The tier the facts give, moved by `shift` (clean record down, bad signs up)."""
+    points = tier_points(
+        rules, credit_grade=credit_grade, ltv=ltv, remaining_months=remaining_months
+    )
+    base = (
+        Tier.HIGH
+        if points >= rules.high_from
+        else Tier.MEDIUM
+        if points >= rules.medium_from
+        else Tier.LOW
+    )
+    return Tier(min(max(base + shift, Tier.LOW), Tier.HIGH))
+
+
+def shifted(shift: int, by: int) -> int:
+    return min(max(shift + by, -MAX_TIER_SHIFT), MAX_TIER_SHIFT)
+
+
+def first_follow_up(p: PolicyInForce, disbursed_on: date) -> PlannedVisit:
+    """The first follow-up: by phone (the policy's method) a month after disbursement."""
+    rule = p.rules.first_follow_up
     return PlannedVisit(
-        method=VisitMethod.PHONE,
-        due_on=add_months(disbursed_on, 1),
+        method=VisitMethod(rule.method),
+        due_on=add_months(disbursed_on, rule.after_months),
         rule="first_follow_up",
-        inputs={"disbursed_on": disbursed_on.isoformat(), "offset": "1 month"},
+        inputs={"disbursed_on": disbursed_on.isoformat(), "after_months": rule.after_months},
+        policy_version=p.version,
     )
 
 
 def next_routine_visit(
-    *, visited_on: date, credit_grade: str, days_past_due: int, outcome: str
+    p: PolicyInForce, *, visited_on: date, tier: Tier, days_past_due: int, outcome: str
 ) -> PlannedVisit:
-    """The next visit after one was completed, by risk tier and repayment standing."""
-    interval = ROUTINE_INTERVAL_DAYS[CreditGrade(credit_grade)]
-    rule = "routine_by_grade"
-    method = VisitMethod.PHONE
+    """The next contact after a visit was completed, by risk tier and repayment standing."""
+    arrears = p.rules.arrears
+    months = p.rules.tiers.of(tier).contact_every_months
+    due_on, rule, method = add_months(visited_on, months), "routine_contact", VisitMethod.PHONE
     if days_past_due > 0:
-        interval, rule = min(interval, OVERDUE_INTERVAL_DAYS), "overdue_follow_up"
-    if days_past_due >= FIELD_DPD_THRESHOLD:
+        due_on = min(due_on, visited_on + timedelta(days=arrears.overdue_contact_every_days))
+        rule = "overdue_follow_up"
+    if days_past_due >= arrears.field_from_dpd:
         method = VisitMethod.FIELD
     if outcome in (VisitOutcome.BORROWER_UNREACHABLE, VisitOutcome.REFUSED):
         # A borrower who cannot be reached or refuses is seen in person, soon.
-        interval, rule = min(interval, FIELD_INSPECTION_DAYS), f"after_{outcome}"
-        method = VisitMethod.FIELD
+        due_on = min(due_on, visited_on + timedelta(days=arrears.unreachable_field_within_days))
+        rule, method = f"after_{outcome}", VisitMethod.FIELD
     return PlannedVisit(
         method=method,
-        due_on=visited_on + timedelta(days=interval),
+        due_on=due_on,
         rule=rule,
         inputs={
-            "credit_grade": str(credit_grade),
+            "risk_tier": tier.label,
             "days_past_due": days_past_due,
             "last_outcome": str(outcome),
             "last_visit_on": visited_on.isoformat(),
-            "interval_days": interval,
         },
+        policy_version=p.version,
+    )
+
+
+def routine_visits(
+    p: PolicyInForce,
+    *,
+    tier: Tier,
+    disbursed_on: date,
+    last_visit_on: date | None,
+    last_field_on: date | None,
+    last_third_party_on: date | None,
+) -> list[PlannedVisit]:
+    """A loan's routine plan, by method: a contact by its tier's cadence after the last
+    visit (the first follow-up before any), a field inspection by the tier's cadence after
+    the last one (or disbursement), a third-party check likewise. The re-plan's SQL
+    (replan.py) computes exactly this for the whole portfolio."""
+    cadence = p.rules.tiers.of(tier)
+    inputs = {"risk_tier": tier.label}
+    if last_visit_on is None:
+        contact = first_follow_up(p, disbursed_on)
+    else:
+        contact = PlannedVisit(
+            VisitMethod.PHONE,
+            add_months(last_visit_on, cadence.contact_every_months),
+            "routine_contact",
+            inputs | {"last_visit_on": last_visit_on.isoformat()},
+            p.version,
+        )
+    field_from = last_field_on or disbursed_on
+    checked_from = last_third_party_on or disbursed_on
+    return [
+        contact,
+        PlannedVisit(
+            VisitMethod.FIELD,
+            add_months(field_from, cadence.field_every_months),
+            "field_inspection",
+            inputs | {"since": field_from.isoformat()},
+            p.version,
+        ),
+        PlannedVisit(
+            VisitMethod.THIRD_PARTY,
+            add_months(checked_from, cadence.third_party_every_months),
+            "third_party_check",
+            inputs
+            | {"since": checked_from.isoformat(), "checks": list(p.rules.third_party_checks)},
+            p.version,
+        ),
+    ]
+
+
+def next_third_party_check(p: PolicyInForce, *, checked_on: date, tier: Tier) -> PlannedVisit:
+    """After a partner's report: the next check by the tier's cadence."""
+    cadence = p.rules.tiers.of(tier)
+    return PlannedVisit(
+        VisitMethod.THIRD_PARTY,
+        add_months(checked_on, cadence.third_party_every_months),
+        "third_party_check",
+        {
+            "risk_tier": tier.label,
+            "since": checked_on.isoformat(),
+            "checks": list(p.rules.third_party_checks),
+        },
+        p.version,
     )
 
 
 def visits_for_repayment(
-    *, posted_on: date, status: str, days_past_due: int, installment_no: int
+    p: PolicyInForce, *, posted_on: date, status: str, days_past_due: int, installment_no: int
 ) -> list[PlannedVisit]:
-    """A missed or partial installment: an urgent call, and at 30+ DPD a field inspection."""
+    """A missed or partial installment: an urgent call, and past the policy's DPD a field
+    inspection."""
     if status not in (RepaymentStatus.MISSED, RepaymentStatus.PARTIAL):
         return []
+    arrears = p.rules.arrears
     inputs = {
         "repayment_status": str(status),
         "days_past_due": days_past_due,
@@ -110,48 +248,134 @@ def visits_for_repayment(
     visits = [
         PlannedVisit(
             VisitMethod.PHONE,
-            posted_on + timedelta(days=URGENT_CALL_DAYS),
+            posted_on + timedelta(days=arrears.call_within_days),
             f"{status}_payment_call",
             inputs,
+            p.version,
         )
     ]
-    if days_past_due >= FIELD_DPD_THRESHOLD:
+    if days_past_due >= arrears.field_from_dpd:
         visits.append(
             PlannedVisit(
                 VisitMethod.FIELD,
-                posted_on + timedelta(days=FIELD_INSPECTION_DAYS),
-                f"dpd_{SERIOUS_ARREARS_DPD}_field_inspection",
+                posted_on + timedelta(days=arrears.field_within_days),
+                f"dpd_{arrears.field_from_dpd}_field_inspection",
                 inputs,
+                p.version,
             )
         )
     return visits
 
 
-# What an alert's recommended action asks of the field: the method and within how many days.
-VISIT_FOR_ACTION: dict[RecommendedAction, tuple[VisitMethod, int]] = {
-    RecommendedAction.PHONE_VISIT: (VisitMethod.PHONE, URGENT_CALL_DAYS),
-    RecommendedAction.FIELD_VISIT: (VisitMethod.FIELD, FIELD_INSPECTION_DAYS),
-    RecommendedAction.REPOSSESSION_REVIEW: (VisitMethod.FIELD, 2),
-}
+@dataclass(frozen=True)
+class Record:
+    """A loan's record towards a tier move: on-time installments in a row, whether its last
+    visit was clean, and how far events have moved its tier."""
+
+    on_time_streak: int
+    last_visit_clean: bool | None
+    tier_shift: int
+
+
+def after_posting(p: PolicyInForce, record: Record, *, status: str, days_past_due: int) -> Record:
+    """A posting's effect on the record: a paid, current installment extends the streak, any
+    other resets it; a long enough streak after a clean visit moves the loan a tier down
+    (and starts counting again)."""
+    if status != RepaymentStatus.PAID or days_past_due > 0:
+        return Record(0, record.last_visit_clean, record.tier_shift)
+    streak = record.on_time_streak + 1
+    clean = p.rules.clean_record
+    if streak >= clean.on_time_installments and record.last_visit_clean:
+        return Record(0, record.last_visit_clean, shifted(record.tier_shift, -clean.tiers_down))
+    return Record(streak, record.last_visit_clean, record.tier_shift)
+
+
+def bad_findings(p: PolicyInForce, findings: VisitFindings) -> list[BadFinding]:
+    """The policy's bad findings among a visit's."""
+    seen = {
+        BadFinding.VEHICLE_MISSING: findings.vehicle_condition == VehicleCondition.MISSING,
+        BadFinding.VEHICLE_DAMAGED: findings.vehicle_condition == VehicleCondition.DAMAGED,
+        BadFinding.VEHICLE_LENT_OUT: findings.vehicle_usage == VehicleUsage.LENT_OUT,
+        BadFinding.UNEMPLOYED: findings.employment_status == EmploymentStatus.UNEMPLOYED,
+        BadFinding.INCOME_DECREASED: findings.income_change == IncomeChange.DECREASED,
+        BadFinding.ENCUMBRANCE_DETECTED: bool(findings.encumbrance_detected),
+        BadFinding.DOCUMENTS_NOT_INTACT: findings.collateral_documents_intact is False,
+        BadFinding.REPAYMENT_DIFFICULTY: bool(findings.repayment_difficulty),
+    }
+    return [f for f in p.rules.bad_findings.findings if seen[f]]
+
+
+def _asked(
+    p: PolicyInForce, ask: VisitAsk, on: date, rule: str, inputs: dict[str, Any]
+) -> PlannedVisit:
+    return PlannedVisit(
+        VisitMethod(ask.method), on + timedelta(days=ask.within_days), rule, inputs, p.version
+    )
+
+
+def visit_for_findings(
+    p: PolicyInForce, *, visited_on: date, found: Sequence[BadFinding]
+) -> PlannedVisit | None:
+    """Bad findings ask for the policy's visit (a field inspection within a week)."""
+    if not found:
+        return None
+    return _asked(
+        p, p.rules.bad_findings.visit, visited_on, "bad_findings", {"findings": list(found)}
+    )
+
+
+def alert_tiers_up(p: PolicyInForce, severity: str) -> int:
+    """How many tiers an alert of `severity` moves its loan up."""
+    order = list(Severity)
+    alerts = p.rules.alerts
+    return (
+        alerts.tiers_up
+        if order.index(Severity(severity)) >= order.index(alerts.tier_up_from_severity)
+        else 0
+    )
 
 
 def visit_for_alert(
-    *, raised_on: date, recommended_action: str, rule: str, severity: str
+    p: PolicyInForce,
+    *,
+    raised_on: date,
+    recommended_action: str,
+    rule: str,
+    severity: str,
+    alert_id: uuid.UUID | None = None,
+    escalated_from: str | None = None,
 ) -> PlannedVisit | None:
-    """Alerts that recommend a visit get one; others are for the risk desk alone."""
-    if recommended_action not in VISIT_FOR_ACTION:
+    """Alerts whose recommended action the policy maps to a visit get one; the others are
+    for the risk desk alone. The visit names the alert, and the rule it escalated from when
+    the desk re-published it worse."""
+    ask = p.rules.alerts.visits.get(RecommendedAction(recommended_action))
+    if ask is None:
         return None
-    method, days = VISIT_FOR_ACTION[RecommendedAction(recommended_action)]
-    return PlannedVisit(
-        method,
-        raised_on + timedelta(days=days),
-        "alert_follow_up",
-        {
-            "alert_rule": rule,
-            "severity": str(severity),
-            "recommended_action": str(recommended_action),
-        },
+    inputs: dict[str, Any] = {
+        "alert_rule": rule,
+        "severity": str(severity),
+        "recommended_action": str(recommended_action),
+    }
+    if alert_id is not None:
+        inputs["alert_id"] = str(alert_id)
+    if escalated_from is not None:
+        inputs["escalated_from"] = escalated_from
+    return _asked(p, ask, raised_on, "alert_follow_up", inputs)
+
+
+def collateral_review(p: PolicyInForce, *, valued_on: date, ltv: Decimal | None) -> PlannedVisit:
+    """A valuation that took the LTV to or over the policy's limit: a collateral review."""
+    return _asked(
+        p,
+        p.rules.collateral.review,
+        valued_on,
+        "collateral_review",
+        {"ltv": None if ltv is None else str(ltv), "ltv_limit": str(p.rules.collateral.ltv_limit)},
     )
+
+
+def over_ltv_limit(p: PolicyInForce, ltv: Decimal | None) -> bool:
+    return ltv is None or ltv >= p.rules.collateral.ltv_limit
 
 
 # --- merging plans ------------------------------------------------------------------------
@@ -220,10 +444,13 @@ class AgentLoad:
     open_tasks: int
     due_that_day: int
     daily_capacity: int
+    # Whether the agent has worked this loan before: a borrower keeps its agent.
+    knows_borrower: bool = False
 
 
 def choose_agent(candidates: Sequence[AgentLoad]) -> str | None:
-    """Agents with room on the due day first, then fewest open tasks, then the lowest id.
+    """Agents with room on the due day first, then the borrower's own agent, then fewest
+    open tasks, then the lowest id.
 
     When every able agent is full that day the least loaded still gets the task: capacity
     orders the choice but is not a hard cap, so no task is left without someone to do it;
@@ -233,25 +460,33 @@ def choose_agent(candidates: Sequence[AgentLoad]) -> str | None:
         return None
     best = min(
         candidates,
-        key=lambda a: (a.due_that_day >= a.daily_capacity, a.open_tasks, a.agent_id),
+        key=lambda a: (
+            a.due_that_day >= a.daily_capacity,
+            not a.knows_borrower,
+            a.open_tasks,
+            a.agent_id,
+        ),
     )
     return best.agent_id
 
 
 @dataclass(frozen=True)
 class WaitingTask:
-    """An open task without an agent, with its loan's region."""
+    """An open task without an agent, with its loan's region, and the agent who last had a
+    task of the loan (None: nobody yet)."""
 
     task_id: uuid.UUID
     region: str
     method: str
     due_on: date
+    previous_agent: str | None = None
 
 
 @dataclass(frozen=True)
 class RosterAgent:
     """An active agent and its load: open tasks in all, and open tasks per due day (only
-    the days the dispatcher asked about need be there)."""
+    the days the dispatcher asked about need be there); the ISO weekdays it works and its
+    absences (first and last day)."""
 
     agent_id: str
     region: str
@@ -259,18 +494,59 @@ class RosterAgent:
     daily_capacity: int
     open_tasks: int
     due_by_day: Mapping[date, int]
+    working_days: frozenset[int] = frozenset(range(1, 8))
+    absences: tuple[tuple[date, date], ...] = ()
+
+    def works_on(self, day: date) -> bool:
+        return day.isoweekday() in self.working_days and not any(
+            first <= day <= last for first, last in self.absences
+        )
+
+
+# How far dispatch looks for a day the agent works when nobody able works the due day.
+SEARCH_DAYS = 31
+
+
+def available_day(agent: RosterAgent, due_on: date, today: date) -> date | None:
+    """The day `agent` can do a task due `due_on`: that day if it works then, else the
+    latest working day before it from today on (sooner is never worse for a visit), else
+    the first one after it (and not in the past: an overdue task is done from today)."""
+    if agent.works_on(due_on):
+        return due_on
+    day = due_on - timedelta(days=1)
+    while day >= max(today, due_on - timedelta(days=SEARCH_DAYS)):
+        if agent.works_on(day):
+            return day
+        day -= timedelta(days=1)
+    start = max(due_on + timedelta(days=1), today)
+    for ahead in range(SEARCH_DAYS):
+        day = start + timedelta(days=ahead)
+        if agent.works_on(day):
+            return day
+    return None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    agent_id: str
+    due_on: date
 
 
 def assign_tasks(
-    waiting: Sequence[WaitingTask], roster: Sequence[RosterAgent]
-) -> dict[uuid.UUID, str]:
-    """An agent for each waiting task that has an able one (same region, does the method).
+    waiting: Sequence[WaitingTask], roster: Sequence[RosterAgent], today: date | None = None
+) -> dict[uuid.UUID, Assignment]:
+    """An agent for each waiting task that has an able one (same region, does the method),
+    on a day it works.
 
-    Soonest tasks are served first, each by `choose_agent`, counting the tasks given out so
-    far in this pass, so a pass of hundreds of tasks spreads them as one at a time would.
-    Tasks with no able agent are left out (they keep waiting).
+    Soonest tasks are served first. Agents who work the due day are chosen among by
+    `choose_agent`; when none does, the task moves to the day nearest its due date that an
+    able agent works (earlier first). Loads count the tasks given out so far in this pass,
+    so a pass of hundreds of tasks spreads them as one at a time would. Tasks with no able
+    agent are left out (they keep waiting).
     """
+    today = today or min((t.due_on for t in waiting), default=date.min)
     open_tasks = {a.agent_id: a.open_tasks for a in roster}
+    capacity = {a.agent_id: a.daily_capacity for a in roster}
     due: dict[tuple[str, date], int] = {
         (a.agent_id, day): n for a in roster for day, n in a.due_by_day.items()
     }
@@ -278,23 +554,33 @@ def assign_tasks(
     for agent in roster:
         for method in agent.methods:
             able.setdefault((agent.region, method), []).append(agent)
-    assigned: dict[uuid.UUID, str] = {}
+    assigned: dict[uuid.UUID, Assignment] = {}
     for task in sorted(waiting, key=lambda t: (t.due_on, t.task_id)):
-        candidates = able.get((task.region, task.method), [])
+        days = {
+            a.agent_id: available_day(a, task.due_on, today)
+            for a in able.get((task.region, task.method), [])
+        }
+        reachable = {agent_id: day for agent_id, day in days.items() if day is not None}
+        if not reachable:
+            continue
+        # The day nearest the due date any able agent works, an earlier one on a tie.
+        day = min(reachable.values(), key=lambda d: (abs((d - task.due_on).days), d))
         chosen = choose_agent(
             [
                 AgentLoad(
-                    a.agent_id,
-                    open_tasks[a.agent_id],
-                    due.get((a.agent_id, task.due_on), 0),
-                    a.daily_capacity,
+                    agent_id,
+                    open_tasks[agent_id],
+                    due.get((agent_id, day), 0),
+                    capacity[agent_id],
+                    agent_id == task.previous_agent,
                 )
-                for a in candidates
+                for agent_id, works in reachable.items()
+                if works == day
             ]
         )
-        if chosen is None:
+        if chosen is None:  # pragma: no cover - reachable is never empty here
             continue
-        assigned[task.task_id] = chosen
+        assigned[task.task_id] = Assignment(chosen, day)
         open_tasks[chosen] += 1
-        due[(chosen, task.due_on)] = due.get((chosen, task.due_on), 0) + 1
+        due[(chosen, day)] = due.get((chosen, day), 0) + 1
     return assigned

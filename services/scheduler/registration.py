@@ -22,15 +22,16 @@ import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.scheduler import policy, repository
+from services.scheduler import policies, policy, replan, repository
 from services.scheduler.models import Loan, VisitTask, outbox
 from services.scheduler.schemas import LoanIn
+from services.scheduler.visit_policy import PolicyInForce
 from shared.events import LoanRegistered
 from shared.outbox import enqueue_many
 from shared.pii import PiiCipher
@@ -103,14 +104,14 @@ class FirstFollowUp:
     reason: str  # JSON
 
 
-def first_follow_ups(bodies: Iterable[LoanIn]) -> dict[date, FirstFollowUp]:
+def first_follow_ups(rules: PolicyInForce, bodies: Iterable[LoanIn]) -> dict[date, FirstFollowUp]:
     """The first follow-up of each disbursement date: it depends on nothing else, and a
     portfolio file has far fewer dates than loans, so each is planned (and its reason
     encoded) once per batch."""
     plans: dict[date, FirstFollowUp] = {}
     for body in bodies:
         if body.disbursed_on not in plans:
-            planned = policy.first_follow_up(body.disbursed_on)
+            planned = policy.first_follow_up(rules, body.disbursed_on)
             plans[body.disbursed_on] = FirstFollowUp(
                 planned.method, planned.due_on, _json(planned.reason)
             )
@@ -210,9 +211,12 @@ async def register_loans(
         for (loan_id, body), digest in zip(ordered, digests, strict=True)
         if stored.get(loan_id) != digest
     ]
-    plans = first_follow_ups(body for _, body, _ in fresh)
     written: dict[str, bool] = {}
-    if fresh:
+    plans: dict[date, FirstFollowUp] = {}
+    # The visit policy in force plans the first follow-up and gives the tier.
+    rules = await policies.current_policy(session) if fresh else None
+    if rules is not None:
+        plans = first_follow_ups(rules, (body for _, body, _ in fresh))
         result = await session.execute(_UPSERT, _loan_columns(cipher, fresh, plans))
         written = {loan_id: created for loan_id, created in result}
     created = frozenset(loan_id for loan_id, was_created in written.items() if was_created)
@@ -222,7 +226,9 @@ async def register_loans(
         await _plan_first_follow_ups(
             session, [(loan_id, plans[bodies[loan_id].disbursed_on]) for loan_id in created]
         )
-    if written:
+    if written and rules is not None:
+        # A registration's facts (grade, amounts, term) are the tier's inputs.
+        await replan.recompute_tiers(session, rules, datetime.now(UTC).date(), written)
         events = [loan_registered(loan_id, bodies[loan_id]) for loan_id in sorted(written)]
         await enqueue_many(session, outbox, events)
     return Registered(created, updated, frozenset(ids) - created - updated)

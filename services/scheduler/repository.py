@@ -15,27 +15,41 @@ list), never fetched and then refused:
 from __future__ import annotations
 
 import json
+import typing
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, exists, select, text, true
+from sqlalchemy import ColumnElement, DateTime, cast, exists, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.scheduler.models import Agent, Loan, VisitTask
-from services.scheduler.policy import RosterAgent, TaskPlan, WaitingTask
+from services.scheduler.policy import (
+    SEARCH_DAYS,
+    Assignment,
+    RosterAgent,
+    TaskPlan,
+    WaitingTask,
+)
 from services.scheduler.schemas import TaskQuery
 from shared.auth import Principal, Role
-from shared.pagination import Page, keyset_page
+from shared.events import RepaymentPlanApproved
+from shared.pagination import Page, SortKey, keyset_page
 
 T = TypeVar("T")
 
 # Every role reads the scheduler, each narrowed by the rules below.
 READERS: tuple[Role, ...] = ("agent", "supervisor", "ops", "integration", "admin")
 TASK_ORDER = (col(VisitTask.created_at), col(VisitTask.task_id))
+# Soonest due first: the due day as a timestamp, so the list's cursor is the usual one.
+DUE_ORDER = (
+    cast(col(VisitTask.due_on), DateTime(timezone=True)).label("due_at"),
+    col(VisitTask.task_id),
+)
 
 
 def visible_tasks(who: Principal) -> ColumnElement[bool]:
@@ -108,11 +122,18 @@ async def get_task_and_region(
 
 @dataclass(frozen=True)
 class LoanFacts:
-    """What planning needs of a loan."""
+    """What planning needs of a loan: its standing and the inputs of its risk tier."""
 
     loan_id: str
     credit_grade: str
     days_past_due: int
+    principal: Decimal
+    valuation: Decimal
+    term_months: int
+    disbursed_on: date
+    tier_shift: int
+    on_time_streak: int
+    last_visit_clean: bool | None
 
 
 async def lock_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[str, LoanFacts]:
@@ -121,22 +142,25 @@ async def lock_loans(session: AsyncSession, loan_ids: Collection[str]) -> dict[s
     deadlocking."""
     rows = await session.execute(
         text(
-            "SELECT loan_id, credit_grade, days_past_due FROM scheduler.loans"
+            "SELECT loan_id, credit_grade, days_past_due, principal, valuation, term_months,"
+            " disbursed_on, tier_shift, on_time_streak, last_visit_clean FROM scheduler.loans"
             " WHERE loan_id = ANY(CAST(:ids AS varchar[])) ORDER BY loan_id FOR UPDATE"
         ),
         {"ids": sorted(set(loan_ids))},
     )
-    return {r.loan_id: LoanFacts(r.loan_id, r.credit_grade, r.days_past_due) for r in rows}
+    return {r.loan_id: LoanFacts(*r) for r in rows}
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A visit that did the open task `task_id` of `loan_id`."""
+    """A visit that did the open task `task_id` of `loan_id`; a partner's report (method
+    `third_party`, no task named) does the loan's open third-party check."""
 
-    task_id: uuid.UUID
+    task_id: uuid.UUID | None
     loan_id: str
     visit_id: uuid.UUID
     completed_at: datetime
+    method: str = "phone"
 
 
 async def complete_tasks(session: AsyncSession, completions: Sequence[Completion]) -> None:
@@ -148,15 +172,20 @@ async def complete_tasks(session: AsyncSession, completions: Sequence[Completion
             "UPDATE scheduler.visit_tasks AS t"
             " SET status = 'completed', visit_id = v.visit_id, completed_at = v.completed_at"
             " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:loan_ids AS varchar[]),"
-            "             CAST(:visit_ids AS uuid[]), CAST(:completed AS timestamptz[]))"
-            "      AS v(task_id, loan_id, visit_id, completed_at)"
-            " WHERE t.task_id = v.task_id AND t.loan_id = v.loan_id AND t.status = 'open'"
+            "             CAST(:visit_ids AS uuid[]), CAST(:completed AS timestamptz[]),"
+            "             CAST(:methods AS varchar[]))"
+            "      AS v(task_id, loan_id, visit_id, completed_at, method)"
+            " WHERE t.loan_id = v.loan_id AND t.status = 'open'"
+            "   AND (t.task_id = v.task_id"
+            "        OR (v.task_id IS NULL AND v.method = 'third_party'"
+            "            AND t.method = 'third_party'))"
         ),
         {
             "task_ids": [c.task_id for c in completions],
             "loan_ids": [c.loan_id for c in completions],
             "visit_ids": [c.visit_id for c in completions],
             "completed": [c.completed_at for c in completions],
+            "methods": [c.method for c in completions],
         },
     )
 
@@ -212,12 +241,50 @@ async def upsert_tasks(session: AsyncSession, plans: Sequence[TaskPlan]) -> bool
 
 @dataclass(frozen=True)
 class Standing:
-    """What a batch learnt of a loan; None leaves a field as it is."""
+    """What a batch learnt of a loan; None leaves a field as it is (dates only move on)."""
 
     loan_id: str
     days_past_due: int | None = None
     last_repayment_status: str | None = None
     last_visit_on: date | None = None
+    last_field_on: date | None = None
+    last_third_party_on: date | None = None
+    last_visit_clean: bool | None = None
+    on_time_streak: int | None = None
+    tier_shift: int | None = None
+
+
+# (column, array type, how a batch's value merges with the stored one)
+_STANDING: tuple[tuple[str, str, str], ...] = (
+    ("days_past_due", "integer", "COALESCE(s.{c}, c.{c})"),
+    ("last_repayment_status", "varchar", "COALESCE(s.{c}, c.{c})"),
+    ("last_visit_on", "date", "GREATEST(c.{c}, s.{c})"),
+    ("last_field_on", "date", "GREATEST(c.{c}, s.{c})"),
+    ("last_third_party_on", "date", "GREATEST(c.{c}, s.{c})"),
+    ("last_visit_clean", "boolean", "COALESCE(s.{c}, c.{c})"),
+    ("on_time_streak", "smallint", "COALESCE(s.{c}, c.{c})"),
+    ("tier_shift", "smallint", "COALESCE(s.{c}, c.{c})"),
+)
+_STANDING_COLUMNS = [c for c, _, _ in _STANDING]
+# A loan whose standing this batch does not change is not written: at month end most
+# postings are paid on a loan that was already current, and rewriting its row would cost a
+# new row version and its WAL for nothing.
+_UPDATE_STANDING = text(
+    "UPDATE scheduler.loans AS l SET "
+    + ", ".join(f"{c} = n.{c}" for c in _STANDING_COLUMNS)
+    + ", next_due_on = n.next_due_on, updated_at = now()"
+    " FROM (SELECT c.loan_id, "
+    + ", ".join(f"{merge.format(c=c)} AS {c}" for c, _, merge in _STANDING)
+    + ", (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
+    "     WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on"
+    " FROM unnest(CAST(:loan_id AS varchar[]), "
+    + ", ".join(f"CAST(:{c} AS {kind}[])" for c, kind, _ in _STANDING)
+    + f") AS s(loan_id, {', '.join(_STANDING_COLUMNS)})"
+    " JOIN scheduler.loans AS c ON c.loan_id = s.loan_id) AS n"
+    " WHERE l.loan_id = n.loan_id"
+    f" AND (l.{', l.'.join(_STANDING_COLUMNS)}, l.next_due_on)"
+    f" IS DISTINCT FROM (n.{', n.'.join(_STANDING_COLUMNS)}, n.next_due_on)"
+)
 
 
 async def update_standing(session: AsyncSession, standings: Sequence[Standing]) -> None:
@@ -227,34 +294,112 @@ async def update_standing(session: AsyncSession, standings: Sequence[Standing]) 
     if not standings:
         return
     await session.execute(
+        _UPDATE_STANDING,
+        {"loan_id": [s.loan_id for s in standings]}
+        | {c: [getattr(s, c) for s in standings] for c in _STANDING_COLUMNS},
+    )
+
+
+@dataclass(frozen=True)
+class AlertSeen:
+    """The latest publication of an alert the scheduler acted on (`scheduler.alert_states`)."""
+
+    alert_id: uuid.UUID
+    loan_id: str
+    rule: str
+    severity: str
+    recommended_action: str
+    occurred_at: datetime
+
+    @property
+    def state(self) -> tuple[str, str, str]:
+        """What an escalation changes; a repeat publication keeps it."""
+        return self.rule, str(self.severity), str(self.recommended_action)
+
+
+async def alert_states(
+    session: AsyncSession, alert_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, AlertSeen]:
+    """The last publication acted on of each of `alert_ids` that has one (one query)."""
+    if not alert_ids:
+        return {}
+    rows = await session.execute(
         text(
-            # A loan whose standing this batch does not change is not written: at month end
-            # most postings are paid on a loan that was already current, and rewriting its
-            # row would cost a new row version and its WAL for nothing.
-            "UPDATE scheduler.loans AS l SET"
-            " days_past_due = n.days_past_due, last_repayment_status = n.status,"
-            " last_visit_on = n.last_visit_on, next_due_on = n.next_due_on, updated_at = now()"
-            " FROM (SELECT c.loan_id,"
-            "              COALESCE(s.days_past_due, c.days_past_due) AS days_past_due,"
-            "              COALESCE(s.status, c.last_repayment_status) AS status,"
-            "              GREATEST(c.last_visit_on, s.last_visit_on) AS last_visit_on,"
-            "              (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
-            "               WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on"
-            "       FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:dpds AS integer[]),"
-            "                   CAST(:statuses AS varchar[]), CAST(:visited AS date[]))"
-            "            AS s(loan_id, days_past_due, status, last_visit_on)"
-            "       JOIN scheduler.loans AS c ON c.loan_id = s.loan_id) AS n"
-            " WHERE l.loan_id = n.loan_id"
-            " AND (l.days_past_due, l.last_repayment_status, l.last_visit_on, l.next_due_on)"
-            "     IS DISTINCT FROM (n.days_past_due, n.status, n.last_visit_on, n.next_due_on)"
+            "SELECT alert_id, loan_id, rule, severity, recommended_action, occurred_at"
+            " FROM scheduler.alert_states WHERE alert_id = ANY(CAST(:ids AS uuid[]))"
+        ),
+        {"ids": sorted(alert_ids)},
+    )
+    return {
+        r.alert_id: AlertSeen(
+            r.alert_id, r.loan_id, r.rule, r.severity, r.recommended_action, r.occurred_at
+        )
+        for r in rows
+    }
+
+
+async def save_alert_states(session: AsyncSession, states: Sequence[AlertSeen]) -> None:
+    """Keep each alert's newest publication (one statement; an older one never wins)."""
+    if not states:
+        return
+    ordered = sorted(states, key=lambda a: a.alert_id)
+    await session.execute(
+        text(
+            "INSERT INTO scheduler.alert_states AS s"
+            " (alert_id, loan_id, rule, severity, recommended_action, occurred_at)"
+            " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:loans AS varchar[]),"
+            "   CAST(:rules AS varchar[]), CAST(:severities AS varchar[]),"
+            "   CAST(:actions AS varchar[]), CAST(:at AS timestamptz[]))"
+            " ON CONFLICT (alert_id) DO UPDATE SET rule = excluded.rule,"
+            "   severity = excluded.severity, recommended_action = excluded.recommended_action,"
+            "   occurred_at = excluded.occurred_at"
+            " WHERE excluded.occurred_at > s.occurred_at"
         ),
         {
-            "loan_ids": [s.loan_id for s in standings],
-            "dpds": [s.days_past_due for s in standings],
-            "statuses": [s.last_repayment_status for s in standings],
-            "visited": [s.last_visit_on for s in standings],
+            "ids": [a.alert_id for a in ordered],
+            "loans": [a.loan_id for a in ordered],
+            "rules": [a.rule for a in ordered],
+            "severities": [str(a.severity) for a in ordered],
+            "actions": [str(a.recommended_action) for a in ordered],
+            "at": [a.occurred_at for a in ordered],
         },
     )
+
+
+async def save_repayment_plans(
+    session: AsyncSession, plans: Sequence[RepaymentPlanApproved]
+) -> int:
+    """Keep approved repayment plans (one statement); a plan already kept is left as it
+    is, so a redelivered approval changes nothing. How many were new."""
+    if not plans:
+        return 0
+    result = await session.execute(
+        text(
+            "INSERT INTO scheduler.repayment_plans"
+            " (plan_id, loan_id, alert_id, due_dates, approved_at)"
+            " SELECT p.plan_id, p.loan_id, p.alert_id,"
+            "        ARRAY(SELECT CAST(d AS date)"
+            "              FROM jsonb_array_elements_text(CAST(p.due_dates AS jsonb)) AS d),"
+            "        p.approved_at"
+            " FROM unnest(CAST(:plan_ids AS uuid[]), CAST(:loan_ids AS varchar[]),"
+            "             CAST(:alert_ids AS uuid[]), CAST(:due_dates AS text[]),"
+            "             CAST(:approved AS timestamptz[]))"
+            "      AS p(plan_id, loan_id, alert_id, due_dates, approved_at)"
+            " ORDER BY p.plan_id"
+            " ON CONFLICT (plan_id) DO NOTHING"
+        ),
+        {
+            "plan_ids": [p.plan_id for p in plans],
+            "loan_ids": [p.loan_id for p in plans],
+            "alert_ids": [p.alert_id for p in plans],
+            # A plan's due dates as one JSON array each: unnest cannot take ragged arrays.
+            "due_dates": [
+                json.dumps(sorted(i.due_on.isoformat() for i in p.installments)) for p in plans
+            ],
+            "approved": [p.occurred_at for p in plans],
+        },
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 # --- dispatch -----------------------------------------------------------------------------
@@ -279,22 +424,66 @@ async def try_dispatch_lock(session: AsyncSession) -> bool:
     return bool(got.scalar_one())
 
 
-async def waiting_tasks(session: AsyncSession, limit: int) -> list[WaitingTask]:
-    """Up to `limit` open tasks without an agent, soonest first, that some active agent of
-    their loan's region can do (the others wait for one and do not block the queue). Rows
+# Open tasks without an agent that some active agent of their loan's region can do on a day
+# dispatch would give it (policy.available_day: the due day, else back to today or
+# SEARCH_DAYS before it, else up to SEARCH_DAYS after it or today). Tasks nobody can take
+# (no able agent, or every able one away for the whole window) wait where they are and are
+# never read: read, they would fill every pass and starve the tasks behind them.
+_WAITING = text(
+    """
+    SELECT t.task_id, l.region, t.method, t.due_on,
+           -- The agent who last had a task of this loan: the borrower keeps its agent.
+           (SELECT p.agent_id FROM scheduler.visit_tasks AS p
+            WHERE p.loan_id = t.loan_id AND p.agent_id IS NOT NULL
+            ORDER BY p.assigned_at DESC NULLS LAST LIMIT 1) AS previous_agent
+    FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)
+    WHERE t.status = 'open' AND t.agent_id IS NULL AND t.method <> 'third_party'
+      AND (t.due_on, t.task_id) > (CAST(:after_due AS date), CAST(:after_id AS uuid))
+      AND EXISTS (
+          SELECT 1 FROM scheduler.agents AS a
+          WHERE a.active AND a.region = l.region AND t.method = ANY(a.methods)
+            AND EXISTS (
+                SELECT 1
+                FROM (SELECT t.due_on
+                      UNION ALL
+                      SELECT t.due_on - k.n
+                      FROM generate_series(1, CAST(:search_days AS integer)) AS k(n)
+                      WHERE t.due_on - k.n >= CAST(:today AS date)
+                      UNION ALL
+                      SELECT GREATEST(t.due_on + 1, CAST(:today AS date)) + k.n
+                      FROM generate_series(0, CAST(:search_days AS integer) - 1) AS k(n)
+                     ) AS d(day)
+                WHERE CAST(extract(isodow FROM d.day) AS smallint) = ANY(a.working_days)
+                  AND NOT EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
+                                  WHERE b.agent_id = a.agent_id
+                                    AND d.day BETWEEN b.starts_on AND b.ends_on)))
+    ORDER BY t.due_on, t.task_id LIMIT :limit FOR UPDATE OF t SKIP LOCKED
+    """
+)
+# Before every task: where a drain starts.
+QUEUE_START: tuple[date, uuid.UUID] = (date(1, 1, 1), uuid.UUID(int=0))
+
+
+async def waiting_tasks(
+    session: AsyncSession,
+    limit: int,
+    today: date,
+    after: tuple[date, uuid.UUID] = QUEUE_START,
+) -> list[WaitingTask]:
+    """Up to `limit` open tasks without an agent that dispatch can place (`_WAITING`),
+    soonest first, after `after` (due date, task id): a drain pages through the queue. Rows
     locked by a planner or a supervisor right now are skipped, not waited for."""
     rows = await session.execute(
-        text(
-            "SELECT t.task_id, l.region, t.method, t.due_on"
-            " FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)"
-            " WHERE t.status = 'open' AND t.agent_id IS NULL"
-            "   AND EXISTS (SELECT 1 FROM scheduler.agents AS a WHERE a.active"
-            "               AND a.region = l.region AND t.method = ANY(a.methods))"
-            " ORDER BY t.due_on, t.task_id LIMIT :limit FOR UPDATE OF t SKIP LOCKED"
-        ),
-        {"limit": limit},
+        _WAITING,
+        {
+            "limit": limit,
+            "today": today,
+            "search_days": SEARCH_DAYS,
+            "after_due": after[0],
+            "after_id": after[1],
+        },
     )
-    return [WaitingTask(r.task_id, r.region, r.method, r.due_on) for r in rows]
+    return [WaitingTask(r.task_id, r.region, r.method, r.due_on, r.previous_agent) for r in rows]
 
 
 async def dispatch_roster(
@@ -307,23 +496,34 @@ async def dispatch_roster(
         text(
             """
             WITH candidates AS (
-                SELECT agent_id, region, methods, daily_capacity FROM scheduler.agents
-                WHERE active AND region = ANY(CAST(:regions AS varchar[]))
+                SELECT a.agent_id, a.region, a.methods, a.daily_capacity, a.working_days,
+                       (SELECT COALESCE(array_agg(b.starts_on ORDER BY b.starts_on), '{}')
+                        FROM scheduler.agent_absences AS b
+                        WHERE b.agent_id = a.agent_id AND b.ends_on >= current_date)
+                           AS absent_from,
+                       (SELECT COALESCE(array_agg(b.ends_on ORDER BY b.starts_on), '{}')
+                        FROM scheduler.agent_absences AS b
+                        WHERE b.agent_id = a.agent_id AND b.ends_on >= current_date)
+                           AS absent_to
+                FROM scheduler.agents AS a
+                WHERE a.active AND a.region = ANY(CAST(:regions AS varchar[]))
             ), per_day AS (
                 SELECT t.agent_id, t.due_on, count(*) AS due_that_day,
                        sum(count(*)) OVER (PARTITION BY t.agent_id) AS open_tasks
                 FROM scheduler.visit_tasks AS t JOIN candidates AS c USING (agent_id)
-                WHERE t.status = 'open'
+                WHERE t.status = 'open' AND t.agent_id IS NOT NULL
                 GROUP BY t.agent_id, t.due_on
             )
-            SELECT c.agent_id, c.region, c.methods, c.daily_capacity,
+            SELECT c.agent_id, c.region, c.methods, c.daily_capacity, c.working_days,
+                   c.absent_from, c.absent_to,
                    COALESCE(max(p.open_tasks), 0) AS open_tasks,
                    array_remove(array_agg(p.due_on) FILTER
                        (WHERE p.due_on = ANY(CAST(:days AS date[]))), NULL) AS days,
                    array_remove(array_agg(p.due_that_day) FILTER
                        (WHERE p.due_on = ANY(CAST(:days AS date[]))), NULL) AS counts
             FROM candidates AS c LEFT JOIN per_day AS p USING (agent_id)
-            GROUP BY c.agent_id, c.region, c.methods, c.daily_capacity
+            GROUP BY c.agent_id, c.region, c.methods, c.daily_capacity, c.working_days,
+                     c.absent_from, c.absent_to
             """
         ),
         {"regions": sorted(set(regions)), "days": sorted(set(days))},
@@ -336,26 +536,122 @@ async def dispatch_roster(
             daily_capacity=r.daily_capacity,
             open_tasks=int(r.open_tasks),
             due_by_day=dict(zip(r.days or [], (int(n) for n in r.counts or []), strict=True)),
+            working_days=frozenset(r.working_days),
+            absences=tuple(zip(r.absent_from, r.absent_to, strict=True)),
         )
         for r in rows
     ]
 
 
-async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, str]) -> int:
-    """Give each task its agent, only where it is still open and without one (a supervisor
-    may have assigned it meanwhile); how many were assigned."""
+async def assign_tasks(
+    session: AsyncSession,
+    assignments: Mapping[uuid.UUID, Assignment],
+    waiting: Mapping[uuid.UUID, date],
+) -> int:
+    """Give each task its agent (and the day it works, if the due day was not), only where
+    it is still open and without one (a supervisor may have assigned it meanwhile); how
+    many were assigned. `waiting` is each task's due date as read (locked) by this pass: a
+    task moved to another day moves its loan's `next_due_on` with it."""
     if not assignments:
         return 0
-    result = await session.execute(
-        text(
-            "UPDATE scheduler.visit_tasks AS t SET agent_id = v.agent_id, assigned_at = now()"
-            " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]))"
-            "      AS v(task_id, agent_id)"
-            " WHERE t.task_id = v.task_id AND t.status = 'open' AND t.agent_id IS NULL"
-        ),
-        {"task_ids": list(assignments), "agent_ids": list(assignments.values())},
-    )
+    rows = (
+        await session.execute(
+            text(
+                "UPDATE scheduler.visit_tasks AS t SET agent_id = v.agent_id,"
+                " assigned_at = now(), due_on = v.due_on,"
+                " reason = CASE WHEN v.due_on = t.due_on THEN t.reason"
+                "          ELSE t.reason || jsonb_build_object('moved_from', t.due_on::text,"
+                "                                              'moved_for', 'agent availability')"
+                "          END"
+                " FROM unnest(CAST(:task_ids AS uuid[]), CAST(:agent_ids AS varchar[]),"
+                "             CAST(:due_ons AS date[]), CAST(:read_dues AS date[]))"
+                "      AS v(task_id, agent_id, due_on, read_due)"
+                " WHERE t.task_id = v.task_id AND t.status = 'open' AND t.agent_id IS NULL"
+                "   AND t.method <> 'third_party'"
+                " RETURNING t.loan_id, v.due_on <> v.read_due AS moved"
+            ),
+            {
+                "task_ids": list(assignments),
+                "agent_ids": [a.agent_id for a in assignments.values()],
+                "due_ons": [a.due_on for a in assignments.values()],
+                "read_dues": [waiting[task_id] for task_id in assignments],
+            },
+        )
+    ).all()
+    # A second statement: the first one's own snapshot still has the old due dates.
+    await refresh_next_due(session, {row.loan_id for row in rows if row.moved})
+    return len(rows)
+
+
+async def refresh_next_due(session: AsyncSession, loan_ids: Collection[str]) -> int:
+    """Set the loans' `next_due_on` to their soonest open task after this transaction's
+    writes (one statement); how many changed."""
+    if not loan_ids:
+        return 0
+    result = await session.execute(_NEXT_DUE, {"loan_ids": sorted(set(loan_ids))})
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+_NEXT_DUE = text(
+    """
+    UPDATE scheduler.loans AS l SET next_due_on = n.next_due_on, updated_at = now()
+    FROM (SELECT c.loan_id, (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t
+                             WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on
+          FROM unnest(CAST(:loan_ids AS varchar[])) AS c(loan_id)) AS n
+    WHERE l.loan_id = n.loan_id AND l.next_due_on IS DISTINCT FROM n.next_due_on
+    """
+)
+
+
+# An agent's open tasks it cannot do: it is inactive (departed), or the task is due on a day
+# it does not work or is absent. They go back to dispatch, which finds someone else.
+_RELEASE = text(
+    """
+    UPDATE scheduler.visit_tasks AS t SET agent_id = NULL, assigned_at = NULL
+    FROM scheduler.agents AS a
+    WHERE t.agent_id = a.agent_id AND a.agent_id = ANY(CAST(:agent_ids AS varchar[]))
+      AND t.agent_id IS NOT NULL AND t.status = 'open'
+      AND (NOT a.active
+           OR NOT CAST(extract(isodow FROM t.due_on) AS smallint) = ANY(a.working_days)
+           OR EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
+                      WHERE b.agent_id = a.agent_id AND t.due_on BETWEEN b.starts_on
+                                                                    AND b.ends_on))
+    """
+)
+
+
+async def release_tasks(session: AsyncSession, agent_ids: Collection[str]) -> int:
+    """Send the open tasks `agent_ids` cannot do back to dispatch (one statement); how many."""
+    if not agent_ids:
+        return 0
+    result = await session.execute(_RELEASE, {"agent_ids": sorted(set(agent_ids))})
+    released = int(result.rowcount)  # type: ignore[attr-defined]
+    if released:
+        await notify_dispatch(session)
+    return released
+
+
+async def replace_absences(
+    session: AsyncSession, agent_id: str, absences: Sequence[tuple[date, date]]
+) -> None:
+    """The agent's absences become `absences` (two statements whatever their number)."""
+    await session.execute(
+        text("DELETE FROM scheduler.agent_absences WHERE agent_id = :agent_id"),
+        {"agent_id": agent_id},
+    )
+    if absences:
+        await session.execute(
+            text(
+                "INSERT INTO scheduler.agent_absences (agent_id, starts_on, ends_on)"
+                " SELECT :agent_id, s, e FROM unnest(CAST(:starts AS date[]),"
+                "                                    CAST(:ends AS date[])) AS a(s, e)"
+            ),
+            {
+                "agent_id": agent_id,
+                "starts": [a for a, _ in absences],
+                "ends": [b for _, b in absences],
+            },
+        )
 
 
 # --- lists --------------------------------------------------------------------------------
@@ -364,7 +660,9 @@ async def assign_tasks(session: AsyncSession, assignments: Mapping[uuid.UUID, st
 async def list_tasks(
     session: AsyncSession, who: Principal, query: TaskQuery, *, to_item: Callable[[VisitTask], T]
 ) -> Page[T]:
-    """A page of the tasks `who` may read, narrowed by the query's filters, oldest first."""
+    """A page of the tasks `who` may read, narrowed by the query's filters: for an agent
+    soonest due first (overdue and today's lead), for everyone else oldest first unless
+    `order=due`; `region` narrows to the loans of a region (a supervisor's view)."""
     stmt = select(VisitTask).where(visible_tasks(who))
     # An agent's own tasks are its list: the agent it names is not a filter on them.
     agent_id = None if who.is_agent else query.agent_id
@@ -378,6 +676,16 @@ async def list_tasks(
         stmt = stmt.where(col(VisitTask.due_on) >= query.due_from)
     if query.due_to is not None:
         stmt = stmt.where(col(VisitTask.due_on) <= query.due_to)
+    if query.region is not None:
+        # A supervisor's view of its region's work (`?region=SH&order=due`).
+        stmt = stmt.where(
+            exists().where(
+                col(Loan.loan_id) == col(VisitTask.loan_id), col(Loan.region) == query.region
+            )
+        )
+    order = query.order or ("due" if who.is_agent else "created")
+    # keyset_page orders by any (timestamp, uuid) pair of columns or expressions.
+    key = typing.cast(SortKey, DUE_ORDER) if order == "due" else TASK_ORDER
     return await keyset_page(
-        session, stmt, key=TASK_ORDER, cursor=query.cursor, limit=query.limit, to_item=to_item
+        session, stmt, key=key, cursor=query.cursor, limit=query.limit, to_item=to_item
     )

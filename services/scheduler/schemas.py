@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Annotated, Any
+from itertools import pairwise
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.pagination import CursorText
 from shared.validation import (
@@ -23,6 +24,7 @@ from shared.validation import (
 )
 from shared.vocabulary import AgreedUsage, CreditGrade, RepaymentStatus, TaskStatus, VisitMethod
 
+Weekday = Annotated[int, Field(ge=1, le=7)]
 # The vocabulary is shared with the tables, the events and the policy (shared.vocabulary).
 Method = VisitMethod
 
@@ -143,10 +145,66 @@ class AgentIn(Strict):
     methods: list[Method] = Field(min_length=1)
     daily_capacity: int = Field(ge=1, le=200)
     active: Flag = True
+    working_days: list[Weekday] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5, 6, 7],
+        min_length=1,
+        max_length=7,
+        description="ISO weekdays worked: 1 Monday .. 7 Sunday.",
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _people_do_no_third_party_checks(cls, methods: list[Method]) -> list[Method]:
+        # Third-party checks are done by partners' reports, never by a person.
+        if Method.THIRD_PARTY in methods:
+            raise ValueError("third_party checks are done by partners, not agents")
+        return methods
+
+    @field_validator("working_days")
+    @classmethod
+    def _distinct_days(cls, days: list[int]) -> list[int]:
+        if len(set(days)) != len(days):
+            raise ValueError("each working day once")
+        return sorted(days)
 
 
 class AgentOut(AgentIn):
     agent_id: str
+
+
+class Absence(Strict):
+    starts_on: BusinessDate
+    ends_on: BusinessDate
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Absence:
+        if self.ends_on < self.starts_on:
+            raise ValueError("ends_on is before starts_on")
+        return self
+
+
+class AbsencesIn(Strict):
+    """The agent's absences, replacing those it had (an empty list: none)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"absences": [{"starts_on": "2027-01-04", "ends_on": "2027-01-08"}]}]
+        }
+    )
+
+    absences: list[Absence] = Field(max_length=366)
+
+    @model_validator(mode="after")
+    def _apart(self) -> AbsencesIn:
+        spans = sorted((a.starts_on, a.ends_on) for a in self.absences)
+        if any(later[0] <= earlier[1] for earlier, later in pairwise(spans)):
+            raise ValueError("absences overlap")
+        return self
+
+
+class AbsencesOut(AbsencesIn):
+    agent_id: str
+    released_tasks: int = Field(description="Open tasks of those days sent back to dispatch.")
 
 
 class TaskOut(BaseModel):
@@ -160,6 +218,7 @@ class TaskOut(BaseModel):
     visit_id: uuid.UUID | None
     created_at: datetime
     completed_at: datetime | None
+    overdue: bool = Field(default=False, description="Open and past its due date.")
 
 
 class TaskQuery(BaseModel):
@@ -170,6 +229,10 @@ class TaskQuery(BaseModel):
     status: TaskStatus | None = None
     due_from: BusinessDate | None = None
     due_to: BusinessDate | None = None
+    region: Identifier | None = None
+    # `due`: soonest first, so overdue and today's tasks lead (an agent's default);
+    # `created`: oldest first (everyone else's default).
+    order: Literal["due", "created"] | None = None
     cursor: CursorText | None = None
     limit: int = Field(default=50, ge=1, le=200)
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.scheduler import repository
 from services.scheduler.models import Agent, Loan, VisitTask
 from services.scheduler.schemas import (
+    AbsencesIn,
     AgentIn,
     BorrowerOut,
     LoanOut,
@@ -32,10 +33,25 @@ async def upsert_agent(session: AsyncSession, agent_id: str, body: AgentIn) -> A
             setattr(agent, key, value)
         agent.updated_at = datetime.now(UTC)
     await session.flush()
+    # A departed (inactive) agent's open tasks, and those due on days it no longer works,
+    # go back to dispatch.
+    await repository.release_tasks(session, [agent_id])
     if agent.active:
         # Tasks of its region that had nobody able to do them can now be dispatched.
         await repository.notify_dispatch(session)
     return agent
+
+
+async def replace_absences(session: AsyncSession, agent_id: str, body: AbsencesIn) -> int:
+    """The agent's absences become `body`'s; its open tasks due while away go back to
+    dispatch. How many were released."""
+    agent = await repository.get_agent(session, agent_id)
+    if agent is None:
+        raise not_found("agent")
+    await repository.replace_absences(
+        session, agent_id, [(a.starts_on, a.ends_on) for a in body.absences]
+    )
+    return await repository.release_tasks(session, [agent_id])
 
 
 async def reschedule_task(

@@ -17,3 +17,11 @@ class SchedulerSettings(ServiceSettings):
     # least this often, assigning up to `dispatch_batch_size` tasks a transaction.
     dispatch_period_seconds: float = Field(default=1.0, gt=0, le=60)
     dispatch_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    # The portfolio re-plan (replan.py) runs once a day and after a new policy version is
+    # installed: the worker checks whether one is due this often (the first check one period
+    # after it starts); 0 leaves the re-plan to `python -m services.scheduler.replan`.
+    replan_check_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    # Loans per re-plan transaction (a chunk of loan ids).
+    replan_chunk_loans: int = Field(default=50_000, ge=100, le=1_000_000)
+    # Chunks re-planned at a time (each its own connection and transaction): one per core.
+    replan_parallel: int = Field(default=2, ge=1, le=16)

@@ -21,7 +21,16 @@ import asyncpg
 import httpx
 
 from shared import devstack
-from tests.bench import importing, latency, pure, soak, throughput, visits, workload
+from tests.bench import (
+    importing,
+    latency,
+    pure,
+    replanning,
+    soak,
+    throughput,
+    visits,
+    workload,
+)
 from tests.bench.config import Sizes
 from tests.bench.processes import Processes, processes
 from tests.bench.raw_consumer import CREATE as CREATE_RAW_TABLE
@@ -153,6 +162,7 @@ async def _phases(
             ("latency: posting -> alert-raised at a steady rate", latency.measure),
             ("visit capture through the visits API", visits.measure),
             ("import through POST /v1/loans/import", importing.measure),
+            ("replan: the daily re-plan of the portfolio (BENCH_REPLAN)", replanning.measure),
         ]
         if mode == "soak":
             steps = []

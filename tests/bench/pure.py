@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 
 from services.alerts import rules
 from services.scheduler import policy
+from services.scheduler.visit_policy import PolicyInForce, Tier, default_policy
 from shared.events import RepaymentPosted, VisitCompleted, VisitFindings
 from shared.vocabulary import AgreedUsage
 from tests.bench.report import Report, Row
@@ -16,11 +17,14 @@ N = 100_000
 
 
 def measure(report: Report) -> None:
+    p = PolicyInForce(1, default_policy())
+    tiers = list(Tier)
     started = time.perf_counter()
     for i in range(N):
         policy.next_routine_visit(
+            p,
             visited_on=date(2026, 6, 1),
-            credit_grade="ABCDE"[i % 5],
+            tier=tiers[i % 3],
             days_past_due=i % 120,
             outcome="completed",
         )

@@ -34,7 +34,10 @@ def running(infra: Infra) -> Iterator[Running]:
         asyncio.run(devstack.create_topics(bootstrap))
         ports = {service: devstack.free_port() for service in devstack.SERVICES}
         stack = devstack.Stack(
-            database_url, bootstrap, ports, env_extra={"ENV": "test", "LOG_LEVEL": "WARNING"}
+            database_url,
+            bootstrap,
+            ports,
+            env_extra={"ENV": "test", "LOG_LEVEL": "WARNING", "REPLAN_CHECK_SECONDS": "0"},
         )
         try:
             stack.start_services(log_dir=log_dir)

@@ -18,8 +18,28 @@ QUEUED = 100
 IN_FLIGHT = 8
 
 
+async def dispatch_state(system: System) -> str:
+    """The dispatcher's queue and what the database is busy with, for a failure message."""
+    state = await fetchval(
+        system.database_url,
+        "SELECT jsonb_build_object("
+        " 'waiting', (SELECT count(*) FROM scheduler.visit_tasks WHERE status = 'open'"
+        "             AND agent_id IS NULL AND method <> 'third_party'),"
+        " 'last_assigned_at', (SELECT max(assigned_at)::text FROM scheduler.visit_tasks),"
+        " 'advisory_locks', (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'),"
+        " 'busy', (SELECT jsonb_agg(jsonb_build_object('wait', wait_event,"
+        "          'for', (now() - query_start)::text, 'sql', left(query, 120)))"
+        "          FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid()))",
+    )
+    return f"dispatch state: {state}"
+
+
 async def test_a_queue_of_100_visits_sent_twice_records_each_once(system: System) -> None:
-    job = await assign(system)
+    try:
+        job = await assign(system)
+    except AssertionError as timed_out:
+        # Seen once in a full suite and never alone: say what dispatch was doing.
+        raise AssertionError(f"{timed_out}; {await dispatch_state(system)}") from None
     hours_ago = datetime.now(UTC) - timedelta(hours=6)
     queue: list[tuple[str, dict[str, Any]]] = []
     for index in range(QUEUED):

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import planning, repository
+from services.scheduler import planning, policy, repository
 from services.scheduler.dispatch import Dispatcher
 from shared.db import make_engine, make_session_factory, unit_of_work
 from shared.events import RepaymentPosted, VisitCompleted
@@ -134,10 +134,10 @@ async def test_a_batch_is_planned_in_the_same_few_statements_whatever_its_size(
     with counted(sessions) as seen:
         async with unit_of_work(sessions) as session:
             await planning.on_repayments(session, events)
-    # Lock the loans, write the tasks, wake the dispatcher, save the standing: 30 events,
-    # two per loan, and no statement per event.
-    writes = [s for s in seen if s.split()[0].upper() in ("SELECT", "INSERT", "UPDATE")]
-    assert len(writes) == 4, seen
+    # Lock the loans, read the policy in force, write the tasks, wake the dispatcher, save
+    # the standing, recompute the tiers: 30 events, two per loan, and no statement per event.
+    writes = [s for s in seen if s.split()[0].upper() in ("SELECT", "INSERT", "UPDATE", "WITH")]
+    assert len(writes) == 6, seen
 
     for loan_id in loans:
         tasks = {
@@ -149,9 +149,9 @@ async def test_a_batch_is_planned_in_the_same_few_statements_whatever_its_size(
         assert set(tasks) == {"phone", "field"}  # the first call brought forward, one field
         phone = tasks["phone"]
         assert phone["due_on"] == (earlier.date() + timedelta(days=2)).isoformat()
-        assert phone["reason"]["days_past_due"] == 35  # the nearer plan won
+        assert phone["reason"]["inputs"]["days_past_due"] == 35  # the nearer plan won
         # ... and records the later plan of the batch.
-        assert [a["days_past_due"] for a in phone["reason"]["also"]] == [40]
+        assert [a["inputs"]["days_past_due"] for a in phone["reason"]["also"]] == [40]
         row = await fetchrow(
             system.database_url,
             "SELECT days_past_due, last_repayment_status, next_due_on FROM scheduler.loans"
@@ -191,7 +191,8 @@ async def test_a_visit_completes_its_task_and_the_loan_keeps_its_next_and_last_v
     by_status = {t["status"]: t for t in tasks["items"]}
     assert by_status["completed"]["task_id"] == task["task_id"]
     assert by_status["completed"]["visit_id"] == str(visit.visit_id)
-    next_due = ended.date() + timedelta(days=60)  # grade C, nothing overdue
+    # Grade C, LTV 0.82, 36 months to run: high tier, a contact a month later.
+    next_due = policy.add_months(ended.date(), 1)
     assert by_status["open"]["due_on"] == next_due.isoformat()
     row = await fetchrow(
         system.database_url,

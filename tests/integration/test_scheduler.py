@@ -50,7 +50,8 @@ async def test_new_loan_gets_first_phone_follow_up_with_least_loaded_agent(syste
     assert task["status"] == "open"
     assert task["agent_id"] == idle != busy
     assert task["reason"]["rule"] == "first_follow_up"
-    assert task["reason"]["disbursed_on"] == "2026-10-20"
+    assert task["reason"]["inputs"]["disbursed_on"] == "2026-10-20"
+    assert task["reason"]["policy_version"] >= 1
 
 
 async def test_loan_put_is_idempotent_and_pii_is_masked_and_encrypted(system: System) -> None:
@@ -134,7 +135,7 @@ async def test_missed_payment_plans_urgent_call_and_field_visit_at_30_dpd(
     assert date.fromisoformat(by_method["phone"]["due_on"]) <= today + timedelta(days=2)
     assert by_method["phone"]["reason"]["rule"] == "missed_payment_call"
     assert date.fromisoformat(by_method["field"]["due_on"]) <= today + timedelta(days=7)
-    assert by_method["field"]["reason"]["days_past_due"] == 35
+    assert by_method["field"]["reason"]["inputs"]["days_past_due"] == 35
     assert len(tasks) == 2  # the first follow-up call was brought forward, not duplicated
     assert by_method["phone"]["task_id"] == first_call["task_id"]
     loan = (await system.scheduler.get(f"/v1/loans/{loan_id}", headers=ADMIN)).json()

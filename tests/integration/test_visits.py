@@ -154,7 +154,7 @@ async def test_a_visit_of_an_own_task_is_published_and_completes_the_task(system
         return [t for t in response.json()["items"] if t["task_id"] != job.task_id]
 
     [planned] = await eventually(next_task)
-    assert planned["reason"]["last_outcome"] == "completed"
+    assert planned["reason"]["inputs"]["last_outcome"] == "completed"
 
     # The task is done: another capture for it, under a new key, is a conflict.
     again = await post_visit(system, job.headers, visit_body(job.loan_id, job.task_id))

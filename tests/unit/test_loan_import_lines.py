@@ -18,9 +18,12 @@ from services.scheduler.registration import (
     registration_digest,
 )
 from services.scheduler.schemas import LoanImportLine, LoanIn, RejectedLine
+from services.scheduler.visit_policy import PolicyInForce, default_policy
 from shared.pii import PiiCipher
 from shared.settings import DEV_PII_KEY
 from tests.support import loan_body
+
+RULES = PolicyInForce(1, default_policy())
 
 
 async def read(parts: Sequence[bytes], max_line_bytes: int = 10) -> list[tuple[int, bytes | None]]:
@@ -95,10 +98,10 @@ def test_loan_to_value_rounds_half_up_and_has_none_for_a_car_worth_nothing() -> 
 def test_each_disbursement_date_is_planned_once_as_the_policy_plans_it() -> None:
     days = [date(2026, 1, 31), date(2026, 1, 31), date(2026, 3, 1)]
     bodies = [LoanIn.model_validate(loan_body(region="SH", disbursed_on=day)) for day in days]
-    plans = first_follow_ups(bodies)
+    plans = first_follow_ups(RULES, bodies)
     assert sorted(plans) == [date(2026, 1, 31), date(2026, 3, 1)]
     for day, plan in plans.items():
-        planned = policy.first_follow_up(day)
+        planned = policy.first_follow_up(RULES, day)
         assert (plan.method, plan.due_on) == (planned.method, planned.due_on)
         assert json.loads(plan.reason) == planned.reason
     assert plans[date(2026, 1, 31)].due_on == date(2026, 2, 28)
@@ -112,7 +115,7 @@ def test_the_upsert_rows_are_one_list_per_registered_column_with_the_pii_sealed(
         borrower = {**sent["borrower"], "name": f"王{n}", "phone": f"1380000000{n}"}
         bodies.append(LoanIn.model_validate({**sent, "borrower": borrower}))
     fresh = [(f"L-{n}", loan, f"digest-{n}") for n, loan in enumerate(bodies)]
-    columns = _loan_columns(cipher, fresh, first_follow_ups(bodies))
+    columns = _loan_columns(cipher, fresh, first_follow_ups(RULES, bodies))
     assert list(columns) == [name for name, _ in _REGISTERED]
     assert all(len(values) == len(fresh) for values in columns.values())
     assert columns["region"] == ["R0", "R1", "R2"]
