@@ -201,7 +201,11 @@ def test_compose_app_environment(container: str) -> None:
 def test_compose_postgres_and_kafka_are_healthchecked() -> None:
     services = _load_compose()["services"]
     postgres = services["postgres"]
-    assert str(postgres["image"]).startswith("postgres:17")
+    # 18 at least: the re-plan's task ids come from uuidv7().
+    assert str(postgres["image"]).startswith("postgres:18")
+    # The 18 image keeps its cluster under /var/lib/postgresql/18/docker: a volume at the old
+    # /var/lib/postgresql/data would not hold it.
+    assert "pgdata:/var/lib/postgresql" in postgres["volumes"]
     assert "pg_isready" in " ".join(_as_argv(postgres["healthcheck"]["test"]))
     assert _env(postgres)["POSTGRES_DB"] == "huifang"
 
