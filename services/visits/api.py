@@ -12,6 +12,7 @@ from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import drafts, evidence, reports, repository, review, service
+from services.visits.driver import driver_connection
 from services.visits.evidence_store import EvidenceStore
 from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
 from services.visits.grants import TaskGrants
@@ -155,9 +156,8 @@ async def record_visit(
     body: VisitIn,
     idempotency_key: IdempotencyKey,
     request: Request,
-    response: Response,
     who: LimitedCapturer,
-) -> VisitOut:
+) -> Response:
     """Record a visit. A retry with the same key and body answers 201 with the first visit
     again (and `Idempotent-Replayed: true`), so the app sees one stable result.
 
@@ -195,18 +195,37 @@ async def record_visit(
             view = await service.view_of(session, visit) if visit is not None else None
         if view is None:
             raise refused from None
-        response.headers["Idempotent-Replayed"] = "true"
-        return view
+        return _created(view, replayed=True)
     # The insert finds a retry by its key or id (service.record_visit).
+    if not body.evidence:
+        async with driver_connection(request.app.state.engine) as connection:
+            captured = await service.record_capture(
+                connection,
+                agent_id=who.sub,
+                idempotency_key=idempotency_key,
+                body=body,
+                region=region,
+            )
+        if captured is not None:
+            return _created(captured.view())
+        # A key taken: a retry (or a task visited already), told apart in a session below.
     async with _capture_session(sessions, single_statement=not body.evidence) as session:
         recorded = await service.record_visit(
             session, agent_id=who.sub, idempotency_key=idempotency_key, body=body, region=region
         )
         if recorded.created:
-            return recorded.view()
+            return _created(recorded.view())
         view = await service.view_of(session, recorded.visit)
-    response.headers["Idempotent-Replayed"] = "true"
-    return view
+    return _created(view, replayed=True)
+
+
+def _created(view: VisitOut, *, replayed: bool = False) -> Response:
+    """The 201 of a capture, serialised once by pydantic: returned as a response, it is not
+    validated against `response_model` again (which only documents it)."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(
+        view.model_dump_json(), status_code=201, media_type="application/json", headers=headers
+    )
 
 
 # Declared before `/visits/{visit_id}`, which would otherwise read `verify` as a visit id.

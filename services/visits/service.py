@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import asyncpg
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -183,7 +184,39 @@ async def record_visit(
     visit, its chain entry, its outbox row and its draft's removal. Listed evidence is
     locked and checked first, as its hashes are chained, and attached after."""
     request_hash = request_hash or body.request_hash()
-    visit = Visit(
+    visit = _new_visit(agent_id, idempotency_key, body, region, request_hash, corrects)
+    try:
+        evidence, own = await _check_evidence(session, visit, body, corrects)
+    except Problem:
+        # A retry's photos are on the visit its original recorded: replay that one.
+        earlier = await _earlier(session, agent_id, idempotency_key, body)
+        if earlier is None:
+            raise
+        return Recorded(replay(earlier, request_hash), False, [])
+    appended = await append.append_visit(
+        session, visit, **_append_values(visit, evidence, draft_id=body.visit_id)
+    )
+    if appended is None:
+        winner = await _concurrent_winner(session, agent_id, idempotency_key, body, corrects)
+        if winner is None:
+            raise RuntimeError("a visit's unique key is taken, yet no visit holds it")
+        return Recorded(replay(winner, request_hash), False, [])
+    await repository.attach_evidence(session, visit.visit_id, own)
+    if corrects is not None:
+        await repository.set_review_state(session, corrects.visit_id, ReviewState.SUPERSEDED)
+    _log_recorded(visit)
+    return Recorded(visit, True, evidence)
+
+
+def _new_visit(
+    agent_id: str,
+    idempotency_key: str | None,
+    body: VisitIn,
+    region: str | None,
+    request_hash: str,
+    corrects: Visit | None,
+) -> Visit:
+    return Visit(
         visit_id=body.visit_id or uuid.uuid4(),
         corrects_visit_id=corrects.visit_id if corrects is not None else None,
         version=corrects.version + 1 if corrects is not None else 1,
@@ -205,38 +238,49 @@ async def record_visit(
         # instance it fills, a tenth of a capture's CPU in the bench's profile.
         created_at=utcnow(),
     )
-    try:
-        evidence, own = await _check_evidence(session, visit, body, corrects)
-    except Problem:
-        # A retry's photos are on the visit its original recorded: replay that one.
-        earlier = await _earlier(session, agent_id, idempotency_key, body)
-        if earlier is None:
-            raise
-        return Recorded(replay(earlier, request_hash), False, [])
+
+
+def _append_values(
+    visit: Visit, evidence: list[Evidence], *, draft_id: uuid.UUID | None
+) -> dict[str, Any]:
+    """What services/visits/append.py binds besides the visit: its chain payload, its
+    `visit-completed` event, and the draft it was submitted from (or captured under the
+    id of)."""
     event = _completed_event(visit)
-    appended = await append.append_visit(
-        session,
-        visit,
-        payload_hash=chain.payload_hash(_chained(visit, evidence), chain.CURRENT_FORMAT),
-        event=event.model_dump(mode="json"),
-        event_id=event.event_id,
-        topic=event.event_type,
-        chained_at=utcnow(),
-        # Submitted from a draft, or captured directly under a draft's id.
-        draft_id=body.visit_id,
-    )
-    if appended is None:
-        winner = await _concurrent_winner(session, agent_id, idempotency_key, body, corrects)
-        if winner is None:
-            raise RuntimeError("a visit's unique key is taken, yet no visit holds it")
-        return Recorded(replay(winner, request_hash), False, [])
-    await repository.attach_evidence(session, visit.visit_id, own)
-    if corrects is not None:
-        await repository.set_review_state(session, corrects.visit_id, ReviewState.SUPERSEDED)
+    return {
+        "payload_hash": chain.payload_hash(_chained(visit, evidence), chain.CURRENT_FORMAT),
+        "event": event.model_dump(mode="json"),
+        "event_id": event.event_id,
+        "topic": event.event_type,
+        "chained_at": utcnow(),
+        "draft_id": draft_id,
+    }
+
+
+async def record_capture(
+    connection: asyncpg.Connection,
+    *,
+    agent_id: str,
+    idempotency_key: str,
+    body: VisitIn,
+    region: str,
+) -> Recorded | None:
+    """`record_visit` for the common capture: a new visit (no correction) listing no
+    evidence, written by the one statement on a bare asyncpg connection, in autocommit.
+    None when one of its unique keys is taken (a retry, or a task already visited):
+    nothing was written, and `record_visit` in a session tells which and answers."""
+    visit = _new_visit(agent_id, idempotency_key, body, region, body.request_hash(), None)
+    params = append.capture_params(visit, **_append_values(visit, [], draft_id=body.visit_id))
+    if await append.append_on_driver(connection, params) is None:
+        return None
+    _log_recorded(visit)
+    return Recorded(visit, True, [])
+
+
+def _log_recorded(visit: Visit) -> None:
     log.info(
         "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
     )
-    return Recorded(visit, True, evidence)
 
 
 async def _check_evidence(
