@@ -207,7 +207,7 @@ async def record_visit(
                 region=region,
             )
         if captured is not None:
-            return _created(captured.view())
+            return _created(captured)
         # A key taken: a retry (or a task visited already), told apart in a session below.
     async with _capture_session(sessions, single_statement=not body.evidence) as session:
         recorded = await service.record_visit(

@@ -20,7 +20,7 @@ for by the insert, which then finds the key taken; it waits holding no head lock
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -169,7 +169,7 @@ class Appended:
 
 async def append_visit(
     session: AsyncSession,
-    visit: Visit,
+    visit: Mapping[str, Any],
     *,
     payload_hash: str,
     event: dict[str, Any],
@@ -179,7 +179,8 @@ async def append_visit(
     draft_id: uuid.UUID | None,
 ) -> Appended | None:
     """Run the capture's statement in the session's transaction: its chain entry, or None
-    when one of the visit's unique keys was taken (nothing written)."""
+    when one of the visit's unique keys was taken (nothing written). `visit`: the new
+    row, every column (`VISIT_COLUMNS`)."""
     params = capture_params(
         visit,
         payload_hash=payload_hash,
@@ -222,7 +223,7 @@ def bound_values(params: dict[str, Any]) -> list[Any]:
 
 
 def capture_params(
-    visit: Visit,
+    visit: Mapping[str, Any],
     *,
     payload_hash: str,
     event: dict[str, Any],
@@ -231,8 +232,7 @@ def capture_params(
     chained_at: datetime,
     draft_id: uuid.UUID | None,
 ) -> dict[str, Any]:
-    values = visit.model_dump()
-    params: dict[str, Any] = {f"v_{name}": values[name] for name in VISIT_COLUMNS}
+    params: dict[str, Any] = {f"v_{name}": visit[name] for name in VISIT_COLUMNS}
     params |= {
         "payload_hash": payload_hash,
         "first_entry_hash": chain.entry_hash(1, chain.GENESIS, payload_hash),

@@ -193,8 +193,9 @@ async def record_visit(
         if earlier is None:
             raise
         return Recorded(replay(earlier, request_hash), False, [])
+    values = visit.model_dump()
     appended = await append.append_visit(
-        session, visit, **_append_values(visit, evidence, draft_id=body.visit_id)
+        session, values, **_append_values(values, evidence, draft_id=body.visit_id)
     )
     if appended is None:
         winner = await _concurrent_winner(session, agent_id, idempotency_key, body, corrects)
@@ -204,7 +205,7 @@ async def record_visit(
     await repository.attach_evidence(session, visit.visit_id, own)
     if corrects is not None:
         await repository.set_review_state(session, corrects.visit_id, ReviewState.SUPERSEDED)
-    _log_recorded(visit)
+    _log_recorded(visit.visit_id, visit.loan_id, visit.task_id)
     return Recorded(visit, True, evidence)
 
 
@@ -216,36 +217,53 @@ def _new_visit(
     request_hash: str,
     corrects: Visit | None,
 ) -> Visit:
-    return Visit(
-        visit_id=body.visit_id or uuid.uuid4(),
-        corrects_visit_id=corrects.visit_id if corrects is not None else None,
-        version=corrects.version + 1 if corrects is not None else 1,
-        agent_id=agent_id,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        task_id=body.task_id,
-        loan_id=body.loan_id,
-        method=body.method,
-        outcome=body.outcome,
-        started_at=body.started_at,
-        ended_at=body.ended_at,
-        findings=body.findings.model_dump(mode="json"),
-        geo_lat=body.geo.lat if body.geo else None,
-        geo_lon=body.geo.lon if body.geo else None,
-        notes=body.notes,
-        region=region,
+    return Visit(**_new_values(agent_id, idempotency_key, body, region, request_hash, corrects))
+
+
+def _new_values(
+    agent_id: str,
+    idempotency_key: str | None,
+    body: VisitIn,
+    region: str | None,
+    request_hash: str,
+    corrects: Visit | None,
+) -> dict[str, Any]:
+    """A new visit's row, every column (`append.VISIT_COLUMNS`), as `Visit.model_dump()`
+    has it: the common capture writes and shows it without an ORM object, whose building
+    and dumping were a tenth of its CPU."""
+    geo = body.geo
+    return {
+        "visit_id": body.visit_id or uuid.uuid4(),
+        "agent_id": agent_id,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "task_id": body.task_id,
+        "loan_id": body.loan_id,
+        "method": body.method,
+        "outcome": body.outcome,
+        "started_at": body.started_at,
+        "ended_at": body.ended_at,
+        "findings": body.findings.model_dump(mode="json"),
+        "geo_lat": geo.lat if geo else None,
+        "geo_lon": geo.lon if geo else None,
+        "notes": body.notes,
         # Given, not defaulted: pydantic inspects a default factory's signature on every
         # instance it fills, a tenth of a capture's CPU in the bench's profile.
-        created_at=utcnow(),
-    )
+        "created_at": utcnow(),
+        "region": region,
+        "corrects_visit_id": corrects.visit_id if corrects is not None else None,
+        "version": corrects.version + 1 if corrects is not None else 1,
+        "carried_evidence": None,
+        "review_state": ReviewState.PENDING,
+    }
 
 
 def _append_values(
-    visit: Visit, evidence: list[Evidence], *, draft_id: uuid.UUID | None
+    visit: Mapping[str, Any], evidence: list[Evidence], *, draft_id: uuid.UUID | None
 ) -> dict[str, Any]:
-    """What services/visits/append.py binds besides the visit: its chain payload, its
-    `visit-completed` event, and the draft it was submitted from (or captured under the
-    id of)."""
+    """What services/visits/append.py binds besides the visit's row (`visit`, every
+    column): its chain payload, its `visit-completed` event, and the draft it was
+    submitted from (or captured under the id of)."""
     event = _completed_event(visit)
     return {
         "payload_hash": chain.payload_hash(_chained(visit, evidence), chain.CURRENT_FORMAT),
@@ -264,23 +282,22 @@ async def record_capture(
     idempotency_key: str,
     body: VisitIn,
     region: str,
-) -> Recorded | None:
+) -> VisitOut | None:
     """`record_visit` for the common capture: a new visit (no correction) listing no
     evidence, written by the one statement on a bare asyncpg connection, in autocommit.
-    None when one of its unique keys is taken (a retry, or a task already visited):
-    nothing was written, and `record_visit` in a session tells which and answers."""
-    visit = _new_visit(agent_id, idempotency_key, body, region, body.request_hash(), None)
-    params = append.capture_params(visit, **_append_values(visit, [], draft_id=body.visit_id))
+    Its view, or None when one of its unique keys is taken (a retry, or a task already
+    visited): nothing was written, and `record_visit` in a session tells which and
+    answers."""
+    row = _new_values(agent_id, idempotency_key, body, region, body.request_hash(), None)
+    params = append.capture_params(row, **_append_values(row, [], draft_id=body.visit_id))
     if await append.append_on_driver(connection, params) is None:
         return None
-    _log_recorded(visit)
-    return Recorded(visit, True, [])
+    _log_recorded(row["visit_id"], row["loan_id"], row["task_id"])
+    return VisitOut.model_validate({**row, "geo": body.geo})
 
 
-def _log_recorded(visit: Visit) -> None:
-    log.info(
-        "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
-    )
+def _log_recorded(visit_id: uuid.UUID, loan_id: str, task_id: uuid.UUID | None) -> None:
+    log.info("visit %s recorded for loan %s (task %s)", visit_id, loan_id, task_id)
 
 
 async def _check_evidence(
@@ -328,12 +345,15 @@ async def _check_evidence(
     return attached, [e for e in wanted if e not in set(carried)]
 
 
-def _chained(visit: Visit, evidence: list[Evidence]) -> dict[str, Any]:
+_CHAINED = (*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS)
+
+
+def _chained(visit: Mapping[str, Any], evidence: list[Evidence]) -> dict[str, Any]:
     """What the visit's chain entry commits to, in the current format: its recorded fields,
-    its version's place, its loan's region and its evidence's hashes."""
+    its version's place, its loan's region and its evidence's hashes (`visit`: its row)."""
     return {
-        **visit.model_dump(include={*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS}),
-        chain.REGION: visit.region,
+        **{name: visit[name] for name in _CHAINED},
+        chain.REGION: visit["region"],
         chain.EVIDENCE: chain.evidence_items((row.evidence_id, row.sha256) for row in evidence),
     }
 
@@ -464,9 +484,10 @@ def replay(
 _EVENT_FIELDS = (set(VisitCompleted.model_fields) - set(EventEnvelope.model_fields)) | {"loan_id"}
 
 
-def _completed_event(visit: Visit) -> VisitCompleted:
+def _completed_event(visit: Mapping[str, Any]) -> VisitCompleted:
+    """The visit's `visit-completed` event (`visit`: its row)."""
     return VisitCompleted.model_validate(
-        {**visit.model_dump(include=_EVENT_FIELDS), "occurred_at": visit.created_at}
+        {**{name: visit[name] for name in _EVENT_FIELDS}, "occurred_at": visit["created_at"]}
     )
 
 
