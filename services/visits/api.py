@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -33,7 +33,7 @@ from services.visits.schemas import (
     VisitOut,
 )
 from shared.app import SessionDep
-from shared.auth import Principal, require_roles
+from shared.auth import Principal, RoleGuard, require_roles
 from shared.db import unit_of_work
 from shared.errors import Problem, not_found
 from shared.openapi import problem, problems
@@ -128,22 +128,27 @@ def _store(request: Request) -> EvidenceStore:
     return store
 
 
-def _rate_limited(limiter: str) -> Callable[[Request, Principal], Awaitable[Principal]]:
-    """A dependency: the capturing caller, or a 429 once it has used up its share of this
-    route class (rate_limits). Run before the body is validated or, for an upload, read.
-    A coroutine although it does no I/O: FastAPI runs a plain function in a worker thread,
-    a hand-off per request for a dictionary lookup."""
+class _LimitedGuard(RoleGuard):
+    """A dependency: the capturing caller (agent or supervisor, else 403), or a 429 once it
+    has used up its share of this route class (rate_limits). Run before the body is
+    validated or, for an upload, read. One dependency, not the role guard and a limit
+    check on it: each level FastAPI resolves costs a capture CPU. A RoleGuard, so the
+    OpenAPI document lists its roles. A coroutine although it does no I/O: FastAPI runs a
+    plain function in a worker thread, a hand-off per request for a dictionary lookup."""
 
-    async def check(request: Request, who: Capturer) -> Principal:
-        limits: RateLimiter = getattr(request.app.state, limiter)
+    def __init__(self, limiter: str) -> None:
+        super().__init__(("agent", "supervisor"))
+        self._limiter = limiter
+
+    async def __call__(self, request: Request) -> Principal:
+        who = await super().__call__(request)
+        limits: RateLimiter = getattr(request.app.state, self._limiter)
         limits.check(who.sub)
         return who
 
-    return check
 
-
-LimitedCapturer = Annotated[Principal, Depends(_rate_limited("capture_limits"))]
-LimitedUploader = Annotated[Principal, Depends(_rate_limited("upload_limits"))]
+LimitedCapturer = Annotated[Principal, Depends(_LimitedGuard("capture_limits"))]
+LimitedUploader = Annotated[Principal, Depends(_LimitedGuard("upload_limits"))]
 
 
 @router.post(
