@@ -19,6 +19,7 @@ for by the insert, which then finds the key taken; it waits holding no head lock
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ async def append_visit(
     visit: Mapping[str, Any],
     *,
     payload_hash: str,
-    event: dict[str, Any],
+    event: dict[str, Any] | JsonText,
     event_id: uuid.UUID,
     topic: str,
     chained_at: datetime,
@@ -190,6 +191,9 @@ async def append_visit(
         chained_at=chained_at,
         draft_id=draft_id,
     )
+    if isinstance(event, JsonText):
+        # Through SQLAlchemy, JSONB binds a document, which it serialises itself.
+        params["event_payload"] = json.loads(event)
     connection = await session.connection()
     row = (await connection.execute(APPEND, params)).first()
     if row is None:
@@ -214,11 +218,20 @@ for _name, _bind in _COMPILED.binds.items():
         _CONVERTERS[_name] = _process
 
 
+class JsonText(str):
+    """A JSON document already serialised (by pydantic, in Rust), bound as it is rather
+    than serialised again from a dict."""
+
+    __slots__ = ()
+
+
 def bound_values(params: dict[str, Any]) -> list[Any]:
     """The statement's positional values for `params` (as `append_visit` names them)."""
     values = _CONSTANTS | params
     for name, convert in _CONVERTERS.items():
-        values[name] = convert(values[name])
+        value = values[name]
+        if not isinstance(value, JsonText):
+            values[name] = convert(value)
     return [values[name] for name in _ORDER]
 
 
@@ -226,7 +239,7 @@ def capture_params(
     visit: Mapping[str, Any],
     *,
     payload_hash: str,
-    event: dict[str, Any],
+    event: dict[str, Any] | JsonText,
     event_id: uuid.UUID,
     topic: str,
     chained_at: datetime,

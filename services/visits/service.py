@@ -267,7 +267,7 @@ def _append_values(
     event = _completed_event(visit)
     return {
         "payload_hash": chain.payload_hash(_chained(visit, evidence), chain.CURRENT_FORMAT),
-        "event": event.model_dump(mode="json"),
+        "event": append.JsonText(event.model_dump_json()),
         "event_id": event.event_id,
         "topic": event.event_type,
         "chained_at": utcnow(),
