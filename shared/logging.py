@@ -38,17 +38,18 @@ class CheckedId(str):
     __slots__ = ()
 
 
-# Arguments that cannot spell a national id or a phone number: a UUID's digits are split by
-# dashes and hex letters, and masking them only cost time (a capture's line names its visit).
-# A number (int, float) is masked, as before: a phone number can be one.
+# Arguments masked alone (text) or not at all (a UUID: a capture's line names its visit, and
+# masking its digits cost more than the rest of the line). A number (int, float) is masked
+# with the whole line, as before: a phone number can be one.
 _PLAIN_ARGS = (str, uuid.UUID, bool, type(None))
 
 
 def _message(record: logging.LogRecord) -> str:
     """The record's message, masked. With %-style arguments, the template and each argument
-    that is text are masked on their own, and UUIDs not at all: the same result as masking
-    the whole line (a number is never split across them in our messages), for a fraction of
-    the cost. Anything else is masked whole."""
+    that is text are masked on their own, and UUIDs not at all (an id, whose digits are no
+    number to hide): the result of masking the whole line, for a fraction of the cost, as no
+    message of ours splits a number across its arguments. Anything else (a number, an
+    object) is masked with the whole line."""
     args = record.args
     if (
         isinstance(args, tuple)

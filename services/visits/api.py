@@ -12,7 +12,7 @@ from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import drafts, evidence, reports, repository, review, service
-from services.visits.driver import driver_connection
+from services.visits.driver import CaptureConnections
 from services.visits.evidence_store import EvidenceStore
 from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
 from services.visits.grants import TaskGrants
@@ -203,7 +203,8 @@ async def record_visit(
         return _created(view, replayed=True)
     # The insert finds a retry by its key or id (service.record_visit).
     if not body.evidence:
-        async with driver_connection(request.app.state.engine) as connection:
+        connections: CaptureConnections = request.app.state.capture_connections
+        async with connections.connection() as connection:
             captured = await service.record_capture(
                 connection,
                 agent_id=who.sub,

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.visits.api import EVIDENCE_ROUTE, router
+from services.visits.driver import CaptureConnections
 from services.visits.grants import TaskGrants
 from services.visits.models import health, outbox
 from services.visits.rate_limits import RateLimiter
@@ -31,21 +32,25 @@ def build_app(
     resolved = settings
 
     # The client opens with the app's lifespan, so a restarted lifespan gets a fresh one.
-    async def open_scheduler(app: FastAPI) -> None:
+    async def open_clients(app: FastAPI) -> None:
         app.state.scheduler = ServiceClient.scheduler(
             resolved, caller="visits", transport=scheduler_transport
         )
+        app.state.capture_connections = CaptureConnections(app.state.engine)
 
-    async def close_scheduler(app: FastAPI) -> None:
+    async def close_clients(app: FastAPI) -> None:
         scheduler: ServiceClient = app.state.scheduler
         await scheduler.aclose()
+        # Before the engine is disposed: the connections captures kept go back to its pool.
+        connections: CaptureConnections = app.state.capture_connections
+        await connections.close()
 
     app = create_app(
         settings,
         title="Huifang visits",
         routers=[router],
-        on_startup=open_scheduler,
-        on_shutdown=close_scheduler,
+        on_startup=open_clients,
+        on_shutdown=close_clients,
         body_limits={EVIDENCE_ROUTE: settings.max_evidence_bytes},
         readiness=WorkerReadiness(
             health, [relay_role(outbox.fullname)], settings.worker_stale_seconds
