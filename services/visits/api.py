@@ -191,7 +191,9 @@ async def record_visit(
         # Before any transaction opens: the scheduler, when it must be asked, is asked with
         # no database connection held (a slow owner must not hold one and its locks).
         service.check_capture_rules(body)
-        region = await service.authorize_capture(_scheduler(request), who, body, _grants(request))
+        region = await service.authorize_capture(
+            _scheduler(request), who, body, _grants(request), request.app.state.loan_regions
+        )
     except Problem as refused:
         # A retry of a recorded visit replays whatever the rules or the scheduler say now:
         # the visit may have completed its task since, the scheduler may be down.

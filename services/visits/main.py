@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from services.visits.api import EVIDENCE_ROUTE, router
 from services.visits.driver import CaptureConnections
 from services.visits.grants import TaskGrants
+from services.visits.loan_regions import LoanRegions
 from services.visits.models import health, outbox
 from services.visits.rate_limits import RateLimiter
 from services.visits.settings import VisitsSettings
@@ -37,8 +38,11 @@ def build_app(
             resolved, caller="visits", transport=scheduler_transport
         )
         app.state.capture_connections = CaptureConnections(app.state.engine)
+        app.state.loan_regions = LoanRegions(resolved.http_cache_seconds)
 
     async def close_clients(app: FastAPI) -> None:
+        regions: LoanRegions = app.state.loan_regions
+        await regions.close()
         scheduler: ServiceClient = app.state.scheduler
         await scheduler.aclose()
         # Before the engine is disposed: the connections captures kept go back to its pool.

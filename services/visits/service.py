@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.visits import append, capture_rules, chain, repository
 from services.visits.evidence_types import EvidenceKind
 from services.visits.grants import TaskGrants
+from services.visits.loan_regions import LoanRegions
 from services.visits.models import Evidence, Visit, VisitReview
 from services.visits.schemas import (
     ChainBreak,
@@ -76,14 +78,19 @@ def check_capture_rules(body: VisitIn) -> None:
 
 
 async def authorize_capture(
-    scheduler: ServiceClient, who: Principal, body: VisitIn, grants: TaskGrants | None = None
+    scheduler: ServiceClient,
+    who: Principal,
+    body: VisitIn,
+    grants: TaskGrants | None = None,
+    regions: LoanRegions | None = None,
 ) -> str:
     """May `who` record this visit? Asked of the scheduler, which owns loans and tasks, before
     any transaction opens. An agent records visits only on loans it has been given a task for
     (open or done); a supervisor on the loans of the region its token names. A loan or task
     the caller may not touch looks absent (404), so nobody can probe others' portfolios.
     Returns the loan's region, which the visit keeps (supervisors read by it). `grants`
-    remembers the scheduler's yeses (services/visits/grants.py)."""
+    remembers the scheduler's yeses (services/visits/grants.py), `regions` the loans'
+    regions (services/visits/loan_regions.py)."""
     if not who.is_agent:
         repository.supervised_region(who)
     try:
@@ -97,11 +104,14 @@ async def authorize_capture(
                     raise not_found("loan")
                 if grants is not None:
                     grants.add(pair)
-        # Cached for a few seconds by the client: a loan's region does not change per visit.
-        loan = await registered_loan(scheduler, body.loan_id)
+        # Cached for a few seconds: a loan's region does not change per visit.
+        if regions is not None:
+            region = await regions.region(body.loan_id, partial(_region_of, scheduler))
+        else:
+            loan = await registered_loan(scheduler, body.loan_id)
+            region = loan.get("region") if loan is not None else None
     except OwnerUnavailable as exc:
         raise scheduler_unavailable(body.loan_id, exc) from exc
-    region = loan.get("region") if loan is not None else None
     if not isinstance(region, str) or (not who.is_agent and region != who.region):
         raise not_found("loan")
     return region
@@ -110,6 +120,13 @@ async def authorize_capture(
 async def registered_loan(scheduler: ServiceClient, loan_id: str) -> dict[str, Any] | None:
     """The loan as the scheduler registered it; None when it does not know it."""
     return await scheduler.get_json(f"/v1/loans/{quote(loan_id, safe='')}")
+
+
+async def _region_of(scheduler: ServiceClient, loan_id: str) -> str | None:
+    """The loan's region as the scheduler tells it now (LoanRegions caches it)."""
+    loan = await scheduler.get_json(f"/v1/loans/{quote(loan_id, safe='')}", cached=False)
+    region = loan.get("region") if loan is not None else None
+    return region if isinstance(region, str) else None
 
 
 def scheduler_unavailable(loan_id: str, exc: OwnerUnavailable) -> Problem:
