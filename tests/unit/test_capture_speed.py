@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.visits import service
+from services.visits.schemas import VisitIn, VisitOut
 from shared.auth import VERIFIED, VerifiedTokens, authenticate, issue_token
 from shared.errors import Problem
 from shared.logging import CheckedId, JsonFormatter, request_id_var, scrub
+from tests.support import PHONE_FINDINGS
 
 SECRET = "capture-speed-test-secret-0123456789"
 LIFETIME = timedelta(hours=12)
@@ -98,3 +101,32 @@ def test_only_the_edges_checked_request_id_skips_masking() -> None:
         assert '"request_id": "abc-123"' in _line("x")
     finally:
         request_id_var.reset(token)
+
+
+def test_a_created_visits_view_is_the_validated_one() -> None:
+    now = datetime.now(UTC)
+    bodies: list[dict[str, object]] = [
+        {"method": "phone", "findings": PHONE_FINDINGS, "notes": None},
+        {
+            "method": "phone",
+            "findings": PHONE_FINDINGS,
+            "notes": "借款人电话 13812345678 在家",
+            "task_id": str(uuid.uuid4()),
+            "visit_id": str(uuid.uuid4()),
+            "geo": {"lat": 31.2, "lon": 121.5},
+        },
+    ]
+    for extra in bodies:
+        body = VisitIn.model_validate(
+            {
+                "loan_id": "L-1",
+                "outcome": "completed",
+                "started_at": (now - timedelta(minutes=10)).isoformat(),
+                "ended_at": (now - timedelta(minutes=5)).isoformat(),
+                **extra,
+            }
+        )
+        row = service._new_values("AG-1", "key-1", body, "R-1", body.request_hash(), None)
+        validated = VisitOut.model_validate({**row, "geo": body.geo})
+        assert service.created_view(row, body).model_dump_json() == validated.model_dump_json()
+        assert "13812345678" not in service.created_view(row, body).model_dump_json()
