@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,11 @@ def issue_token(
 def decode_token(
     secret: str, token: str, *, max_lifetime: timedelta = MAX_TOKEN_LIFETIME
 ) -> Principal:
+    return _decode(secret, token, max_lifetime=max_lifetime)[0]
+
+
+def _decode(secret: str, token: str, *, max_lifetime: timedelta) -> tuple[Principal, float]:
+    """The token's principal and its `exp` (seconds since the epoch), or a 401 Problem."""
     try:
         claims = jwt.decode(
             token, secret, algorithms=["HS256"], options={"require": ["sub", "role", "exp", "iat"]}
@@ -89,7 +95,7 @@ def decode_token(
         not isinstance(region, str) or _REGION_PATTERN.fullmatch(region) is None
     ):
         raise _unauthorized(f"region must match {ID_PATTERN}")
-    return Principal(sub=sub, role=role, region=region)
+    return Principal(sub=sub, role=role, region=region), float(exp)
 
 
 def _numeric_date(value: object) -> bool:
@@ -104,13 +110,68 @@ def _unauthorized(detail: str) -> Problem:
 PRINCIPAL_SCOPE_KEY = "huifang.principal"
 
 
+# Tokens verified lately, so that an app's every request is not verified again: decoding
+# and checking one is a tenth of a capture's CPU. Kept no longer than the token's own `exp`
+# nor than VERIFIED_TTL_SECONDS (a short while: nothing here can be revoked, but a process
+# that outlives a secret rotation should stop honouring the old one soon), at most
+# MAX_VERIFIED tokens, least recently used dropped first. Only tokens that passed every
+# check are kept; a refused one is decoded, and refused, again each time.
+VERIFIED_TTL_SECONDS = 60.0
+MAX_VERIFIED = 10_000
+
+
+class VerifiedTokens:
+    def __init__(
+        self, max_entries: int = MAX_VERIFIED, ttl_seconds: float = VERIFIED_TTL_SECONDS
+    ) -> None:
+        self._max = max_entries
+        self._ttl = ttl_seconds
+        # (token, secret, max_lifetime) -> (principal, valid until, epoch seconds)
+        self._known: OrderedDict[tuple[str, str, timedelta], tuple[Principal, float]] = (
+            OrderedDict()
+        )
+
+    def get(self, key: tuple[str, str, timedelta], now: float) -> Principal | None:
+        known = self._known.get(key)
+        if known is None:
+            return None
+        principal, valid_until = known
+        if now >= valid_until:
+            del self._known[key]
+            return None
+        self._known.move_to_end(key)
+        return principal
+
+    def add(
+        self, key: tuple[str, str, timedelta], principal: Principal, exp: float, now: float
+    ) -> None:
+        self._known[key] = (principal, min(exp, now + self._ttl))
+        self._known.move_to_end(key)
+        while len(self._known) > self._max:
+            self._known.popitem(last=False)
+
+    def clear(self) -> None:
+        self._known.clear()
+
+
+VERIFIED = VerifiedTokens()
+
+
 def authenticate(authorization: str, secret: str, *, max_lifetime: timedelta) -> Principal:
     """The caller named by an `Authorization` header; a 401 Problem without a valid bearer
-    token. Run once per request, at the edge, before the body is read."""
+    token. Run once per request, at the edge, before the body is read; a token verified
+    in the last minute is not verified again (`VERIFIED`) until its `exp`."""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("missing bearer token")
-    return decode_token(secret, token, max_lifetime=max_lifetime)
+    key = (token, secret, max_lifetime)
+    now = time.time()
+    principal = VERIFIED.get(key, now)
+    if principal is not None:
+        return principal
+    principal, exp = _decode(secret, token, max_lifetime=max_lifetime)
+    VERIFIED.add(key, principal, exp, now)
+    return principal
 
 
 def principal_of(scope: Scope) -> Principal | None:

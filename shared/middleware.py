@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import PRINCIPAL_SCOPE_KEY, authenticate
 from shared.errors import PROBLEM_JSON, Problem, problem_body
-from shared.logging import request_id_var
+from shared.logging import CheckedId, request_id_var
 from shared.pii import mask_pii
 from shared.settings import ServiceSettings
 
@@ -57,10 +57,11 @@ class BodyTooLarge(HTTPException):
 
 
 def request_id(offered: str) -> str:
-    """The caller's request id if it is safe to echo and log as it is, else a new one."""
+    """The caller's request id if it is safe to echo and log as it is, else a new one
+    (hex: nothing to mask). Either is checked once here, not on every log line."""
     if _REQUEST_ID.fullmatch(offered) and mask_pii(offered) == offered:
-        return offered
-    return uuid.uuid4().hex
+        return CheckedId(offered)
+    return CheckedId(uuid.uuid4().hex)
 
 
 class RequestContextMiddleware:

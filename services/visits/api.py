@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -12,6 +12,7 @@ from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.visits import drafts, evidence, reports, repository, review, service
+from services.visits.driver import CaptureConnections
 from services.visits.evidence_store import EvidenceStore
 from services.visits.evidence_types import ALLOWED_TYPES, EvidenceKind
 from services.visits.grants import TaskGrants
@@ -32,7 +33,7 @@ from services.visits.schemas import (
     VisitOut,
 )
 from shared.app import SessionDep
-from shared.auth import Principal, require_roles
+from shared.auth import Principal, RoleGuard, require_roles
 from shared.db import unit_of_work
 from shared.errors import Problem, not_found
 from shared.openapi import problem, problems
@@ -127,22 +128,27 @@ def _store(request: Request) -> EvidenceStore:
     return store
 
 
-def _rate_limited(limiter: str) -> Callable[[Request, Principal], Awaitable[Principal]]:
-    """A dependency: the capturing caller, or a 429 once it has used up its share of this
-    route class (rate_limits). Run before the body is validated or, for an upload, read.
-    A coroutine although it does no I/O: FastAPI runs a plain function in a worker thread,
-    a hand-off per request for a dictionary lookup."""
+class _LimitedGuard(RoleGuard):
+    """A dependency: the capturing caller (agent or supervisor, else 403), or a 429 once it
+    has used up its share of this route class (rate_limits). Run before the body is
+    validated or, for an upload, read. One dependency, not the role guard and a limit
+    check on it: each level FastAPI resolves costs a capture CPU. A RoleGuard, so the
+    OpenAPI document lists its roles. A coroutine although it does no I/O: FastAPI runs a
+    plain function in a worker thread, a hand-off per request for a dictionary lookup."""
 
-    async def check(request: Request, who: Capturer) -> Principal:
-        limits: RateLimiter = getattr(request.app.state, limiter)
+    def __init__(self, limiter: str) -> None:
+        super().__init__(("agent", "supervisor"))
+        self._limiter = limiter
+
+    async def __call__(self, request: Request) -> Principal:
+        who = await super().__call__(request)
+        limits: RateLimiter = getattr(request.app.state, self._limiter)
         limits.check(who.sub)
         return who
 
-    return check
 
-
-LimitedCapturer = Annotated[Principal, Depends(_rate_limited("capture_limits"))]
-LimitedUploader = Annotated[Principal, Depends(_rate_limited("upload_limits"))]
+LimitedCapturer = Annotated[Principal, Depends(_LimitedGuard("capture_limits"))]
+LimitedUploader = Annotated[Principal, Depends(_LimitedGuard("upload_limits"))]
 
 
 @router.post(
@@ -155,9 +161,8 @@ async def record_visit(
     body: VisitIn,
     idempotency_key: IdempotencyKey,
     request: Request,
-    response: Response,
     who: LimitedCapturer,
-) -> VisitOut:
+) -> Response:
     """Record a visit. A retry with the same key and body answers 201 with the first visit
     again (and `Idempotent-Replayed: true`), so the app sees one stable result.
 
@@ -186,7 +191,9 @@ async def record_visit(
         # Before any transaction opens: the scheduler, when it must be asked, is asked with
         # no database connection held (a slow owner must not hold one and its locks).
         service.check_capture_rules(body)
-        region = await service.authorize_capture(_scheduler(request), who, body, _grants(request))
+        region = await service.authorize_capture(
+            _scheduler(request), who, body, _grants(request), request.app.state.loan_regions
+        )
     except Problem as refused:
         # A retry of a recorded visit replays whatever the rules or the scheduler say now:
         # the visit may have completed its task since, the scheduler may be down.
@@ -195,18 +202,38 @@ async def record_visit(
             view = await service.view_of(session, visit) if visit is not None else None
         if view is None:
             raise refused from None
-        response.headers["Idempotent-Replayed"] = "true"
-        return view
+        return _created(view, replayed=True)
     # The insert finds a retry by its key or id (service.record_visit).
+    if not body.evidence:
+        connections: CaptureConnections = request.app.state.capture_connections
+        async with connections.connection() as connection:
+            captured = await service.record_capture(
+                connection,
+                agent_id=who.sub,
+                idempotency_key=idempotency_key,
+                body=body,
+                region=region,
+            )
+        if captured is not None:
+            return _created(captured)
+        # A key taken: a retry (or a task visited already), told apart in a session below.
     async with _capture_session(sessions, single_statement=not body.evidence) as session:
         recorded = await service.record_visit(
             session, agent_id=who.sub, idempotency_key=idempotency_key, body=body, region=region
         )
         if recorded.created:
-            return recorded.view()
+            return _created(recorded.view())
         view = await service.view_of(session, recorded.visit)
-    response.headers["Idempotent-Replayed"] = "true"
-    return view
+    return _created(view, replayed=True)
+
+
+def _created(view: VisitOut, *, replayed: bool = False) -> Response:
+    """The 201 of a capture, serialised once by pydantic: returned as a response, it is not
+    validated against `response_model` again (which only documents it)."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(
+        view.model_dump_json(), status_code=201, media_type="application/json", headers=headers
+    )
 
 
 # Declared before `/visits/{visit_id}`, which would otherwise read `verify` as a visit id.

@@ -6,15 +6,18 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import asyncpg
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.visits import append, capture_rules, chain, repository
 from services.visits.evidence_types import EvidenceKind
 from services.visits.grants import TaskGrants
+from services.visits.loan_regions import LoanRegions
 from services.visits.models import Evidence, Visit, VisitReview
 from services.visits.schemas import (
     ChainBreak,
@@ -32,6 +35,7 @@ from shared.auth import Principal
 from shared.db import utcnow
 from shared.errors import Problem, not_found
 from shared.events import EventEnvelope, VisitCompleted, VisitFindings
+from shared.pii import mask_pii
 from shared.service_client import OwnerUnavailable, ServiceClient
 
 log = logging.getLogger(__name__)
@@ -75,14 +79,19 @@ def check_capture_rules(body: VisitIn) -> None:
 
 
 async def authorize_capture(
-    scheduler: ServiceClient, who: Principal, body: VisitIn, grants: TaskGrants | None = None
+    scheduler: ServiceClient,
+    who: Principal,
+    body: VisitIn,
+    grants: TaskGrants | None = None,
+    regions: LoanRegions | None = None,
 ) -> str:
     """May `who` record this visit? Asked of the scheduler, which owns loans and tasks, before
     any transaction opens. An agent records visits only on loans it has been given a task for
     (open or done); a supervisor on the loans of the region its token names. A loan or task
     the caller may not touch looks absent (404), so nobody can probe others' portfolios.
     Returns the loan's region, which the visit keeps (supervisors read by it). `grants`
-    remembers the scheduler's yeses (services/visits/grants.py)."""
+    remembers the scheduler's yeses (services/visits/grants.py), `regions` the loans'
+    regions (services/visits/loan_regions.py)."""
     if not who.is_agent:
         repository.supervised_region(who)
     try:
@@ -96,11 +105,14 @@ async def authorize_capture(
                     raise not_found("loan")
                 if grants is not None:
                     grants.add(pair)
-        # Cached for a few seconds by the client: a loan's region does not change per visit.
-        loan = await registered_loan(scheduler, body.loan_id)
+        # Cached for a few seconds: a loan's region does not change per visit.
+        if regions is not None:
+            region = await regions.region(body.loan_id, partial(_region_of, scheduler))
+        else:
+            loan = await registered_loan(scheduler, body.loan_id)
+            region = loan.get("region") if loan is not None else None
     except OwnerUnavailable as exc:
         raise scheduler_unavailable(body.loan_id, exc) from exc
-    region = loan.get("region") if loan is not None else None
     if not isinstance(region, str) or (not who.is_agent and region != who.region):
         raise not_found("loan")
     return region
@@ -109,6 +121,13 @@ async def authorize_capture(
 async def registered_loan(scheduler: ServiceClient, loan_id: str) -> dict[str, Any] | None:
     """The loan as the scheduler registered it; None when it does not know it."""
     return await scheduler.get_json(f"/v1/loans/{quote(loan_id, safe='')}")
+
+
+async def _region_of(scheduler: ServiceClient, loan_id: str) -> str | None:
+    """The loan's region as the scheduler tells it now (LoanRegions caches it)."""
+    loan = await scheduler.get_json(f"/v1/loans/{quote(loan_id, safe='')}", cached=False)
+    region = loan.get("region") if loan is not None else None
+    return region if isinstance(region, str) else None
 
 
 def scheduler_unavailable(loan_id: str, exc: OwnerUnavailable) -> Problem:
@@ -183,28 +202,7 @@ async def record_visit(
     visit, its chain entry, its outbox row and its draft's removal. Listed evidence is
     locked and checked first, as its hashes are chained, and attached after."""
     request_hash = request_hash or body.request_hash()
-    visit = Visit(
-        visit_id=body.visit_id or uuid.uuid4(),
-        corrects_visit_id=corrects.visit_id if corrects is not None else None,
-        version=corrects.version + 1 if corrects is not None else 1,
-        agent_id=agent_id,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        task_id=body.task_id,
-        loan_id=body.loan_id,
-        method=body.method,
-        outcome=body.outcome,
-        started_at=body.started_at,
-        ended_at=body.ended_at,
-        findings=body.findings.model_dump(mode="json"),
-        geo_lat=body.geo.lat if body.geo else None,
-        geo_lon=body.geo.lon if body.geo else None,
-        notes=body.notes,
-        region=region,
-        # Given, not defaulted: pydantic inspects a default factory's signature on every
-        # instance it fills, a tenth of a capture's CPU in the bench's profile.
-        created_at=utcnow(),
-    )
+    visit = _new_visit(agent_id, idempotency_key, body, region, request_hash, corrects)
     try:
         evidence, own = await _check_evidence(session, visit, body, corrects)
     except Problem:
@@ -213,17 +211,9 @@ async def record_visit(
         if earlier is None:
             raise
         return Recorded(replay(earlier, request_hash), False, [])
-    event = _completed_event(visit)
+    values = visit.model_dump()
     appended = await append.append_visit(
-        session,
-        visit,
-        payload_hash=chain.payload_hash(_chained(visit, evidence), chain.CURRENT_FORMAT),
-        event=event.model_dump(mode="json"),
-        event_id=event.event_id,
-        topic=event.event_type,
-        chained_at=utcnow(),
-        # Submitted from a draft, or captured directly under a draft's id.
-        draft_id=body.visit_id,
+        session, values, **_append_values(values, evidence, draft_id=body.visit_id)
     )
     if appended is None:
         winner = await _concurrent_winner(session, agent_id, idempotency_key, body, corrects)
@@ -233,10 +223,126 @@ async def record_visit(
     await repository.attach_evidence(session, visit.visit_id, own)
     if corrects is not None:
         await repository.set_review_state(session, corrects.visit_id, ReviewState.SUPERSEDED)
-    log.info(
-        "visit %s recorded for loan %s (task %s)", visit.visit_id, visit.loan_id, visit.task_id
-    )
+    _log_recorded(visit.visit_id, visit.loan_id, visit.task_id)
     return Recorded(visit, True, evidence)
+
+
+def _new_visit(
+    agent_id: str,
+    idempotency_key: str | None,
+    body: VisitIn,
+    region: str | None,
+    request_hash: str,
+    corrects: Visit | None,
+) -> Visit:
+    return Visit(**_new_values(agent_id, idempotency_key, body, region, request_hash, corrects))
+
+
+def _new_values(
+    agent_id: str,
+    idempotency_key: str | None,
+    body: VisitIn,
+    region: str | None,
+    request_hash: str,
+    corrects: Visit | None,
+) -> dict[str, Any]:
+    """A new visit's row, every column (`append.VISIT_COLUMNS`), as `Visit.model_dump()`
+    has it: the common capture writes and shows it without an ORM object, whose building
+    and dumping were a tenth of its CPU."""
+    geo = body.geo
+    return {
+        "visit_id": body.visit_id or uuid.uuid4(),
+        "agent_id": agent_id,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "task_id": body.task_id,
+        "loan_id": body.loan_id,
+        "method": body.method,
+        "outcome": body.outcome,
+        "started_at": body.started_at,
+        "ended_at": body.ended_at,
+        "findings": body.findings.model_dump(mode="json"),
+        "geo_lat": geo.lat if geo else None,
+        "geo_lon": geo.lon if geo else None,
+        "notes": body.notes,
+        # Given, not defaulted: pydantic inspects a default factory's signature on every
+        # instance it fills, a tenth of a capture's CPU in the bench's profile.
+        "created_at": utcnow(),
+        "region": region,
+        "corrects_visit_id": corrects.visit_id if corrects is not None else None,
+        "version": corrects.version + 1 if corrects is not None else 1,
+        "carried_evidence": None,
+        "review_state": ReviewState.PENDING,
+    }
+
+
+def _append_values(
+    visit: Mapping[str, Any], evidence: list[Evidence], *, draft_id: uuid.UUID | None
+) -> dict[str, Any]:
+    """What services/visits/append.py binds besides the visit's row (`visit`, every
+    column): its chain payload, its `visit-completed` event, and the draft it was
+    submitted from (or captured under the id of)."""
+    event = _completed_event(visit)
+    return {
+        "payload_hash": chain.payload_hash(_chained(visit, evidence), chain.CURRENT_FORMAT),
+        "event": append.JsonText(event.model_dump_json()),
+        "event_id": event.event_id,
+        "topic": event.event_type,
+        "chained_at": utcnow(),
+        "draft_id": draft_id,
+    }
+
+
+async def record_capture(
+    connection: asyncpg.Connection,
+    *,
+    agent_id: str,
+    idempotency_key: str,
+    body: VisitIn,
+    region: str,
+) -> VisitOut | None:
+    """`record_visit` for the common capture: a new visit (no correction) listing no
+    evidence, written by the one statement on a bare asyncpg connection, in autocommit.
+    Its view, or None when one of its unique keys is taken (a retry, or a task already
+    visited): nothing was written, and `record_visit` in a session tells which and
+    answers."""
+    row = _new_values(agent_id, idempotency_key, body, region, body.request_hash(), None)
+    params = append.capture_params(row, **_append_values(row, [], draft_id=body.visit_id))
+    if await append.append_on_driver(connection, params) is None:
+        return None
+    _log_recorded(row["visit_id"], row["loan_id"], row["task_id"])
+    return created_view(row, body)
+
+
+def created_view(row: Mapping[str, Any], body: VisitIn) -> VisitOut:
+    """A visit just created from `body` (`row`: its columns) as the API shows it, built
+    from values validated already (`body`'s): not validated again, which cost a capture
+    as much as its response's serialisation. Notes are masked as `MaskedText` does."""
+    notes = row["notes"]
+    return VisitOut.model_construct(
+        visit_id=row["visit_id"],
+        agent_id=row["agent_id"],
+        created_at=row["created_at"],
+        task_id=row["task_id"],
+        loan_id=row["loan_id"],
+        method=row["method"],
+        outcome=row["outcome"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        findings=body.findings,
+        geo=body.geo,
+        notes=mask_pii(notes) if notes is not None else None,
+        evidence=[],
+        version=row["version"],
+        corrects_visit_id=row["corrects_visit_id"],
+        corrected_by=None,
+        review_state=row["review_state"],
+        review=None,
+    )
+
+
+def _log_recorded(visit_id: uuid.UUID, loan_id: str, task_id: uuid.UUID | None) -> None:
+    log.info("visit %s recorded for loan %s (task %s)", visit_id, loan_id, task_id)
 
 
 async def _check_evidence(
@@ -284,12 +390,15 @@ async def _check_evidence(
     return attached, [e for e in wanted if e not in set(carried)]
 
 
-def _chained(visit: Visit, evidence: list[Evidence]) -> dict[str, Any]:
+_CHAINED = (*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS)
+
+
+def _chained(visit: Mapping[str, Any], evidence: list[Evidence]) -> dict[str, Any]:
     """What the visit's chain entry commits to, in the current format: its recorded fields,
-    its version's place, its loan's region and its evidence's hashes."""
+    its version's place, its loan's region and its evidence's hashes (`visit`: its row)."""
     return {
-        **visit.model_dump(include={*chain.CHAINED_FIELDS, *chain.VERSION_FIELDS}),
-        chain.REGION: visit.region,
+        **{name: visit[name] for name in _CHAINED},
+        chain.REGION: visit["region"],
         chain.EVIDENCE: chain.evidence_items((row.evidence_id, row.sha256) for row in evidence),
     }
 
@@ -420,9 +529,10 @@ def replay(
 _EVENT_FIELDS = (set(VisitCompleted.model_fields) - set(EventEnvelope.model_fields)) | {"loan_id"}
 
 
-def _completed_event(visit: Visit) -> VisitCompleted:
+def _completed_event(visit: Mapping[str, Any]) -> VisitCompleted:
+    """The visit's `visit-completed` event (`visit`: its row)."""
     return VisitCompleted.model_validate(
-        {**visit.model_dump(include=_EVENT_FIELDS), "occurred_at": visit.created_at}
+        {**{name: visit[name] for name in _EVENT_FIELDS}, "occurred_at": visit["created_at"]}
     )
 
 

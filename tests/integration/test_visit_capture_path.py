@@ -9,15 +9,19 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import literal, select
+from sqlalchemy.exc import DBAPIError
 
 from services.scheduler import main as scheduler_main
 from services.scheduler.settings import SchedulerSettings
 from services.visits import chain
 from services.visits import main as visits_main
 from services.visits.append import entry_hash_sql
+from services.visits.driver import CaptureConnections
 from services.visits.settings import VisitsSettings
 from shared.db import make_engine
+from shared.errors import sqlstate
 from tests.integration.conftest import System
 from tests.integration.test_visit_chain import verify_loan
 from tests.integration.test_visit_evidence import field_visit
@@ -123,3 +127,38 @@ async def test_the_scheduler_is_asked_once_per_agent_and_loan(system: System) ->
         assert refused.status_code == 404, refused.text
     task_lookups = [path for path in to_scheduler.asked if path == "/v1/tasks"]
     assert len(task_lookups) == 2  # the agent's first capture, and the stranger's
+
+
+async def test_capture_connections_are_kept_and_a_closed_one_is_replaced(system: System) -> None:
+    engine = make_engine(system.database_url, pool_size=2, pre_ping=False)
+    connections = CaptureConnections(engine, max_kept=1)
+    try:
+        async with connections.connection() as first:
+            assert await first.fetchval("SELECT 1") == 1
+        async with connections.connection() as again:
+            # Kept, not given back to the pool and checked out anew.
+            assert again is first
+        await first.close()  # as a database restart leaves it
+        async with connections.connection() as replacement:
+            assert replacement is not first
+            assert await replacement.fetchval("SELECT 2") == 2
+    finally:
+        await connections.close()
+        await engine.dispose()
+
+
+async def test_a_database_error_on_a_capture_connection_is_sqlalchemys(system: System) -> None:
+    engine = make_engine(system.database_url, pool_size=1, pre_ping=False)
+    connections = CaptureConnections(engine)
+    try:
+        with pytest.raises(DBAPIError) as raised:
+            async with connections.connection() as connection:
+                await connection.execute("SELECT 1 / 0")
+        # The problem handlers read the SQLSTATE (shared/errors.py): 22012 is the client's.
+        assert sqlstate(raised.value) == "22012"
+        assert not raised.value.connection_invalidated
+        async with connections.connection() as kept:
+            assert await kept.fetchval("SELECT 3") == 3
+    finally:
+        await connections.close()
+        await engine.dispose()
