@@ -258,10 +258,20 @@ async def _registered_loans(
     return loans
 
 
-async def apply(session: AsyncSession, p: PolicyInForce, batch: BatchPlan) -> None:
+async def apply(
+    session: AsyncSession,
+    p: PolicyInForce,
+    batch: BatchPlan,
+    before: Mapping[str, LoanFacts] | None = None,
+) -> None:
     """Write a batch's changes: visited tasks completed first (so the next visit opens a new
     task rather than merging into the one just done), plans merged per loan and method,
-    then the loans' standing and soonest due date, then their tiers."""
+    then the loans' standing and soonest due date, then their tiers.
+
+    `before`: the loans as the batch read them. Given, only loans whose tier shift the
+    batch moved get their tier recomputed: a month-end batch of on-time postings moves
+    none, and recomputing a thousand tiers was a statement's worth of work per batch.
+    Without it (a valuation changes a tier's input itself) every loan touched is."""
     await repository.complete_tasks(session, batch.completions)
     await repository.save_alert_states(session, batch.alerts)
     if await repository.upsert_tasks(session, policy.merge_plans(batch.plans)):
@@ -270,6 +280,12 @@ async def apply(session: AsyncSession, p: PolicyInForce, batch: BatchPlan) -> No
     extra = sorted({p.loan_id for p in batch.plans} - touched)
     await repository.update_standing(session, [*batch.standings, *map(Standing, extra)])
     # Only a record's shift moves a tier here; the facts' own inputs move it elsewhere.
+    if before is not None:
+        touched = {
+            s.loan_id
+            for s in batch.standings
+            if s.tier_shift is not None and s.tier_shift != before[s.loan_id].tier_shift
+        }
     await replan.recompute_tiers(session, p, datetime.now(UTC).date(), touched)
 
 
@@ -278,14 +294,14 @@ async def on_repayments(session: AsyncSession, events: Sequence[RepaymentPosted]
     get urgent visits."""
     loans = await _registered_loans(session, events)
     p = await policies.current_policy(session)
-    await apply(session, p, plan_repayments(p, events, loans))
+    await apply(session, p, plan_repayments(p, events, loans), loans)
 
 
 async def on_visits(session: AsyncSession, events: Sequence[VisitCompleted]) -> None:
     """`visit-completed`: complete the visited task and plan the next visit by risk."""
     loans = await _registered_loans(session, events)
     p = await policies.current_policy(session)
-    await apply(session, p, plan_visits(p, events, loans))
+    await apply(session, p, plan_visits(p, events, loans), loans)
 
 
 async def on_alerts(session: AsyncSession, events: Sequence[AlertRaised]) -> None:
@@ -299,7 +315,7 @@ async def on_alerts(session: AsyncSession, events: Sequence[AlertRaised]) -> Non
         return
     loans = await _registered_loans(session, moving)
     seen = await repository.alert_states(session, {e.alert_id for e in moving})
-    await apply(session, p, plan_alerts(p, moving, loans, seen))
+    await apply(session, p, plan_alerts(p, moving, loans, seen), loans)
 
 
 async def on_repayment_plans(
