@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from fastapi import Request
 from starlette.types import Scope
 
 from shared.errors import Problem
+from shared.lru import BoundedLru
 from shared.validation import ID_PATTERN
 
 Role = Literal["agent", "supervisor", "ops", "integration", "admin"]
@@ -124,11 +124,10 @@ class VerifiedTokens:
     def __init__(
         self, max_entries: int = MAX_VERIFIED, ttl_seconds: float = VERIFIED_TTL_SECONDS
     ) -> None:
-        self._max = max_entries
         self._ttl = ttl_seconds
         # (token, secret, max_lifetime) -> (principal, valid until, epoch seconds)
-        self._known: OrderedDict[tuple[str, str, timedelta], tuple[Principal, float]] = (
-            OrderedDict()
+        self._known: BoundedLru[tuple[str, str, timedelta], tuple[Principal, float]] = BoundedLru(
+            max_entries
         )
 
     def get(self, key: tuple[str, str, timedelta], now: float) -> Principal | None:
@@ -137,18 +136,14 @@ class VerifiedTokens:
             return None
         principal, valid_until = known
         if now >= valid_until:
-            del self._known[key]
+            self._known.discard(key)
             return None
-        self._known.move_to_end(key)
         return principal
 
     def add(
         self, key: tuple[str, str, timedelta], principal: Principal, exp: float, now: float
     ) -> None:
-        self._known[key] = (principal, min(exp, now + self._ttl))
-        self._known.move_to_end(key)
-        while len(self._known) > self._max:
-            self._known.popitem(last=False)
+        self._known.put(key, (principal, min(exp, now + self._ttl)))
 
     def clear(self) -> None:
         self._known.clear()

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 import httpx
 
 from shared.auth import issue_token
+from shared.lru import BoundedLru
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ class ServiceClient:
         self._cache_seconds = cache_seconds
         # Least recently used first; bounded, so a month-end run over a million loans
         # cannot grow a worker's memory with every loan it looked up.
-        self._cache: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._cache_entries = cache_entries
+        self._cache: BoundedLru[str, tuple[float, dict[str, Any]]] = BoundedLru(cache_entries)
 
     @classmethod
     def scheduler(
@@ -82,7 +81,6 @@ class ServiceClient:
         now = time.monotonic()
         hit = self._cache.get(path)
         if cached and hit is not None and hit[0] > now:
-            self._cache.move_to_end(path)
             return hit[1]
         last_error: Exception | None = None
         for attempt in range(self._retries + 1):
@@ -122,10 +120,7 @@ class ServiceClient:
         raise OwnerUnavailable(f"{self._client.base_url}{path}: {last_error}")
 
     def _remember(self, path: str, expires: float, body: dict[str, Any]) -> None:
-        self._cache[path] = (expires, body)
-        self._cache.move_to_end(path)
-        while len(self._cache) > self._cache_entries:
-            self._cache.popitem(last=False)
+        self._cache.put(path, (expires, body))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -12,7 +12,7 @@ a dropped pair is simply asked about again.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from shared.lru import BoundedLru
 
 # (agent, loan) pairs; an entry is a few hundred bytes, so this is tens of MiB at most.
 MAX_GRANTS = 200_000
@@ -20,17 +20,10 @@ MAX_GRANTS = 200_000
 
 class TaskGrants:
     def __init__(self, max_entries: int = MAX_GRANTS) -> None:
-        self._max = max_entries
-        self._known: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._known: BoundedLru[tuple[str, str], bool] = BoundedLru(max_entries)
 
     def __contains__(self, pair: tuple[str, str]) -> bool:
-        if pair not in self._known:
-            return False
-        self._known.move_to_end(pair)
-        return True
+        return self._known.get(pair) is not None
 
     def add(self, pair: tuple[str, str]) -> None:
-        self._known[pair] = None
-        self._known.move_to_end(pair)
-        while len(self._known) > self._max:
-            self._known.popitem(last=False)
+        self._known.put(pair, True)

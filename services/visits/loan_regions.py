@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from shared.lru import BoundedLru
 from shared.service_client import OwnerUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,8 @@ class LoanRegions:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fresh = fresh_seconds
-        self._max = max_loans
         self._clock = clock
-        self._known: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._known: BoundedLru[str, tuple[str, float]] = BoundedLru(max_loans)
         self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     async def region(self, loan_id: str, lookup: Lookup) -> str | None:
@@ -64,12 +63,9 @@ class LoanRegions:
 
     def _remember(self, loan_id: str, region: str | None, fetched_at: float) -> None:
         if region is None:
-            self._known.pop(loan_id, None)
+            self._known.discard(loan_id)
             return
-        self._known[loan_id] = (region, fetched_at)
-        self._known.move_to_end(loan_id)
-        while len(self._known) > self._max:
-            self._known.popitem(last=False)
+        self._known.put(loan_id, (region, fetched_at))
 
     def _refresh_behind(self, loan_id: str, lookup: Lookup) -> None:
         if loan_id in self._refreshing:
