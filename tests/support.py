@@ -264,6 +264,12 @@ async def fetchval(database_url: str, sql: str, *args: Any) -> Any:
         return await conn.fetchval(sql, *args)
 
 
+async def execute(database_url: str, script: str) -> None:
+    """Run `script` (statements separated by semicolons, no parameters) in one session."""
+    async with _connection(database_url) as conn:
+        await conn.execute(script)
+
+
 async def fetchrow(database_url: str, sql: str, *args: Any) -> Any:
     """The first row of `sql` (an asyncpg Record, or None), on a one-off connection."""
     async with _connection(database_url) as conn:

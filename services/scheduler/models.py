@@ -196,10 +196,13 @@ class VisitTask(SchedulerTable, table=True):
             unique=True,
             postgresql_where=text("status = 'open'"),
         ),
-        # What the dispatcher reads: open tasks without an agent, soonest first (third-party
-        # checks are for partners, never dispatched).
+        # What the dispatcher reads: open tasks without an agent, per region and method that
+        # some agent covers, soonest first (third-party checks are for partners, never
+        # dispatched). Tasks of a region nobody covers are never scanned.
         Index(
             "ix_visit_tasks_awaiting_dispatch",
+            "region",
+            "method",
             "due_on",
             "task_id",
             postgresql_where=text(
@@ -212,6 +215,9 @@ class VisitTask(SchedulerTable, table=True):
 
     task_id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     loan_id: str = Field(max_length=64)
+    # The loan's region, copied when the task is written and moved with the loan
+    # (registration.py): the dispatch queue is indexed by it.
+    region: str = Field(max_length=64)
     method: VisitMethod = Field(sa_column=Column(String(16), nullable=False))
     due_on: date
     status: TaskStatus = Field(

@@ -179,9 +179,12 @@ _TASK_COLUMNS = (("loan_id", "varchar"), ("method", "varchar"), ("due_on", "date
 # New tasks are unassigned: the dispatcher gives them their agents. A loan that somehow
 # has an open task of that method already keeps it (the open-task index).
 _FIRST_TASKS = text(
-    f"INSERT INTO {_TASKS} (task_id, loan_id, method, due_on, status, reason, created_at)"
-    " SELECT gen_random_uuid(), r.loan_id, r.method, r.due_on, 'open', r.reason::jsonb, now()"
+    f"INSERT INTO {_TASKS}"
+    " (task_id, loan_id, region, method, due_on, status, reason, created_at)"
+    " SELECT gen_random_uuid(), r.loan_id, l.region, r.method, r.due_on, 'open',"
+    " r.reason::jsonb, now()"
     f" FROM {_unnest([*_TASK_COLUMNS, ('reason', 'text')])}"
+    f" JOIN {_LOANS} AS l USING (loan_id)"
     " ON CONFLICT (loan_id, method) WHERE status = 'open' DO NOTHING"
 )
 
@@ -226,6 +229,8 @@ async def register_loans(
         await _plan_first_follow_ups(
             session, [(loan_id, plans[bodies[loan_id].disbursed_on]) for loan_id in created]
         )
+    # A loan that changed region takes its open tasks along.
+    await repository.move_tasks(session, updated)
     if written and rules is not None:
         # A registration's facts (grade, amounts, term) are the tier's inputs.
         await replan.recompute_tiers(session, rules, datetime.now(UTC).date(), written)

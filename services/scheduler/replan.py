@@ -220,7 +220,7 @@ def _tier_table(p: PolicyInForce, scope: Scope) -> str:
 def _plan_table(scope: Scope) -> str:
     return f"""
     CREATE TEMP TABLE replan_plan ON COMMIT DROP AS
-    SELECT l.loan_id, m.method, m.due_on,
+    SELECT l.loan_id, l.region, m.method, m.due_on,
            jsonb_build_object('rule', m.rule, 'inputs', m.inputs,
                               'policy_version', CAST(:version AS int)) AS reason
     FROM scheduler.loans AS l JOIN replan_tier AS k0 USING (loan_id)
@@ -280,8 +280,8 @@ def _replan_open(scope: Scope) -> str:
 _OPEN_DUE = """
     WITH w AS (
         INSERT INTO scheduler.visit_tasks AS t
-            (task_id, loan_id, method, due_on, status, reason, created_at)
-        SELECT uuidv7(), p.loan_id, p.method, p.due_on, 'open', p.reason, now()
+            (task_id, loan_id, region, method, due_on, status, reason, created_at)
+        SELECT uuidv7(), p.loan_id, p.region, p.method, p.due_on, 'open', p.reason, now()
         FROM replan_plan AS p
         WHERE p.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
           AND NOT EXISTS (SELECT 1 FROM scheduler.visit_tasks AS o
@@ -305,7 +305,7 @@ _OPEN_DUE = """
 # insert makes it fail on the unique index; `replan_scope` then runs `_OPEN_DUE` instead.
 _OPEN_DUE_FAST = """
     WITH c AS (
-        SELECT p.loan_id, p.method, p.due_on, p.reason, o.task_id AS open_id,
+        SELECT p.loan_id, p.region, p.method, p.due_on, p.reason, o.task_id AS open_id,
                o.due_on AS open_due
         FROM replan_plan AS p
         LEFT JOIN scheduler.visit_tasks AS o
@@ -319,8 +319,8 @@ _OPEN_DUE_FAST = """
         RETURNING t.loan_id, t.due_on
     ), created AS (
         INSERT INTO scheduler.visit_tasks
-            (task_id, loan_id, method, due_on, status, reason, created_at)
-        SELECT uuidv7(), c.loan_id, c.method, c.due_on, 'open', c.reason, now()
+            (task_id, loan_id, region, method, due_on, status, reason, created_at)
+        SELECT uuidv7(), c.loan_id, c.region, c.method, c.due_on, 'open', c.reason, now()
         FROM c WHERE c.open_id IS NULL
         ORDER BY c.loan_id, c.method
         RETURNING loan_id, due_on
@@ -388,8 +388,9 @@ def _plan_calls(scope: Scope) -> str:
         WHERE n.due_on IS NOT NULL
     ), w AS (
         INSERT INTO scheduler.visit_tasks AS t
-            (task_id, loan_id, method, due_on, status, reason, created_at)
-        SELECT gen_random_uuid(), c.loan_id, CAST(:plan_method AS varchar), c.due_on, 'open',
+            (task_id, loan_id, region, method, due_on, status, reason, created_at)
+        SELECT gen_random_uuid(), c.loan_id, l.region, CAST(:plan_method AS varchar), c.due_on,
+               'open',
                jsonb_build_object(
                    'rule', 'repayment_plan_call',
                    'inputs', jsonb_build_object(

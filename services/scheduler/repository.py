@@ -198,13 +198,14 @@ async def complete_tasks(session: AsyncSession, completions: Sequence[Completion
 _UPSERT_TASKS = text(
     """
     INSERT INTO scheduler.visit_tasks AS t
-        (task_id, loan_id, method, due_on, status, reason, source_event_id, created_at)
-    SELECT gen_random_uuid(), p.loan_id, p.method, p.due_on, 'open', CAST(p.reason AS jsonb),
-           p.source_event_id, now()
+        (task_id, loan_id, region, method, due_on, status, reason, source_event_id, created_at)
+    SELECT gen_random_uuid(), p.loan_id, l.region, p.method, p.due_on, 'open',
+           CAST(p.reason AS jsonb), p.source_event_id, now()
     FROM unnest(CAST(:loan_ids AS varchar[]), CAST(:methods AS varchar[]),
                 CAST(:due_ons AS date[]), CAST(:reasons AS text[]),
                 CAST(:source_event_ids AS uuid[]))
          AS p(loan_id, method, due_on, reason, source_event_id)
+    JOIN scheduler.loans AS l USING (loan_id)
     ORDER BY p.loan_id, p.method
     ON CONFLICT (loan_id, method) WHERE status = 'open' DO UPDATE SET
         due_on = LEAST(t.due_on, excluded.due_on),
@@ -429,35 +430,62 @@ async def try_dispatch_lock(session: AsyncSession) -> bool:
 # SEARCH_DAYS before it, else up to SEARCH_DAYS after it or today). Tasks nobody can take
 # (no able agent, or every able one away for the whole window) wait where they are and are
 # never read: read, they would fill every pass and starve the tasks behind them.
+# The waiting queue is read per (region, method) some active agent covers, each an index
+# range scan of `ix_visit_tasks_awaiting_dispatch`: tasks of a region or method nobody
+# covers are never read, so a backlog there (a new branch, a re-plan of a portfolio nobody
+# staffs yet) costs a pass nothing. A pair with an agent who works some weekday and has no
+# absence ahead can take any task (dispatch's window is over a month of days); only the
+# other pairs check, task by task, that an agent works a day of the window and is not away.
 _WAITING = text(
     """
-    SELECT t.task_id, l.region, t.method, t.due_on,
+    WITH pairs AS MATERIALIZED (
+        SELECT a.region, m.method,
+               bool_or(cardinality(a.working_days) > 0
+                       AND NOT EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
+                                       WHERE b.agent_id = a.agent_id
+                                         AND b.ends_on >= CAST(:today AS date))) AS free
+        FROM scheduler.agents AS a CROSS JOIN LATERAL unnest(a.methods) AS m(method)
+        WHERE a.active AND m.method <> 'third_party'
+        GROUP BY a.region, m.method
+    ), head AS (
+        SELECT w.task_id, w.due_on
+        FROM pairs AS p CROSS JOIN LATERAL (
+            SELECT t.task_id, t.due_on FROM scheduler.visit_tasks AS t
+            WHERE t.region = p.region AND t.method = p.method
+              AND t.status = 'open' AND t.agent_id IS NULL AND t.method <> 'third_party'
+              AND (t.due_on, t.task_id) > (CAST(:after_due AS date), CAST(:after_id AS uuid))
+              AND (p.free OR EXISTS (
+                  SELECT 1 FROM scheduler.agents AS a
+                  WHERE a.active AND a.region = p.region AND p.method = ANY(a.methods)
+                    AND EXISTS (
+                        SELECT 1
+                        FROM (SELECT t.due_on
+                              UNION ALL
+                              SELECT t.due_on - k.n
+                              FROM generate_series(1, CAST(:search_days AS integer)) AS k(n)
+                              WHERE t.due_on - k.n >= CAST(:today AS date)
+                              UNION ALL
+                              SELECT GREATEST(t.due_on + 1, CAST(:today AS date)) + k.n
+                              FROM generate_series(0, CAST(:search_days AS integer) - 1) AS k(n)
+                             ) AS d(day)
+                        WHERE CAST(extract(isodow FROM d.day) AS smallint) = ANY(a.working_days)
+                          AND NOT EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
+                                          WHERE b.agent_id = a.agent_id
+                                            AND d.day BETWEEN b.starts_on AND b.ends_on))))
+            ORDER BY t.due_on, t.task_id LIMIT :limit
+        ) AS w
+        ORDER BY w.due_on, w.task_id LIMIT :limit
+    )
+    SELECT t.task_id, t.region, t.method, t.due_on,
            -- The agent who last had a task of this loan: the borrower keeps its agent.
            (SELECT p.agent_id FROM scheduler.visit_tasks AS p
             WHERE p.loan_id = t.loan_id AND p.agent_id IS NOT NULL
             ORDER BY p.assigned_at DESC NULLS LAST LIMIT 1) AS previous_agent
-    FROM scheduler.visit_tasks AS t JOIN scheduler.loans AS l USING (loan_id)
-    WHERE t.status = 'open' AND t.agent_id IS NULL AND t.method <> 'third_party'
-      AND (t.due_on, t.task_id) > (CAST(:after_due AS date), CAST(:after_id AS uuid))
-      AND EXISTS (
-          SELECT 1 FROM scheduler.agents AS a
-          WHERE a.active AND a.region = l.region AND t.method = ANY(a.methods)
-            AND EXISTS (
-                SELECT 1
-                FROM (SELECT t.due_on
-                      UNION ALL
-                      SELECT t.due_on - k.n
-                      FROM generate_series(1, CAST(:search_days AS integer)) AS k(n)
-                      WHERE t.due_on - k.n >= CAST(:today AS date)
-                      UNION ALL
-                      SELECT GREATEST(t.due_on + 1, CAST(:today AS date)) + k.n
-                      FROM generate_series(0, CAST(:search_days AS integer) - 1) AS k(n)
-                     ) AS d(day)
-                WHERE CAST(extract(isodow FROM d.day) AS smallint) = ANY(a.working_days)
-                  AND NOT EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
-                                  WHERE b.agent_id = a.agent_id
-                                    AND d.day BETWEEN b.starts_on AND b.ends_on)))
-    ORDER BY t.due_on, t.task_id LIMIT :limit FOR UPDATE OF t SKIP LOCKED
+    FROM scheduler.visit_tasks AS t
+    -- Looked up by key (an array, not a join the planner could answer with a scan).
+    WHERE t.task_id = ANY(ARRAY(SELECT h.task_id FROM head AS h))
+      AND t.status = 'open' AND t.agent_id IS NULL
+    ORDER BY t.due_on, t.task_id FOR UPDATE OF t SKIP LOCKED
     """
 )
 # Before every task: where a drain starts.
@@ -603,15 +631,16 @@ _NEXT_DUE = text(
 )
 
 
-# An agent's open tasks it cannot do: it is inactive (departed), or the task is due on a day
-# it does not work or is absent. They go back to dispatch, which finds someone else.
+# An agent's open tasks it cannot do: it is inactive (departed) or now works another region,
+# or the task is due on a day it does not work or is absent. They go back to dispatch, which
+# finds someone else.
 _RELEASE = text(
     """
     UPDATE scheduler.visit_tasks AS t SET agent_id = NULL, assigned_at = NULL
     FROM scheduler.agents AS a
     WHERE t.agent_id = a.agent_id AND a.agent_id = ANY(CAST(:agent_ids AS varchar[]))
       AND t.agent_id IS NOT NULL AND t.status = 'open'
-      AND (NOT a.active
+      AND (NOT a.active OR t.region <> a.region
            OR NOT CAST(extract(isodow FROM t.due_on) AS smallint) = ANY(a.working_days)
            OR EXISTS (SELECT 1 FROM scheduler.agent_absences AS b
                       WHERE b.agent_id = a.agent_id AND t.due_on BETWEEN b.starts_on
@@ -629,6 +658,30 @@ async def release_tasks(session: AsyncSession, agent_ids: Collection[str]) -> in
     if released:
         await notify_dispatch(session)
     return released
+
+
+# A loan moved to another region (its registration changed): its open tasks move with it
+# and leave their agent, who works the old region; dispatch finds one in the new.
+_MOVE_TASKS = text(
+    """
+    UPDATE scheduler.visit_tasks AS t SET region = l.region, agent_id = NULL, assigned_at = NULL
+    FROM scheduler.loans AS l
+    WHERE l.loan_id = ANY(CAST(:loan_ids AS varchar[])) AND t.loan_id = l.loan_id
+      AND t.status = 'open' AND t.region <> l.region
+    """
+)
+
+
+async def move_tasks(session: AsyncSession, loan_ids: Collection[str]) -> int:
+    """Open tasks of `loan_ids` follow their loan's region and go back to dispatch (one
+    statement); how many moved."""
+    if not loan_ids:
+        return 0
+    result = await session.execute(_MOVE_TASKS, {"loan_ids": sorted(set(loan_ids))})
+    moved = int(result.rowcount)  # type: ignore[attr-defined]
+    if moved:
+        await notify_dispatch(session)
+    return moved
 
 
 async def replace_absences(

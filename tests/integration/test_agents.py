@@ -3,11 +3,13 @@ the real database (the in-process system's worker and its dispatcher run beside 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import policy, repository
@@ -16,10 +18,13 @@ from shared.db import make_engine, make_session_factory, unit_of_work
 from tests.integration.conftest import System
 from tests.support import (
     ADMIN,
+    CORE_BANKING,
     auth,
     dispatched,
     eventually,
+    execute,
     fetchval,
+    loan_body,
     new_id,
     register_agent,
     register_loan,
@@ -198,3 +203,103 @@ async def test_tasks_nobody_can_take_never_starve_the_tasks_queued_behind_them(
         " WHERE loan_id = ANY($1::varchar[]) AND agent_id IS NULL"
     )
     assert await fetchval(system.database_url, sql, stranded) == len(stranded)
+
+
+async def test_a_loan_moved_to_another_region_takes_its_open_task_to_an_agent_there(
+    system: System,
+) -> None:
+    today = datetime.now(UTC).date()
+    old_region, new_region = new_id("R"), new_id("R")
+    old_agent = await register_agent(system.scheduler, old_region)
+    new_agent = await register_agent(system.scheduler, new_region)
+    body = loan_body(region=old_region, disbursed_on=today)
+    loan_id = new_id("L")
+    created = await system.scheduler.put(f"/v1/loans/{loan_id}", json=body, headers=CORE_BANKING)
+    assert created.status_code == 201, created.text
+    [task] = await dispatched(system.scheduler, loan_id)
+    assert task["agent_id"] == old_agent
+
+    moved = await system.scheduler.put(
+        f"/v1/loans/{loan_id}", json=body | {"region": new_region}, headers=CORE_BANKING
+    )
+    assert moved.status_code == 200, moved.text
+
+    async def with_new_agent() -> dict[str, Any] | None:
+        task = await task_of(system, loan_id)
+        return task if task["agent_id"] == new_agent else None
+
+    assert (await eventually(with_new_agent))["task_id"] == task["task_id"]
+    sql = "SELECT region FROM scheduler.visit_tasks WHERE task_id = $1"
+    assert await fetchval(system.database_url, sql, uuid.UUID(task["task_id"])) == new_region
+
+
+async def test_an_agent_moved_to_another_region_hands_its_open_tasks_back(system: System) -> None:
+    region, today = new_id("R"), datetime.now(UTC).date()
+    moving = await register_agent(system.scheduler, region)
+    loan_id = await register_loan(system.scheduler, region, disbursed_on=today)
+    [task] = await dispatched(system.scheduler, loan_id)
+    assert task["agent_id"] == moving
+    staying = await register_agent(system.scheduler, region)
+
+    transferred = await put_agent(system, moving, new_id("R"))
+    assert transferred.status_code == 200, transferred.text
+
+    async def reassigned() -> bool:
+        return bool((await task_of(system, loan_id))["agent_id"] == staying)
+
+    assert await eventually(reassigned)
+
+
+# Waiting tasks in a region no agent covers, written straight into the tables.
+UNCOVERED = 2_000
+
+
+async def test_a_backlog_in_a_region_nobody_covers_is_never_read_by_a_dispatch_pass(
+    system: System, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    today = datetime.now(UTC).date()
+    uncovered, covered = new_id("R"), new_id("R")
+    template = await register_loan(system.scheduler, uncovered, disbursed_on=today)
+    await register_agent(system.scheduler, covered)
+    prefix = new_id("LB")
+    await execute(
+        system.database_url,
+        # Copies of one registered loan, each with a call waiting for an agent.
+        f"""
+        CREATE TEMP TABLE copies AS
+            SELECT * FROM scheduler.loans WHERE loan_id = '{template}';
+        INSERT INTO scheduler.loans
+            SELECT (jsonb_populate_record(c, jsonb_build_object('loan_id', '{prefix}-' || n))).*
+            FROM copies AS c, generate_series(1, {UNCOVERED}) AS n;
+        INSERT INTO scheduler.visit_tasks
+            (task_id, loan_id, region, method, due_on, status, reason, created_at)
+        SELECT gen_random_uuid(), '{prefix}-' || n, '{uncovered}', 'phone',
+               current_date - n % 30, 'open', '{{}}', now()
+        FROM generate_series(1, {UNCOVERED}) AS n;
+        ANALYZE scheduler.visit_tasks;
+        """,
+    )
+    async with unit_of_work(sessions) as session:
+        plan = await session.scalar(
+            text("EXPLAIN (ANALYZE, FORMAT JSON) " + repository._WAITING.text),
+            {
+                "limit": 1000,
+                "today": today,
+                "search_days": policy.SEARCH_DAYS,
+                "after_due": repository.QUEUE_START[0],
+                "after_id": repository.QUEUE_START[1],
+            },
+        )
+    read = sum(
+        node["Actual Rows"] * node["Actual Loops"]
+        for node in plan_nodes(plan[0]["Plan"])
+        if node.get("Relation Name") == "visit_tasks"
+    )
+    # Only tasks of covered regions are read: never the backlog, whatever its size.
+    assert read < UNCOVERED / 4, read
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
