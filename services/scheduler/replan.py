@@ -34,7 +34,8 @@ import logging
 import resource
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
@@ -559,6 +560,30 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
+def _plain_dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def replan_turn(database_url: str, *, wait: bool) -> AsyncIterator[bool]:
+    """The re-plan lock, held on a connection of its own for the block: whether we have it.
+    `wait`: wait for a re-plan under way to finish (the command line); otherwise give up
+    at once (the worker's check, which comes again)."""
+    conn = await asyncpg.connect(_plain_dsn(database_url))
+    try:
+        if wait:
+            await conn.execute(f"SELECT pg_advisory_lock({_REPLAN_LOCK})", timeout=None)
+        elif not await conn.fetchval(f"SELECT pg_try_advisory_lock({_REPLAN_LOCK})"):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            await conn.execute(f"SELECT pg_advisory_unlock({_REPLAN_LOCK})")
+    finally:
+        await conn.close()
+
+
 class DailyReplan:
     """The worker's re-plan: checks every `period_seconds` whether the portfolio has been
     re-planned today by the policy in force, and re-plans it if not; so once a day, and
@@ -583,11 +608,7 @@ class DailyReplan:
         self._clock = clock
         self._region = region
         self._sessions = sessions
-        self._dsn = (
-            make_url(database_url)
-            .set(drivername="postgresql")
-            .render_as_string(hide_password=False)
-        )
+        self._database_url = database_url
         self._period = period_seconds
         self._chunk = chunk
 
@@ -608,26 +629,20 @@ class DailyReplan:
             await policies.current_policy(session)
             if not await replan_due(session, today, self._region):
                 return None
-        conn = await asyncpg.connect(self._dsn)
-        try:
-            if not await conn.fetchval(f"SELECT pg_try_advisory_lock({_REPLAN_LOCK})"):
+        async with replan_turn(self._database_url, wait=False) as ours:
+            if not ours:
                 return None
-            try:
-                # Asked again under the lock: another replica may have just finished.
-                async with unit_of_work(self._sessions) as session:
-                    if not await replan_due(session, today, self._region):
-                        return None
-                version, changes = await replan_portfolio(
-                    self._sessions,
-                    today=today,
-                    region=self._region,
-                    chunk=self._chunk,
-                    parallel=self._parallel,
-                )
-            finally:
-                await conn.execute(f"SELECT pg_advisory_unlock({_REPLAN_LOCK})")
-        finally:
-            await conn.close()
+            # Asked again under the lock: another replica may have just finished.
+            async with unit_of_work(self._sessions) as session:
+                if not await replan_due(session, today, self._region):
+                    return None
+            version, changes = await replan_portfolio(
+                self._sessions,
+                today=today,
+                region=self._region,
+                chunk=self._chunk,
+                parallel=self._parallel,
+            )
         log.info("re-planned the portfolio by policy %d: %s", version, asdict(changes))
         return changes
 
@@ -637,11 +652,13 @@ async def _main() -> int:
     engine = engine_for(settings)
     try:
         began = time.monotonic()
-        version, changes = await replan_portfolio(
-            make_session_factory(engine),
-            chunk=settings.replan_chunk_loans,
-            parallel=settings.replan_parallel,
-        )
+        # One re-plan at a time: a run the worker has under way is waited for, not doubled.
+        async with replan_turn(settings.database_url, wait=True):
+            version, changes = await replan_portfolio(
+                make_session_factory(engine),
+                chunk=settings.replan_chunk_loans,
+                parallel=settings.replan_parallel,
+            )
         # ru_maxrss is in KiB on Linux: the process's peak memory, for `make bench`.
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import policies, policy
-from services.scheduler.replan import DailyReplan, replan_portfolio
+from services.scheduler.replan import DailyReplan, replan_portfolio, replan_turn
 from services.scheduler.visit_policy import DEFAULT_POLICY_FILE, PolicyInForce, Tier
 from shared.db import make_engine, make_session_factory, unit_of_work
 from tests.integration.conftest import System
@@ -374,3 +374,23 @@ async def test_the_worker_replans_once_a_day_and_again_on_a_new_policy_version(
         loan_id,
     )
     assert versions == [new_version]
+
+
+async def test_one_re_plan_at_a_time_the_command_waits_and_the_worker_gives_up(
+    system: System,
+) -> None:
+    async with replan_turn(system.database_url, wait=False) as first:
+        assert first
+        # The worker's check while a re-plan is under way: it does not start another.
+        async with replan_turn(system.database_url, wait=False) as second:
+            assert not second
+        # The command line waits for the run under way rather than doubling it.
+        waiting = asyncio.create_task(_take_turn(system.database_url))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+    assert await asyncio.wait_for(waiting, timeout=10)
+
+
+async def _take_turn(database_url: str) -> bool:
+    async with replan_turn(database_url, wait=True) as ours:
+        return ours
