@@ -6,7 +6,9 @@ order), so a backlog on one topic never starves another. A topic's records are v
 against its model, applied in one database transaction together with their inbox rows
 (`shared.batch_apply`: a failing batch is split in halves until the bad event stands alone),
 and the offsets of all those partitions are committed in one call, only after that
-transaction has committed. What cannot be parsed or validated goes to `<topic>.dlq` with the
+transaction has committed. While a batch is in the database the next one is fetched and
+validated (the consumer's own CPU), and it is applied once the one before is committed. What
+cannot be parsed or validated goes to `<topic>.dlq` with the
 reason; transient failures (database, broker, another service down) are retried and never
 skipped. No single record stops the loop: its dead letter always fits
 (`shared.dead_letters`), and a failed offset commit is logged and passed over (the records
@@ -75,6 +77,8 @@ Handler = TopicHandler[Any]
 # How long an idle consumer waits for records before its loop turns again (the wait ends as
 # soon as any arrive).
 IDLE_WAIT_MS = 500
+# Records validated between two turns of the event loop (see _validate).
+YIELD_EVERY = 100
 
 
 # Clients refresh topic metadata this often: a partition added by a broker that restarted
@@ -181,6 +185,9 @@ class EventConsumer:
         self._heartbeat_interval_ms = heartbeat_interval_ms
         # Partition counts of the consumed topics when the client joined; see _tick.
         self._joined_counts: dict[str, int] = {}
+        # The batch being applied (its transaction, then its offset commit) while the next
+        # one is fetched and validated; see _process_topic.
+        self._in_flight: asyncio.Task[None] | None = None
         self.consumer = self._new_client()
 
     def _new_client(self) -> AIOKafkaConsumer:
@@ -209,7 +216,9 @@ class EventConsumer:
         try:
             while True:
                 if not await self._turn():
-                    # Nothing was waiting on any topic: wait (briefly) for whatever comes.
+                    # Nothing was waiting on any topic: finish the batch in flight, then
+                    # wait (briefly) for whatever comes.
+                    await self._settle()
                     fetched = await self.consumer.getmany(
                         timeout_ms=IDLE_WAIT_MS, max_records=self._batch_size
                     )
@@ -217,12 +226,22 @@ class EventConsumer:
                         await self._process_topic(topic_batch)
                 self._last_poll_at = datetime.now(UTC)
                 if loop.time() >= next_tick:
+                    # The group, the heartbeat and the loss checks see applied batches only.
+                    await self._settle()
                     if await self._tick():
                         await self._rejoin()
                     next_tick = loop.time() + self._tick_seconds
                 if self._log_lost:
+                    await self._settle()
                     await self._reread_new_logs()
         finally:
+            # Stopped mid-batch: its transaction is rolled back and its offsets stay
+            # uncommitted, as if it had never been fetched.
+            if self._in_flight is not None:
+                self._in_flight.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._in_flight
+                self._in_flight = None
             await self.consumer.stop()
 
     async def _turn(self) -> bool:
@@ -436,10 +455,29 @@ class EventConsumer:
         once every record's effect below it is committed in the database."""
         for partition, records in batch.items():
             self._check_log(partition, records[0].offset)
+        # Parsing and validating is the consumer's own CPU; it runs while the batch before
+        # is in the database. That batch is applied and committed before this one starts,
+        # so each partition's events still apply in their order, one batch at a time.
         deliveries, unreadable = await self._validate(batch)
+        await self._settle()
+        self._in_flight = asyncio.create_task(self._apply(batch, deliveries, unreadable))
+
+    async def _apply(
+        self,
+        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        deliveries: list[Delivery],
+        unreadable: int,
+    ) -> None:
         tally = await self._applier.apply(deliveries)
         await self._commit({partition: records[-1] for partition, records in batch.items()})
         self._log_batch(batch, tally, unreadable)
+
+    async def _settle(self) -> None:
+        """Wait until the batch in flight is applied and its offsets committed; what it
+        raised is raised here."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
 
     async def _validate(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -452,7 +490,10 @@ class EventConsumer:
         unreadable = 0
         for records in batch.values():
             model = self._handlers[records[0].topic].model
-            for record in records:
+            for n, record in enumerate(records, 1):
+                if n % YIELD_EVERY == 0:
+                    # Let the batch in flight read its answers from the database meanwhile.
+                    await asyncio.sleep(0)
                 try:
                     event = model.model_validate_json(record.value or b"")
                 except (ValidationError, ValueError) as exc:

@@ -277,8 +277,13 @@ async def apply(
     if await repository.upsert_tasks(session, policy.merge_plans(batch.plans)):
         await repository.notify_dispatch(session)
     touched = {s.loan_id for s in batch.standings}
-    extra = sorted({p.loan_id for p in batch.plans} - touched)
-    await repository.update_standing(session, [*batch.standings, *map(Standing, extra)])
+    planned = {p.loan_id for p in batch.plans}
+    extra = sorted(planned - touched)
+    await repository.update_standing(
+        session,
+        [*batch.standings, *map(Standing, extra)],
+        tasks_moved=planned | {c.loan_id for c in batch.completions},
+    )
     # Only a record's shift moves a tier here; the facts' own inputs move it elsewhere.
     if before is not None:
         touched = {

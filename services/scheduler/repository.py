@@ -276,11 +276,12 @@ _UPDATE_STANDING = text(
     + ", next_due_on = n.next_due_on, updated_at = now()"
     " FROM (SELECT c.loan_id, "
     + ", ".join(f"{merge.format(c=c)} AS {c}" for c, _, merge in _STANDING)
-    + ", (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
-    "     WHERE t.loan_id = c.loan_id AND t.status = 'open') AS next_due_on"
-    " FROM unnest(CAST(:loan_id AS varchar[]), "
+    + ", CASE WHEN s.tasks_moved THEN (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
+    "     WHERE t.loan_id = c.loan_id AND t.status = 'open') ELSE c.next_due_on END"
+    " AS next_due_on"
+    " FROM unnest(CAST(:loan_id AS varchar[]), CAST(:tasks_moved AS boolean[]), "
     + ", ".join(f"CAST(:{c} AS {kind}[])" for c, kind, _ in _STANDING)
-    + f") AS s(loan_id, {', '.join(_STANDING_COLUMNS)})"
+    + f") AS s(loan_id, tasks_moved, {', '.join(_STANDING_COLUMNS)})"
     " JOIN scheduler.loans AS c ON c.loan_id = s.loan_id) AS n"
     " WHERE l.loan_id = n.loan_id"
     f" AND (l.{', l.'.join(_STANDING_COLUMNS)}, l.next_due_on)"
@@ -288,15 +289,23 @@ _UPDATE_STANDING = text(
 )
 
 
-async def update_standing(session: AsyncSession, standings: Sequence[Standing]) -> None:
-    """Save the loans' standing in one statement, and their `next_due_on`: the soonest open
-    task after this transaction's writes (a completed task can make it later). `updated_at`
-    moves only for loans whose standing changed."""
+async def update_standing(
+    session: AsyncSession,
+    standings: Sequence[Standing],
+    tasks_moved: Collection[str] | None = None,
+) -> None:
+    """Save the loans' standing in one statement, and the `next_due_on` of the loans in
+    `tasks_moved` (all of them if None): the soonest open task after this transaction's
+    writes (a completed task can make it later). A loan whose tasks this transaction left
+    alone keeps its date without a look at its tasks: at month end that is most of a batch
+    (postings paid on time plan nothing). `updated_at` moves only for loans whose standing
+    changed."""
     if not standings:
         return
+    moved = [tasks_moved is None or s.loan_id in tasks_moved for s in standings]
     await session.execute(
         _UPDATE_STANDING,
-        {"loan_id": [s.loan_id for s in standings]}
+        {"loan_id": [s.loan_id for s in standings], "tasks_moved": moved}
         | {c: [getattr(s, c) for s in standings] for c in _STANDING_COLUMNS},
     )
 
