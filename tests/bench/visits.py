@@ -143,11 +143,15 @@ class _Cpu:
 
     def describe(self, run: wrk.Figures) -> str:
         per_request = 1000 / run.requests if run.requests else 0.0
+        # What the rest of the machine took meanwhile (the other processes of the bench, and
+        # whatever else runs on a shared machine): a run it crowded out is told apart.
+        others = self.machine - self.server - self.postgres - self.load_generator
         return (
             f"CPU ms a request: server {self.server * per_request:.2f}, PostgreSQL "
             f"{self.postgres * per_request:.2f}, wrk {self.load_generator * per_request:.2f}; "
             f"{self.server / run.seconds:.2f} CPU s/s in the server process, machine busy "
-            f"{self.machine / run.seconds:.2f} of {_CORES} cores"
+            f"{self.machine / run.seconds:.2f} of {_CORES} cores "
+            f"({others / run.seconds:.2f} of them anything else)"
         )
 
 
