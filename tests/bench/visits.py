@@ -143,8 +143,9 @@ class _Cpu:
 
     def describe(self, run: wrk.Figures) -> str:
         per_request = 1000 / run.requests if run.requests else 0.0
-        # What the rest of the machine took meanwhile (the other processes of the bench, and
-        # whatever else runs on a shared machine): a run it crowded out is told apart.
+        # What the rest of the machine took meanwhile: the kernel's own share of the traffic
+        # (loopback TCP in softirq, more at a higher rate), the bench's other processes, and
+        # whatever else runs on a shared machine. A run that was crowded out is told apart.
         others = self.machine - self.server - self.postgres - self.load_generator
         return (
             f"CPU ms a request: server {self.server * per_request:.2f}, PostgreSQL "
