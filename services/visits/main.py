@@ -17,7 +17,7 @@ from services.visits.rate_limits import RateLimiter
 from services.visits.settings import VisitsSettings
 from services.visits.stores import evidence_store_for
 from shared.app import create_app
-from shared.broker_ledger import relay_role
+from shared.broker_ledger import consumer_role, relay_role
 from shared.db import SessionLimits
 from shared.health import WorkerReadiness
 from shared.logging import configure_logging
@@ -56,8 +56,12 @@ def build_app(
         on_startup=open_clients,
         on_shutdown=close_clients,
         body_limits={EVIDENCE_ROUTE: settings.max_evidence_bytes},
+        # The worker's relay of visit-completed, and its consumer of loan-registered (the
+        # regions of visits recorded before 0006), as the other services report theirs.
         readiness=WorkerReadiness(
-            health, [relay_role(outbox.fullname)], settings.worker_stale_seconds
+            health,
+            [consumer_role(settings.consumer_group), relay_role(outbox.fullname)],
+            settings.worker_stale_seconds,
         ),
         engine_factory=lambda: capture_engine(resolved),
     )

@@ -12,11 +12,15 @@ few hundred captures a second each is the load of thousands of agents.
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 
@@ -24,6 +28,7 @@ from shared import devstack
 from shared.auth import issue_token
 from shared.settings import DEV_JWT_SECRET
 from tests.bench import wrk
+from tests.bench.processes import CLOCK_TICKS, Proc, cpu_seconds_of
 from tests.bench.report import Row
 from tests.bench.stack import Bench
 from tests.support import PHONE_FINDINGS, auth
@@ -75,14 +80,14 @@ async def measure(bench: Bench) -> None:
         for name, url in urls.items():
             before = await _visits_recorded(bench)
             proc = bench.procs[BARE if name == "bare" else "visits-api"]
-            cpu = proc.cpu_seconds()
+            cpu = _Cpu.now(proc, work / "pg")
             f = await wrk.run(url, lua, load)
+            used = _Cpu.now(proc, work / "pg") - cpu
             runs[name].append(f)
             bench.report.note(
                 f"{LABELS[name]}: {f.rate:.0f} req/s, p50 {f.p50_ms:.1f} ms, p99 "
                 f"{f.p99_ms:.1f} ms, max {f.max_ms:.1f} ms; {f.requests} answered, "
-                f"{f.failed} failed; {(proc.cpu_seconds() - cpu) / f.seconds:.2f} CPU s/s "
-                "in the server process"
+                f"{f.failed} failed; {used.describe(f)}"
             )
             if name == "visits":
                 recorded += await _visits_recorded(bench) - before
@@ -105,6 +110,75 @@ async def measure(bench: Bench) -> None:
     failed = {name: sum(f.failed for f in figures) for name, figures in runs.items()}
     if any(failed.values()):
         bench.report.note(f"FAILED requests: {failed}")
+
+
+@dataclass(frozen=True)
+class _Cpu:
+    """CPU seconds used so far by the server process, PostgreSQL (all its processes) and
+    wrk, and by the whole machine: where a run's CPU went on a machine of two cores that
+    wrk, PostgreSQL and the server share with whatever else runs on it."""
+
+    server: float
+    postgres: float
+    load_generator: float
+    machine: float
+
+    @classmethod
+    def now(cls, server: Proc, pg_data: Path) -> _Cpu:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk: the bench's only
+        return cls(
+            server.cpu_seconds(),
+            _postgres_cpu(pg_data),
+            children.ru_utime + children.ru_stime,
+            _machine_busy(),
+        )
+
+    def __sub__(self, other: _Cpu) -> _Cpu:
+        return _Cpu(
+            self.server - other.server,
+            self.postgres - other.postgres,
+            self.load_generator - other.load_generator,
+            self.machine - other.machine,
+        )
+
+    def describe(self, run: wrk.Figures) -> str:
+        per_request = 1000 / run.requests if run.requests else 0.0
+        # What the rest of the machine took meanwhile: the kernel's own share of the traffic
+        # (loopback TCP in softirq, more at a higher rate), the bench's other processes, and
+        # whatever else runs on a shared machine. A run that was crowded out is told apart.
+        others = self.machine - self.server - self.postgres - self.load_generator
+        return (
+            f"CPU ms a request: server {self.server * per_request:.2f}, PostgreSQL "
+            f"{self.postgres * per_request:.2f}, wrk {self.load_generator * per_request:.2f}; "
+            f"{self.server / run.seconds:.2f} CPU s/s in the server process, machine busy "
+            f"{self.machine / run.seconds:.2f} of {_CORES} cores "
+            f"({others / run.seconds:.2f} of them anything else)"
+        )
+
+
+_CORES = os.cpu_count()
+
+
+def _postgres_cpu(data_dir: Path) -> float:
+    """User + system CPU of the PostgreSQL whose data directory this is: the postmaster,
+    the backends it forked (alive) and those that exited (its children's time)."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+        with open(f"/proc/{postmaster}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    except (FileNotFoundError, ValueError, IndexError):
+        return 0.0
+    # Fields 14 to 17 of stat(5): utime, stime, cutime, cstime (after the name: 11 to 14).
+    own = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    return own + sum(cpu_seconds_of(int(pid)) for pid in children)
+
+
+def _machine_busy() -> float:
+    """CPU seconds the machine's cores spent busy so far (all processes, anyone's)."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / CLOCK_TICKS
 
 
 def _rate(figures: list[wrk.Figures]) -> float:

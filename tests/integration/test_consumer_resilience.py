@@ -109,7 +109,7 @@ async def test_a_poison_record_stops_no_consumer_and_holds_up_no_later_posting(
 async def test_readiness_covers_database_broker_and_workers(system: System) -> None:
     expected = {
         "scheduler": {"consumer:scheduler", "relay:scheduler.outbox"},
-        "visits": {"relay:visits.outbox"},
+        "visits": {"consumer:visits", "relay:visits.outbox"},
         "alerts": {"consumer:alerts", "relay:alerts.outbox"},
     }
     for name, client in (

@@ -9,7 +9,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.visits import chain
+from services.visits import chain, retention
+from services.visits.settings import VisitsSettings
+from services.visits.stores import evidence_store_for
+from shared.db import engine_for, make_session_factory, utcnow
 from tests.integration.conftest import System
 from tests.integration.test_visit_chain import verify_loan
 from tests.support import (
@@ -108,3 +111,55 @@ async def test_a_visit_recorded_before_regions_gets_its_loans_region(system: Sys
     assert other.json()["items"] == []
     # The format-1 entry does not cover the region: the chain holds.
     assert (await verify_loan(system, loan_id))["intact"] is True
+
+
+async def test_the_sweep_fills_the_region_of_visits_whose_loan_was_projected_before(
+    system: System,
+) -> None:
+    """The backfill of the worker's sweep (services/visits/retention.py): a visit recorded
+    before 0006 whose loan's `loan-registered` was applied earlier (so no event will come
+    to fill it) gets its region from the projection, in batches; a loan never projected
+    leaves its visit without one."""
+    region = new_id("R")
+    projected = [new_id("L"), new_id("L")]
+    unknown = new_id("L")
+    # The projection as an earlier announcement left it: no event reaches these loans now.
+    for loan_id in projected:
+        await fetchval(
+            system.database_url,
+            "INSERT INTO visits.loan_regions (loan_id, region, as_of) VALUES ($1, $2, now())",
+            loan_id,
+            region,
+        )
+    visits = [await record_before_0006(system, loan_id) for loan_id in projected]
+    orphan = await record_before_0006(system, unknown)
+    settings = VisitsSettings(env="test", database_url=system.database_url)
+    engine = engine_for(settings, pool_size=1)
+    try:
+        # A batch of one: the sweep goes round until a batch comes back short.
+        swept = await retention.sweep(
+            make_session_factory(engine),
+            settings,
+            utcnow(),
+            evidence_store_for(settings),
+            batch=1,
+        )
+    finally:
+        await engine.dispose()
+    assert swept.regions_filled >= len(visits)
+    for visit_id in visits:
+        stored = await fetchval(
+            system.database_url, "SELECT region FROM visits.visits WHERE visit_id = $1", visit_id
+        )
+        assert stored == region
+    orphan_region = await fetchval(
+        system.database_url, "SELECT region FROM visits.visits WHERE visit_id = $1", orphan
+    )
+    assert orphan_region is None
+    # The region's supervisor now reads both; the format-1 entries still verify.
+    listed = await system.visits.get(
+        "/v1/visits", params={"loan_id": projected[0]}, headers=supervisor(region)
+    )
+    assert [item["visit_id"] for item in listed.json()["items"]] == [str(visits[0])]
+    for loan_id in projected:
+        assert (await verify_loan(system, loan_id))["intact"] is True
