@@ -1,10 +1,11 @@
 """A worker that dies is brought back by the supervisor behind `make run` (as a process
 manager would), it says so, and the replacement does the work.
 
-The visits worker (the outbox relay) is the one killed here: it is in no consumer group, so
-its replacement works within seconds. A killed consumer's replacement first waits out the
-dead member's session in the group (~20 s on the embedded broker); `make faults`
-(worker-kills) kills the scheduler and alerts workers six times each.
+The visits worker is the one killed here: what this test needs of it is its outbox relay,
+which works again within seconds of the restart (its loan-registered consumer first waits
+out the dead member's session in the `visits` group, ~20 s on the embedded broker, as every
+killed consumer does); `make faults` (worker-kills) kills the scheduler and alerts workers
+six times each.
 """
 
 from __future__ import annotations
