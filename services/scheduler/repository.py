@@ -255,37 +255,37 @@ class Standing:
     tier_shift: int | None = None
 
 
-# (column, array type, how a batch's value merges with the stored one)
+# (column, array type, how a batch's value `s` merges with the stored one `l`)
 _STANDING: tuple[tuple[str, str, str], ...] = (
-    ("days_past_due", "integer", "COALESCE(s.{c}, c.{c})"),
-    ("last_repayment_status", "varchar", "COALESCE(s.{c}, c.{c})"),
-    ("last_visit_on", "date", "GREATEST(c.{c}, s.{c})"),
-    ("last_field_on", "date", "GREATEST(c.{c}, s.{c})"),
-    ("last_third_party_on", "date", "GREATEST(c.{c}, s.{c})"),
-    ("last_visit_clean", "boolean", "COALESCE(s.{c}, c.{c})"),
-    ("on_time_streak", "smallint", "COALESCE(s.{c}, c.{c})"),
-    ("tier_shift", "smallint", "COALESCE(s.{c}, c.{c})"),
+    ("days_past_due", "integer", "COALESCE(s.{c}, l.{c})"),
+    ("last_repayment_status", "varchar", "COALESCE(s.{c}, l.{c})"),
+    ("last_visit_on", "date", "GREATEST(l.{c}, s.{c})"),
+    ("last_field_on", "date", "GREATEST(l.{c}, s.{c})"),
+    ("last_third_party_on", "date", "GREATEST(l.{c}, s.{c})"),
+    ("last_visit_clean", "boolean", "COALESCE(s.{c}, l.{c})"),
+    ("on_time_streak", "smallint", "COALESCE(s.{c}, l.{c})"),
+    ("tier_shift", "smallint", "COALESCE(s.{c}, l.{c})"),
 )
 _STANDING_COLUMNS = [c for c, _, _ in _STANDING]
+_MERGED = {c: merge.format(c=c) for c, _, merge in _STANDING} | {
+    "next_due_on": "CASE WHEN s.tasks_moved THEN (SELECT min(t.due_on)"
+    " FROM scheduler.visit_tasks AS t WHERE t.loan_id = l.loan_id AND t.status = 'open')"
+    " ELSE l.next_due_on END"
+}
 # A loan whose standing this batch does not change is not written: at month end most
 # postings are paid on a loan that was already current, and rewriting its row would cost a
-# new row version and its WAL for nothing.
+# new row version and its WAL for nothing. The merge is written out twice (the change and
+# the test whether there is one) rather than computed in a subquery joined back to the
+# loans: that join read every loan of the batch twice.
 _UPDATE_STANDING = text(
     "UPDATE scheduler.loans AS l SET "
-    + ", ".join(f"{c} = n.{c}" for c in _STANDING_COLUMNS)
-    + ", next_due_on = n.next_due_on, updated_at = now()"
-    " FROM (SELECT c.loan_id, "
-    + ", ".join(f"{merge.format(c=c)} AS {c}" for c, _, merge in _STANDING)
-    + ", CASE WHEN s.tasks_moved THEN (SELECT min(t.due_on) FROM scheduler.visit_tasks AS t"
-    "     WHERE t.loan_id = c.loan_id AND t.status = 'open') ELSE c.next_due_on END"
-    " AS next_due_on"
+    + ", ".join(f"{c} = {merged}" for c, merged in _MERGED.items())
+    + ", updated_at = now()"
     " FROM unnest(CAST(:loan_id AS varchar[]), CAST(:tasks_moved AS boolean[]), "
     + ", ".join(f"CAST(:{c} AS {kind}[])" for c, kind, _ in _STANDING)
     + f") AS s(loan_id, tasks_moved, {', '.join(_STANDING_COLUMNS)})"
-    " JOIN scheduler.loans AS c ON c.loan_id = s.loan_id) AS n"
-    " WHERE l.loan_id = n.loan_id"
-    f" AND (l.{', l.'.join(_STANDING_COLUMNS)}, l.next_due_on)"
-    f" IS DISTINCT FROM (n.{', n.'.join(_STANDING_COLUMNS)}, n.next_due_on)"
+    " WHERE l.loan_id = s.loan_id"
+    f" AND (l.{', l.'.join(_MERGED)}) IS DISTINCT FROM ({', '.join(_MERGED.values())})"
 )
 
 
