@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -144,7 +144,7 @@ def plan_visits(
             up = p.rules.bad_findings.tiers_up
             record = Record(0, False, policy.shifted(record.tier_shift, up))
         elif not third_party:
-            record = replace(record, last_visit_clean=event.outcome == VisitOutcome.COMPLETED)
+            record = record._replace(last_visit_clean=event.outcome == VisitOutcome.COMPLETED)
         records[loan.loan_id] = record
         tier = tier_of(p, loan, visited_on, record.tier_shift)
         dates = visited.setdefault(loan.loan_id, {})

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.scheduler.visit_policy import (
     BadFinding,
@@ -267,10 +267,10 @@ def visits_for_repayment(
     return visits
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """A loan's record towards a tier move: on-time installments in a row, whether its last
-    visit was clean, and how far events have moved its tier."""
+    visit was clean, and how far events have moved its tier. (A named tuple: each posting
+    makes one.)"""
 
     on_time_streak: int
     last_visit_clean: bool | None
