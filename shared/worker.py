@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaConnectionError
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import heap
 from shared.broker_ledger import consumer_role, relay_role
 from shared.db import engine_for, make_session_factory
 from shared.health import HealthTables, WorkerHealth
@@ -110,4 +111,5 @@ async def run_until_stopped(main: Coroutine[Any, Any, None]) -> None:
 def worker_main(settings: S, run_worker: Callable[[S], Coroutine[Any, Any, None]]) -> None:
     """The body of `python -m services.<name>.worker`."""
     configure_logging(f"{settings.service_name}-worker", settings.log_level)
+    heap.settle()
     asyncio.run(run_until_stopped(run_worker(settings)))

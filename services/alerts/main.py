@@ -8,6 +8,7 @@ from services.alerts.api import router
 from services.alerts.models import health, outbox
 from services.alerts.resolutions_api import router as resolutions_router
 from services.alerts.settings import AlertsSettings
+from shared import heap
 from shared.app import create_app
 from shared.broker_ledger import consumer_role, relay_role
 from shared.health import WorkerReadiness
@@ -26,3 +27,4 @@ def build_app(settings: AlertsSettings | None = None) -> FastAPI:
 _settings = AlertsSettings()
 configure_logging("alerts", _settings.log_level)
 app = build_app(_settings)
+heap.settle()

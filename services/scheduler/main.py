@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from fastapi import FastAPI
 
 from services.scheduler import policy_api
@@ -11,6 +9,7 @@ from services.scheduler.api import IMPORT_ROUTE, VALUATIONS_ROUTE, router
 from services.scheduler.models import health, outbox
 from services.scheduler.registration import digest_key
 from services.scheduler.settings import SchedulerSettings
+from shared import heap
 from shared.app import create_app
 from shared.broker_ledger import consumer_role, relay_role
 from shared.health import WorkerReadiness
@@ -40,9 +39,4 @@ def build_app(settings: SchedulerSettings | None = None) -> FastAPI:
 _settings = SchedulerSettings()
 configure_logging("scheduler", _settings.log_level)
 app = build_app(_settings)
-# The loan import allocates a few objects per field of every line, nearly all freed by
-# reference counting; at the default threshold (700) the collector ran every few lines and
-# took a fifth of the import's CPU. What is alive now (modules, schemas, the app) stays alive:
-# frozen, no collection walks it again.
-gc.set_threshold(10_000, 10, 10)
-gc.freeze()
+heap.settle()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -16,6 +14,7 @@ from services.visits.models import health, outbox
 from services.visits.rate_limits import RateLimiter
 from services.visits.settings import VisitsSettings
 from services.visits.stores import evidence_store_for
+from shared import heap
 from shared.app import create_app
 from shared.broker_ledger import consumer_role, relay_role
 from shared.db import SessionLimits
@@ -101,9 +100,4 @@ def capture_engine(settings: VisitsSettings) -> AsyncEngine:
 
 configure_logging("visits")
 app = build_app()
-# A capture allocates a few hundred objects, nearly all freed by reference counting; at the
-# default threshold (700) the young generation was collected every other request, and a
-# full collection walking every module, schema and the app now and then stalled the
-# requests in flight (the p99). What is alive now stays alive: frozen, never walked again.
-gc.set_threshold(10_000, 10, 10)
-gc.freeze()
+heap.settle()

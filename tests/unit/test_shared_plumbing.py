@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import uuid
@@ -12,6 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
+from shared import heap
 from shared.auth import decode_token, issue_token
 from shared.errors import Problem
 from shared.logging import JsonFormatter, scrub
@@ -80,3 +82,14 @@ def test_cursor_round_trip_and_forged_cursors_are_422() -> None:
         with pytest.raises(Problem) as problem:
             decode_cursor(cursor)
         assert problem.value.status == 422
+
+
+def test_a_started_process_freezes_its_heap_and_collects_rarely() -> None:
+    before = gc.get_threshold()
+    try:
+        heap.settle()
+        assert gc.get_threshold() == heap.THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
