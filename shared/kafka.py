@@ -30,12 +30,18 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from sqlalchemy import Table
@@ -125,6 +131,24 @@ def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
     )
 
 
+class Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Counts the group's rebalances that took partitions from this member. After one, every
+    partition (kept or new) is read again from the group's committed offset, so a batch
+    fetched before it is stale: it is not applied, and its offsets are not committed (a
+    commit for a partition another member now reads would move that member's offset back).
+    Its records come again to whoever reads the partition now; the inbox makes that safe."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        if revoked:
+            self.count += 1
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        return None
+
+
 class EventConsumer:
     """Consumes topics for one consumer group and applies each event exactly once."""
 
@@ -188,11 +212,11 @@ class EventConsumer:
         # The batch being applied (its transaction, then its offset commit) while the next
         # one is fetched and validated; see _process_topic.
         self._in_flight: asyncio.Task[None] | None = None
+        self.rebalances = Rebalances()
         self.consumer = self._new_client()
 
     def _new_client(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            *self._handlers,
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
             enable_auto_commit=False,
@@ -207,6 +231,8 @@ class EventConsumer:
             max_partition_fetch_bytes=max(1 << 20, self._batch_size * 4096),
             fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
+        consumer.subscribe(list(self._handlers), listener=self.rebalances)
+        return consumer
 
     async def run(self) -> None:
         await self._prepare()
@@ -222,8 +248,9 @@ class EventConsumer:
                     fetched = await self.consumer.getmany(
                         timeout_ms=IDLE_WAIT_MS, max_records=self._batch_size
                     )
+                    epoch = self.rebalances.count
                     for topic_batch in _by_topic(fetched):
-                        await self._process_topic(topic_batch)
+                        await self._process_topic(topic_batch, epoch)
                 self._last_poll_at = datetime.now(UTC)
                 if loop.time() >= next_tick:
                     # The group, the heartbeat and the loss checks see applied batches only.
@@ -260,7 +287,7 @@ class EventConsumer:
             )
             if fetched:
                 any_records = True
-                await self._process_topic(fetched)
+                await self._process_topic(fetched, self.rebalances.count)
         return any_records
 
     async def _prepare(self) -> None:
@@ -448,7 +475,7 @@ class EventConsumer:
             log.error("%s. To repair: %s", loss.describe(), loss.remedy(None))
 
     async def _process_topic(
-        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]], epoch: int
     ) -> None:
         """Apply one topic's fetched records (every partition's, each in its order) as one
         batch, then commit the offsets of all those partitions at once: an offset moves only
@@ -460,16 +487,24 @@ class EventConsumer:
         # so each partition's events still apply in their order, one batch at a time.
         deliveries, unreadable = await self._validate(batch)
         await self._settle()
-        self._in_flight = asyncio.create_task(self._apply(batch, deliveries, unreadable))
+        if self.rebalances.count != epoch:
+            _log_stale(batch)
+            return
+        self._in_flight = asyncio.create_task(self._apply(batch, deliveries, unreadable, epoch))
 
     async def _apply(
         self,
         batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
         deliveries: list[Delivery],
         unreadable: int,
+        epoch: int,
     ) -> None:
         tally = await self._applier.apply(deliveries)
-        await self._commit({partition: records[-1] for partition, records in batch.items()})
+        if self.rebalances.count == epoch:
+            await self._commit({partition: records[-1] for partition, records in batch.items()})
+        else:
+            # Applied (the inbox has it), but the partitions were handed round meanwhile.
+            _log_stale(batch, applied=True)
         self._log_batch(batch, tally, unreadable)
 
     async def _settle(self) -> None:
@@ -553,6 +588,19 @@ class EventConsumer:
 
     def _backoff(self, attempt: int) -> float:
         return backoff_seconds(attempt, base=self._retry_seconds, cap=self._max_retry_seconds)
+
+
+def _log_stale(
+    batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]], *, applied: bool = False
+) -> None:
+    log.info(
+        "%s: %d records from partitions %s fetched before a rebalance: %s; they come again "
+        "from the committed offset to whoever reads them now",
+        next(iter(batch)).topic,
+        sum(len(records) for records in batch.values()),
+        ",".join(str(tp.partition) for tp in sorted(batch)),
+        "applied, offsets not committed" if applied else "not applied",
+    )
 
 
 def _by_topic(

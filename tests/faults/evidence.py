@@ -26,7 +26,12 @@ LOSS_IN_LOG = re.compile(r"the broker lost records of \S+ partition \d+")
 CLIENT_LOGGERS = ("aiokafka", "asyncio", "sqlalchemy", "uvicorn")
 # How /readyz says it: its broker_loss check failing (shared/health.py WorkerReadiness).
 LOSS_IN_READINESS = re.compile(r'"broker_loss":\{"ok":false')
-DEAD_LETTER_IN_LOG = re.compile(r"dead-letter", re.IGNORECASE)
+# A record sent to (or refused by) a dead-letter topic, or a batch summary that counts some;
+# a summary's "0 dead-lettered" is none.
+DEAD_LETTER_IN_LOG = re.compile(
+    r"sent to dead-letter topic|dead letter of|could not dead-letter|\b[1-9]\d* dead-lettered",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)

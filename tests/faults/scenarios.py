@@ -108,17 +108,33 @@ async def _take_every_slot(
     return held, False
 
 
-async def broker_restart(run: Run, backlog_at_least: int = 500, within: float = 60.0) -> None:
+async def broker_restart(run: Run, backlog_at_least: int = 500, within: float = 20.0) -> None:
     """Stop the broker while postings wait in it, and start an empty one on the same port.
-    Topics are not created for it: the workers must see to that."""
+    Topics are not created for it: the workers must see to that.
+
+    The workers keep up with the stream, so a backlog is made: when none has built up
+    `within` seconds in, both consumer workers are frozen (SIGSTOP) until one has, and
+    thawed once the empty broker is up."""
     await run.wait_for_acked(0.4)
     deadline = time.monotonic() + within
-    while True:
-        backlog = len(run.stream.acked_at) - min((await run.applied()).values())
-        if backlog >= backlog_at_least or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    await asyncio.to_thread(run.broker.restart)
+    frozen: list[int] = []
+    try:
+        while True:
+            backlog = len(run.stream.acked_at) - min((await run.applied()).values())
+            if backlog >= backlog_at_least:
+                break
+            if time.monotonic() > deadline and not frozen:
+                for consumer in evidence.CONSUMERS:
+                    pid = run.stack.pid(f"{consumer}-worker")
+                    if pid is not None:
+                        os.kill(pid, signal.SIGSTOP)
+                        frozen.append(pid)
+                run.note(f"consumer workers frozen for a backlog (it was ~{backlog})")
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(run.broker.restart)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
     run.note(f"broker restarted empty on port {run.broker.port} (backlog was ~{backlog})")
 
 

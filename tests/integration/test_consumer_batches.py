@@ -139,6 +139,7 @@ async def consuming(
     group: str | None = None,
     batch_size: int = 500,
     max_attempts: int = 5,
+    tick_seconds: float = 5.0,
 ) -> AsyncIterator[EventConsumer]:
     consumer = EventConsumer(
         bootstrap_servers=bootstrap,
@@ -152,6 +153,7 @@ async def consuming(
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=HEARTBEAT_MS,
         batch_size=batch_size,
+        tick_seconds=tick_seconds,
     )
     task = asyncio.create_task(consumer.run())
     try:
@@ -353,3 +355,44 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice
         if (found := re.search(r"(\d+) duplicates ignored", r.getMessage()))
     ]
     assert sum(duplicates) == 30 and len(duplicates) <= 3, duplicates
+
+
+async def test_a_batch_fetched_before_a_rebalance_is_not_applied_nor_its_offsets_committed(
+    broker: tuple[str, AIOKafkaProducer], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The next batch is fetched while one is in the database; when the group rebalances
+    meanwhile, every partition is read again from the committed offset by whoever owns it
+    now. So neither batch may commit offsets after the rebalance (it could move another
+    member's offset back), and the one not yet applied is dropped: both come again."""
+    bootstrap, producer = broker
+    loan_id, group = new_id("L"), new_id("group")
+    events = [posting(loan_id, installment_no=n) for n in range(1, 31)]
+    await publish(producer, events)
+    consumer: list[EventConsumer] = []
+    calls = Calls()
+
+    async def rebalanced_meanwhile(session: AsyncSession, batch: Sequence[RepaymentPosted]) -> None:
+        await record_effects(session, batch)
+        calls.seen(batch)
+        if len(calls.batches) == 2:
+            # The loop fetches and validates the third batch meanwhile; then the group
+            # rebalances, as aiokafka tells the listener when another member joins.
+            await asyncio.sleep(1.0)
+            await consumer[0].rebalances.on_partitions_revoked(consumer[0].consumer.assignment())
+
+    handlers = {REPAYMENT_POSTED: TopicHandler(RepaymentPosted, rebalanced_meanwhile)}
+    async with consuming(
+        bootstrap, sessions, handlers, producer, group=group, batch_size=10, tick_seconds=600
+    ) as c:
+        consumer.append(c)
+        await eventually(all_applied(sessions, events[:20]), within=60)
+        await asyncio.sleep(1.0)  # time enough to apply the third batch, were it applied
+    assert len(calls.batches) == 2
+    assert await applied_times(sessions, events[20:]) == {}
+    # Only the first batch's offsets were committed: a new member reads the second batch
+    # again (duplicates, ignored) and the third.
+    plain = {REPAYMENT_POSTED: TopicHandler(RepaymentPosted, record_effects)}
+    async with consuming(bootstrap, sessions, plain, producer, group=group, batch_size=10):
+        await eventually(all_applied(sessions, events), within=60)
+    assert set((await applied_times(sessions, events)).values()) == {1}
+    assert [len(batch) for batch in calls.batches] == [10, 10]

@@ -73,3 +73,17 @@ def test_log_lines_keep_what_is_not_json_as_raw(tmp_path: Path) -> None:
         ("RAW", "alerts-worker"),
     ]
     assert evidence.dead_letters_logged(lines) == 1
+
+
+def test_a_batch_summary_counts_as_a_dead_letter_only_when_it_names_some(tmp_path: Path) -> None:
+    summary = (
+        "repayment-posted: 1000 records from partitions 1: {} applied, 0 duplicates ignored, "
+        "{} dead-lettered (0 unreadable), 1 transactions (0 splits, 0 transient retries)"
+    )
+    (tmp_path / "alerts-worker.log").write_text(
+        "\n".join(
+            json.dumps({"level": "INFO", "message": summary.format(applied, dead)})
+            for applied, dead in ((1000, 0), (998, 2))
+        )
+    )
+    assert evidence.dead_letters_logged(evidence.log_lines(tmp_path)) == 1
