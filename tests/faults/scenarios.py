@@ -108,28 +108,26 @@ async def _take_every_slot(
     return held, False
 
 
-async def broker_restart(run: Run, backlog_at_least: int = 500, within: float = 20.0) -> None:
+async def broker_restart(run: Run, backlog_at_least: int = 500, within: float = 60.0) -> None:
     """Stop the broker while postings wait in it, and start an empty one on the same port.
     Topics are not created for it: the workers must see to that.
 
-    The workers keep up with the stream, so a backlog is made: when none has built up
-    `within` seconds in, both consumer workers are frozen (SIGSTOP) until one has, and
-    thawed once the empty broker is up."""
+    The workers keep up with the stream, so the backlog is made: both consumer workers are
+    frozen (SIGSTOP) while it builds up, and thawed once the empty broker is up."""
     await run.wait_for_acked(0.4)
-    deadline = time.monotonic() + within
-    frozen: list[int] = []
+    frozen = [
+        pid
+        for consumer in evidence.CONSUMERS
+        if (pid := run.stack.pid(f"{consumer}-worker")) is not None
+    ]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
     try:
+        deadline = time.monotonic() + within
         while True:
             backlog = len(run.stream.acked_at) - min((await run.applied()).values())
-            if backlog >= backlog_at_least:
+            if backlog >= backlog_at_least or time.monotonic() > deadline:
                 break
-            if time.monotonic() > deadline and not frozen:
-                for consumer in evidence.CONSUMERS:
-                    pid = run.stack.pid(f"{consumer}-worker")
-                    if pid is not None:
-                        os.kill(pid, signal.SIGSTOP)
-                        frozen.append(pid)
-                run.note(f"consumer workers frozen for a backlog (it was ~{backlog})")
             await asyncio.sleep(0.2)
         await asyncio.to_thread(run.broker.restart)
     finally:
@@ -174,7 +172,7 @@ async def replica_pause(run: Run, pause_for: float = 60.0, grace: float = 20.0) 
         )
 
 
-async def _pause_mid_batch(run: Run, consumer: str, attempts: int = 20) -> tuple[str, int, bool]:
+async def _pause_mid_batch(run: Run, consumer: str, attempts: int = 60) -> tuple[str, int, bool]:
     """SIGSTOP replica 1 of `consumer`'s worker at a moment its transaction is open: a
     session of its schema left idle in transaction by the stop. Caught between batches, it
     is resumed and tried again a moment later; the last attempt stays paused regardless."""
