@@ -21,9 +21,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import ColumnElement, DateTime, cast, exists, select, text, true
+from sqlalchemy import ColumnElement, DateTime, TextClause, cast, exists, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -658,15 +658,21 @@ _RELEASE = text(
 )
 
 
+async def _back_to_dispatch(session: AsyncSession, statement: TextClause, **ids: Any) -> int:
+    """Run `statement`, which takes open tasks from their agents, with each of `ids` as a
+    sorted array; wake the dispatcher when it did. How many tasks it took."""
+    result = await session.execute(statement, {k: sorted(set(v)) for k, v in ids.items()})
+    taken = int(result.rowcount)  # type: ignore[attr-defined]
+    if taken:
+        await notify_dispatch(session)
+    return taken
+
+
 async def release_tasks(session: AsyncSession, agent_ids: Collection[str]) -> int:
     """Send the open tasks `agent_ids` cannot do back to dispatch (one statement); how many."""
     if not agent_ids:
         return 0
-    result = await session.execute(_RELEASE, {"agent_ids": sorted(set(agent_ids))})
-    released = int(result.rowcount)  # type: ignore[attr-defined]
-    if released:
-        await notify_dispatch(session)
-    return released
+    return await _back_to_dispatch(session, _RELEASE, agent_ids=agent_ids)
 
 
 # A loan moved to another region (its registration changed): its open tasks move with it
@@ -686,11 +692,7 @@ async def move_tasks(session: AsyncSession, loan_ids: Collection[str]) -> int:
     statement); how many moved."""
     if not loan_ids:
         return 0
-    result = await session.execute(_MOVE_TASKS, {"loan_ids": sorted(set(loan_ids))})
-    moved = int(result.rowcount)  # type: ignore[attr-defined]
-    if moved:
-        await notify_dispatch(session)
-    return moved
+    return await _back_to_dispatch(session, _MOVE_TASKS, loan_ids=loan_ids)
 
 
 async def replace_absences(
