@@ -32,7 +32,8 @@ async def test_a_candidate_policy_is_projected_against_capacity_and_nothing_chan
     system: System,
 ) -> None:
     region, today = new_id("R"), datetime.now(UTC).date()
-    # One agent, one visit a day, Mondays only; twelve loans whose first call is overdue.
+    # One agent, one visit a day, on the weekday the test runs only (the projection starts
+    # today); twelve loans whose first call is overdue.
     response = await system.scheduler.put(
         f"/v1/agents/{new_id('AG')}",
         json={
@@ -40,7 +41,7 @@ async def test_a_candidate_policy_is_projected_against_capacity_and_nothing_chan
             "region": region,
             "methods": ["phone", "field"],
             "daily_capacity": 1,
-            "working_days": [1],
+            "working_days": [today.isoweekday()],
         },
         headers=ADMIN,
     )
