@@ -137,19 +137,23 @@ async def import_loans(request: Request, _caller: Integration) -> ImportResult:
             errors=[{"field": "body", "message": "no loans in the import"}],
         )
     if result.accepted == 0:
-        raise Problem(
-            422,
-            "Unprocessable Content",
-            "no loan in the import could be registered",
-            errors=[
-                {
-                    "field": f"line[{r.line}]" + (f".{r.field}" if r.field else ""),
-                    "message": r.reason,
-                }
-                for r in result.rejected_lines
-            ],
-        )
+        raise _nothing_accepted("no loan in the import could be registered", result)
     return result
+
+
+def _nothing_accepted(detail: str, result: ImportResult | ValuationResult) -> Problem:
+    """The 422 of an NDJSON body none of whose lines was accepted: each rejected line by
+    number, field and reason (`body` when there was no line at all)."""
+    errors = [
+        {"field": f"line[{r.line}]" + (f".{r.field}" if r.field else ""), "message": r.reason}
+        for r in result.rejected_lines
+    ]
+    return Problem(
+        422,
+        "Unprocessable Content",
+        detail,
+        errors=errors or [{"field": "body", "message": detail}],
+    )
 
 
 VALUATIONS_ROUTE = "POST /v1/valuations"
@@ -174,19 +178,7 @@ async def post_valuations(request: Request, _caller: Integration) -> ValuationRe
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
     result = await import_valuations(sessions, numbered_lines(request.stream()))
     if result.accepted == 0:
-        raise Problem(
-            422,
-            "Unprocessable Content",
-            "no valuation in the body could be applied",
-            errors=[
-                {
-                    "field": f"line[{r.line}]" + (f".{r.field}" if r.field else ""),
-                    "message": r.reason,
-                }
-                for r in result.rejected_lines
-            ]
-            or [{"field": "body", "message": "no valuations"}],
-        )
+        raise _nothing_accepted("no valuation in the body could be applied", result)
     return result
 
 
