@@ -85,6 +85,8 @@ Handler = TopicHandler[Any]
 IDLE_WAIT_MS = 500
 # Records validated between two turns of the event loop (see _validate).
 YIELD_EVERY = 100
+# How long a stopping consumer waits for the batch in flight to roll back.
+STOP_WAIT_SECONDS = 10.0
 
 
 # Clients refresh topic metadata this often: a partition added by a broker that restarted
@@ -241,6 +243,7 @@ class EventConsumer:
         next_tick = loop.time()
         try:
             while True:
+                _stop_if_cancelled()
                 if not await self._turn():
                     # Nothing was waiting on any topic: finish the batch in flight, then
                     # wait (briefly) for whatever comes.
@@ -266,8 +269,12 @@ class EventConsumer:
             # uncommitted, as if it had never been fetched.
             if self._in_flight is not None:
                 self._in_flight.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._in_flight
+                # Bounded: a batch that lets the cancel pass must not keep the worker up.
+                await asyncio.wait({self._in_flight}, timeout=STOP_WAIT_SECONDS)
+                if not self._in_flight.done():
+                    log.warning("the batch in flight did not stop; leaving it behind")
+                elif not self._in_flight.cancelled():
+                    self._in_flight.exception()  # retrieved: stopping is all that matters now
                 self._in_flight = None
             await self.consumer.stop()
 
@@ -513,6 +520,7 @@ class EventConsumer:
         task, self._in_flight = self._in_flight, None
         if task is not None:
             await task
+            _stop_if_cancelled()
 
     async def _validate(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -588,6 +596,17 @@ class EventConsumer:
 
     def _backoff(self, attempt: int) -> float:
         return backoff_seconds(attempt, base=self._retry_seconds, cap=self._max_retry_seconds)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise the cancellation of this task if an await let it pass. Cancelling a task that
+    waits for another cancels the other instead; when that one swallows it (a library's
+    `wait_for` finishing at the same moment, on Python 3.11), the waiting task carries on
+    with the cancel still requested, and whoever stops the consumer waits forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        log.warning("a cancel of the consumer was not raised where it arrived; stopping now")
+        raise asyncio.CancelledError
 
 
 def _log_stale(

@@ -14,6 +14,8 @@ from aiokafka import AIOKafkaProducer
 
 from shared import devstack
 
+pytest_plugins = ["tests.watchdog"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -160,6 +160,30 @@ async def test_worker_dying_mid_event_loses_nothing_and_applies_it_once(
     assert await effect_count(sessions, loan_id) == 2  # the first once, the later once
 
 
+async def test_a_cancel_swallowed_below_the_consumer_still_stops_it(
+    infra: Infra, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
+) -> None:
+    """Stopping a worker cancels its consumer, and the cancel travels into the batch in
+    flight. When something down there lets it pass (on Python 3.11 a library's `wait_for`
+    that finishes at the same moment does), the consumer must still stop, not run on
+    with nobody to stop it: CI hung for its full 90 minutes on that."""
+    loan_id = new_id("L")
+    entered = asyncio.Event()
+
+    async def swallows_the_cancel(session: AsyncSession, e: RepaymentPosted) -> None:
+        if e.loan_id == loan_id:
+            entered.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    async with consuming(infra, sessions, new_id("group"), swallows_the_cancel) as task:
+        await publish(producer, posting(loan_id))
+        await asyncio.wait_for(entered.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)
+
+
 async def test_transient_failure_is_retried_not_dropped(
     infra: Infra, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
 ) -> None:
