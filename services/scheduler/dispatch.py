@@ -106,8 +106,11 @@ class Dispatcher:
         failures = 0
         try:
             while True:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
+                # that arrives as the wait ends, and the dispatcher would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._period)
+                    async with asyncio.timeout(self._period):
+                        await self._wake.wait()
                 # Cleared before the pass: a task planned during it wakes the next one.
                 self._wake.clear()
                 try:
@@ -149,7 +152,8 @@ class Dispatcher:
                 self.listening.clear()
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=self._probe)
+                        async with asyncio.timeout(self._probe):
+                            await conn.close()
             await asyncio.sleep(backoff_seconds(max(attempt, 1), base=0.5))
 
     async def _until_lost(self, conn: asyncpg.Connection[Any]) -> None:
