@@ -229,8 +229,9 @@ class EventConsumer:
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             # A partition's fetch holds a whole batch of typical events (about 0.5 KiB
-            # each), so a batch fills from one partition when that is where the backlog is.
-            max_partition_fetch_bytes=max(1 << 20, self._batch_size * 4096),
+            # each, room for 2 KiB), so a batch fills from one partition when that is where
+            # the backlog is; 4 MiB at the default batch size.
+            max_partition_fetch_bytes=max(1 << 20, self._batch_size * 2048),
             fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
         consumer.subscribe(list(self._handlers), listener=self.rebalances)

@@ -153,7 +153,7 @@ async def test_duplicates_are_counted_not_applied_again() -> None:
 
 
 def test_the_batch_size_is_a_bounded_setting() -> None:
-    assert ServiceSettings().consumer_batch_size == DEFAULT_BATCH_SIZE == 1000
+    assert ServiceSettings().consumer_batch_size == DEFAULT_BATCH_SIZE == 2000
     assert ServiceSettings(consumer_batch_size=50).consumer_batch_size == 50
     for refused in (0, 10_001):
         with pytest.raises(ValidationError):
