@@ -27,10 +27,13 @@ class Infra:
 
 
 @pytest.fixture(scope="session")
-def infra() -> Iterator[Infra]:
+def infra(request: pytest.FixtureRequest) -> Iterator[Infra]:
     """PostgreSQL + broker, with every service's migrations run from an empty schema."""
     (ROOT / ".data").mkdir(exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix="test-", dir=ROOT / ".data")) / "pg"
+    watchdog = request.config.pluginmanager.get_plugin("tests.watchdog")
+    assert watchdog is not None, "tests.watchdog is registered by pytest_plugins"
+    watchdog.own_database(data_dir)
     try:
         with (
             devstack.embedded_postgres(data_dir) as database_url,

@@ -8,12 +8,15 @@ the run exits non-zero."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,19 @@ DEADLINE_SECONDS = float(os.environ.get("TEST_DEADLINE_SECONDS", "240"))
 EXIT_CODE = 3
 
 _loop: asyncio.AbstractEventLoop | None = None
+# Data folders of the PostgreSQL servers the session started (they run detached).
+_databases: list[Path] = []
+
+
+def own_database(data_dir: Path) -> None:
+    """A PostgreSQL data folder to stop with the run if a test is stuck."""
+    _databases.append(data_dir)
+
+
+def _postmaster(data_dir: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((data_dir / "postmaster.pid").read_text().split()[0])
+    return None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,8 +73,34 @@ def _stuck(item: pytest.Item) -> None:
         dumped.wait(10)
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     sys.stderr.flush()
+    # The embedded broker and PostgreSQL would outlive an exit that runs no teardown.
+    for pid in [*_descendants(os.getpid()), *map(_postmaster, _databases)]:
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     os._exit(EXIT_CODE)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (Linux, where the suite runs)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with (
+                contextlib.suppress(OSError, IndexError, ValueError),
+                open(f"/proc/{entry}/stat", encoding="utf-8") as stat,
+            ):
+                # pid (comm) state ppid ...; comm may hold spaces, so split after it.
+                parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
 
 
 @pytest.hookimpl(hookwrapper=True)
