@@ -203,6 +203,55 @@ async def test_a_new_policy_version_replans_open_routine_tasks_and_leaves_histor
     assert next_due.isoformat() == soonest == expected.isoformat()
 
 
+async def test_an_open_routine_task_follows_its_loans_record_and_keeps_what_it_absorbed(
+    system: System, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The re-plan compares an open routine task with its plan by what the reason is made
+    of (not by building the reason for every task): a changed input re-plans the task, with
+    the reason the pure policy gives, and the plans merged into it stay under `also`."""
+    region, today = new_id("R"), datetime.now(UTC).date()
+    disbursed = today - timedelta(days=400)
+    loan_id = await register_loan(system.scheduler, region, grade="A", disbursed_on=disbursed)
+    await replan_portfolio(sessions, today=today, region=region)
+    field_on = today - timedelta(days=10)
+    absorbed = [{"rule": "missed_installment", "inputs": {"installment_no": 7}}]
+    # A field inspection on record that left the task open, and a plan the task absorbed.
+    assert await fetchval(
+        system.database_url,
+        "WITH l AS (UPDATE scheduler.loans SET last_field_on = $2 WHERE loan_id = $1"
+        " RETURNING loan_id)"
+        " UPDATE scheduler.visit_tasks SET reason = reason || jsonb_build_object('also', $3::jsonb)"
+        " WHERE loan_id = (SELECT loan_id FROM l) AND method = 'field' AND status = 'open'"
+        " RETURNING true",
+        loan_id,
+        field_on,
+        json.dumps(absorbed),
+    )
+
+    changes = (await replan_portfolio(sessions, today=today, region=region))[1]
+    assert changes.tasks_replanned == 1
+    p = await in_force(sessions)
+    field = policy.routine_visits(
+        p,
+        tier=Tier.MEDIUM,
+        disbursed_on=disbursed,
+        last_visit_on=None,
+        last_field_on=field_on,
+        last_third_party_on=None,
+    )[1]
+    task = (await open_tasks(system, region))[(loan_id, "field")]
+    assert task["due_on"] == field.due_on.isoformat()
+    assert task["reason"] == {
+        "rule": "field_inspection",
+        "inputs": {"risk_tier": "medium", "since": field_on.isoformat()},
+        "policy_version": p.version,
+        "also": absorbed,
+    }
+    assert field.inputs == task["reason"]["inputs"]
+    # What was written is what the comparison expects: the next run changes nothing.
+    assert (await replan_portfolio(sessions, today=today, region=region))[1].tasks_replanned == 0
+
+
 async def test_third_party_checks_are_never_dispatched_and_a_partner_report_completes_them(
     system: System, sessions: async_sessionmaker[AsyncSession], producer: AIOKafkaProducer
 ) -> None:
