@@ -306,7 +306,8 @@ def _replan_open(scope: Scope) -> str:
 # Task ids are UUIDv7 (time-ordered): a cold portfolio's millions of tasks are appended to
 # the primary key's right edge rather than scattered over it. What was opened or brought
 # forward is kept for `_settle_loans`.
-_OPEN_DUE = f"""
+def _open_due(scope: Scope) -> str:
+    return f"""
     WITH w AS (
         INSERT INTO scheduler.visit_tasks AS t
             (task_id, loan_id, region, method, due_on, status, reason, created_at)
@@ -316,7 +317,8 @@ _OPEN_DUE = f"""
         WHERE p.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
           AND NOT EXISTS (SELECT 1 FROM scheduler.visit_tasks AS o
                           WHERE o.loan_id = p.loan_id AND o.method = p.method
-                            AND o.status = 'open' AND o.due_on <= p.due_on)
+                            AND o.status = 'open' AND o.due_on <= p.due_on
+                            AND {scope.task_where("o")})
         ORDER BY p.loan_id, p.method
         ON CONFLICT (loan_id, method) WHERE status = 'open' DO UPDATE
             SET due_on = excluded.due_on, reason = excluded.reason
@@ -332,8 +334,9 @@ _OPEN_DUE = f"""
 # a cold portfolio's millions of inserts): each plan due within the horizon is matched to
 # its loan's open task of the method once; no open task: a task is inserted; one due later:
 # it is brought forward. A planner that opens the same task between the match and the
-# insert makes it fail on the unique index; `replan_scope` then runs `_OPEN_DUE` instead.
-_OPEN_DUE_FAST = f"""
+# insert makes it fail on the unique index; `replan_scope` then runs `_open_due` instead.
+def _open_due_fast(scope: Scope) -> str:
+    return f"""
     WITH c AS (
         SELECT p.loan_id, p.region, p.method, p.due_on, p.rule, p.tier, p.since,
                o.task_id AS open_id,
@@ -341,6 +344,9 @@ _OPEN_DUE_FAST = f"""
         FROM replan_plan AS p
         LEFT JOIN scheduler.visit_tasks AS o
                ON o.loan_id = p.loan_id AND o.method = p.method AND o.status = 'open'
+              -- The chunk's range on the tasks too: without it the join read every open
+              -- task of the portfolio for each chunk (28 s of a steady day's 44 s).
+              AND {scope.task_where("o")}
         WHERE p.due_on <= CAST(:today AS date) + CAST(:horizon AS int)
     ), advanced AS (
         UPDATE scheduler.visit_tasks AS t SET due_on = c.due_on, reason = {_reason("c")}
@@ -476,9 +482,9 @@ async def replan_scope(
     )
     try:
         async with session.begin_nested():
-            await session.execute(text(_OPEN_DUE_FAST), params)
+            await session.execute(text(_open_due_fast(scope)), params)
     except IntegrityError:
-        await session.execute(text(_OPEN_DUE), params)
+        await session.execute(text(_open_due(scope)), params)
     calls = await plan_repayment_calls(session, p, today, scope)
     settled = (
         await session.execute(text(_SETTLE_LOANS), {"exact": sorted({*replanned, *calls})})
