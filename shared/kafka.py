@@ -581,8 +581,9 @@ class EventConsumer:
         topic = next(iter(batch)).topic
         log.log(
             level,
-            "%s: %d records from partitions %s: %d applied, %d duplicates ignored, "
+            "group %s, %s: %d records from partitions %s: %d applied, %d duplicates ignored, "
             "%d dead-lettered (%d unreadable), %d transactions (%d splits, %d transient retries)",
+            self._group_id,
             topic,
             sum(len(records) for records in batch.values()),
             ",".join(str(tp.partition) for tp in sorted(batch)),

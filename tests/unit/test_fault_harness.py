@@ -77,7 +77,8 @@ def test_log_lines_keep_what_is_not_json_as_raw(tmp_path: Path) -> None:
 
 def test_a_batch_summary_counts_as_a_dead_letter_only_when_it_names_some(tmp_path: Path) -> None:
     summary = (
-        "repayment-posted: 1000 records from partitions 1: {} applied, 0 duplicates ignored, "
+        "group alerts, repayment-posted: 1000 records from partitions 1: {} applied, "
+        "0 duplicates ignored, "
         "{} dead-lettered (0 unreadable), 1 transactions (0 splits, 0 transient retries)"
     )
     (tmp_path / "alerts-worker.log").write_text(
