@@ -8,30 +8,59 @@ rest, in responses and in logs alike.
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
-from cryptography.fernet import Fernet
+from cryptography.exceptions import InvalidTag
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+# A value encrypted with AES-256-GCM starts with this; anything else is a Fernet token.
+GCM_PREFIX = "gcm1:"
+_NONCE_BYTES = 12
 
 
 class PiiCipher:
+    """Borrower PII at rest. New values are sealed with AES-256-GCM (cryptography's AEAD),
+    under a key derived from `PII_KEY` with HKDF, so the setting is unchanged; values written
+    before with Fernet (the same key) stay readable. GCM because a loan import seals three
+    fields per loan: Fernet took 16 µs a field (a new CBC cipher object, padding and an HMAC
+    each time), a quarter of the import API's CPU; GCM takes 3 µs. Each value has its own
+    random 96-bit nonce: safe for billions of values under one key."""
+
     def __init__(self, key: str) -> None:
         self._fernet = Fernet(key.encode())
+        derived = HKDF(
+            algorithm=SHA256(), length=32, salt=None, info=b"huifang pii aes-256-gcm v1"
+        ).derive(base64.urlsafe_b64decode(key.encode()))
+        self._gcm = AESGCM(derived)
 
     def encrypt(self, plaintext: str) -> str:
-        return self._fernet.encrypt(plaintext.encode()).decode()
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._gcm.encrypt(nonce, plaintext.encode(), None)
+        return GCM_PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
 
     def encrypt_many(self, plaintexts: Sequence[str]) -> list[str]:
-        """A Fernet token of each of `plaintexts`, each with its own IV. Fernet itself does
-        the work: a faster hand-made CBC was measured (5 µs a field less) and not kept,
-        since cryptography's own construction is worth more than 1.5 s of a 100,000-loan
-        import."""
+        """Each of `plaintexts` sealed on its own (its own nonce)."""
         return [self.encrypt(text) for text in plaintexts]
 
     def decrypt(self, token: str) -> str:
-        return self._fernet.decrypt(token.encode()).decode()
+        """The plaintext; InvalidToken when the value was altered or sealed under another
+        key, whichever format it is in."""
+        if not token.startswith(GCM_PREFIX):
+            return self._fernet.decrypt(token.encode()).decode()
+        try:
+            raw = base64.urlsafe_b64decode(token[len(GCM_PREFIX) :].encode())
+            nonce, sealed = raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
+            return self._gcm.decrypt(nonce, sealed, None).decode()
+        except (InvalidTag, ValueError) as exc:
+            raise InvalidToken from exc
 
 
 def mask_tail(value: str, visible: int = 4) -> str:

@@ -170,7 +170,7 @@ async def _phases(
             steps = [steps[2]]
         # BENCH_ONLY=throughput (a phase's first word): one phase, for a quick comparison.
         if only := os.environ.get("BENCH_ONLY"):
-            steps = [step for step in steps if step[0].split(":")[0] == only]
+            steps = [step for step in steps if step[0].split(":")[0].split()[0] == only]
         if sizes.soak:
             steps.append((f"soak: {sizes.soak:,} postings through both workers", soak.run))
         for title, step in steps:
