@@ -13,8 +13,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from shared import devstack
+from tests import watchdog
 
-pytest_plugins = ["tests.watchdog"]
+# The stuck-test watchdog's hook and fixture, registered as this conftest's own.
+pytest_runtest_protocol = watchdog.pytest_runtest_protocol
+watched_loop = watchdog.watched_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,12 +30,10 @@ class Infra:
 
 
 @pytest.fixture(scope="session")
-def infra(request: pytest.FixtureRequest) -> Iterator[Infra]:
+def infra() -> Iterator[Infra]:
     """PostgreSQL + broker, with every service's migrations run from an empty schema."""
     (ROOT / ".data").mkdir(exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix="test-", dir=ROOT / ".data")) / "pg"
-    watchdog = request.config.pluginmanager.get_plugin("tests.watchdog")
-    assert watchdog is not None, "tests.watchdog is registered by pytest_plugins"
     watchdog.own_database(data_dir)
     try:
         with (

@@ -1,9 +1,11 @@
 """A stuck test ends the run with a diagnosis instead of holding CI until its own limit.
 
 Every test (setup, call and teardown) gets a deadline: TEST_DEADLINE_SECONDS, 240 s by
-default, where the slowest test takes about a minute on two cores. Past it, the stacks of
-the event loop's tasks (where an async test waits) and of every thread are printed, and
-the run exits non-zero."""
+default, where the slowest test takes under 20 s on two cores. Past it, the stacks of the
+event loop's tasks (where an async test waits) and of every thread are printed, the run's
+broker and PostgreSQL are killed, and the run exits with code 3.
+
+A pytest plugin (`-p tests.watchdog`); the suite's conftest imports its hook and fixture."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _postmaster(data_dir: Path) -> int | None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-async def _watched_loop() -> None:
+async def watched_loop() -> None:
     """The session's event loop, whose tasks are printed when a test is stuck."""
     global _loop
     _loop = asyncio.get_running_loop()
