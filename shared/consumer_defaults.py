@@ -8,9 +8,10 @@ from typing import Final
 # Records a topic's batch holds at most (CONSUMER_BATCH_SIZE); one transaction applies it.
 # 2,000 rather than 1,000: a batch's fixed cost (its round trips, the offset commit) is then
 # shared by twice the events. Side by side in `BENCH_ONLY=throughput make bench`, three runs
-# each, alternating: the scheduler worker 0.51-0.56 x raw at 1,000 and 0.57-0.59 at 2,000;
-# the alerts worker 0.57-0.60 and 0.53-0.62. An alert behind a month-end backlog waits for
-# one batch of postings, about 0.2 s at that size.
+# each, alternating: the scheduler worker 0.505-0.563 x raw at 1,000 and 0.565-0.593 at
+# 2,000; the alerts worker 0.567-0.603 and 0.533-0.621. An alert behind a month-end backlog
+# waits for one batch of postings: at the 11,000-12,000 postings/s the scheduler worker
+# applied alone, about 0.2 s.
 DEFAULT_BATCH_SIZE: Final = 2000
 
 # How long the broker may hold an empty fetch. The embedded broker (Tansu) does not answer a
